@@ -1,0 +1,153 @@
+// Package embed turns backbone feature maps (taps) into PaDiM patch embeddings:
+// every tap is upsampled to the finest tap's grid with nearest-neighbour, the taps
+// are concatenated along channels, and a subset of channels is kept.
+//
+// Embeddings are laid out patch-major, [N][P][D] with P = H*W in row-major grid
+// order and the D kept channels contiguous, which is what the Gaussian backends read.
+package embed
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+)
+
+// TapShape is the shape of one backbone output for a single image: C channels on an H×W grid.
+type TapShape struct {
+	Name    string
+	C, H, W int
+}
+
+// Tap is one backbone output for a batch of N images, NCHW float32.
+type Tap struct {
+	TapShape
+	N    int
+	Data []float32
+}
+
+// Layout maps the concatenated channels of a set of taps onto an embedding.
+type Layout struct {
+	Taps     []TapShape
+	H, W     int   // the embedding grid (the finest tap's)
+	Channels []int // kept indices into the concatenated channels, strictly increasing
+	src      []srcChannel
+}
+
+type srcChannel struct{ tap, ch int }
+
+// TotalChannels is the number of concatenated channels of the taps.
+func TotalChannels(taps []TapShape) int {
+	n := 0
+	for _, t := range taps {
+		n += t.C
+	}
+	return n
+}
+
+// RandomChannels draws a seeded random subset of d channels out of total, sorted.
+// d <= 0 or d >= total keeps every channel.
+func RandomChannels(total, d int, seed uint64) []int {
+	if d <= 0 || d >= total {
+		return AllChannels(total)
+	}
+	r := rand.New(rand.NewPCG(seed, 0x9ad1b0c3e5f7a2d1))
+	perm := r.Perm(total)[:d]
+	slices.Sort(perm)
+	return perm
+}
+
+// AllChannels returns 0..total-1.
+func AllChannels(total int) []int {
+	c := make([]int, total)
+	for i := range c {
+		c[i] = i
+	}
+	return c
+}
+
+// NewLayout checks that the taps' grids divide the finest one and that the channel
+// indices are valid, and prepares the gather.
+func NewLayout(taps []TapShape, channels []int) (*Layout, error) {
+	if len(taps) == 0 {
+		return nil, fmt.Errorf("embed: no taps")
+	}
+	h, w := 0, 0
+	for _, t := range taps {
+		if t.C <= 0 || t.H <= 0 || t.W <= 0 {
+			return nil, fmt.Errorf("embed: tap %q has an empty shape %dx%dx%d", t.Name, t.C, t.H, t.W)
+		}
+		h, w = max(h, t.H), max(w, t.W)
+	}
+	for _, t := range taps {
+		if h%t.H != 0 || w%t.W != 0 || h/t.H != w/t.W {
+			return nil, fmt.Errorf("embed: tap %q grid %dx%d does not divide the finest grid %dx%d evenly", t.Name, t.H, t.W, h, w)
+		}
+	}
+	total := TotalChannels(taps)
+	if len(channels) == 0 {
+		return nil, fmt.Errorf("embed: no channels selected")
+	}
+	src := make([]srcChannel, len(channels))
+	for i, c := range channels {
+		if c < 0 || c >= total {
+			return nil, fmt.Errorf("embed: channel index %d out of range [0,%d)", c, total)
+		}
+		if i > 0 && c <= channels[i-1] {
+			return nil, fmt.Errorf("embed: channel indices must be strictly increasing (index %d: %d after %d)", i, c, channels[i-1])
+		}
+		t := 0
+		for c >= taps[t].C {
+			c -= taps[t].C
+			t++
+		}
+		src[i] = srcChannel{t, c}
+	}
+	return &Layout{Taps: slices.Clone(taps), H: h, W: w, Channels: slices.Clone(channels), src: src}, nil
+}
+
+// D is the embedding dimension (kept channels).
+func (l *Layout) D() int { return len(l.Channels) }
+
+// P is the number of patch positions.
+func (l *Layout) P() int { return l.H * l.W }
+
+// Embed gathers a batch of taps into dst, which must hold N*P*D values, [N][P][D].
+// The taps must match the layout's shapes and share one batch size N.
+func (l *Layout) Embed(taps []Tap, dst []float32) (n int, err error) {
+	if len(taps) != len(l.Taps) {
+		return 0, fmt.Errorf("embed: got %d taps, layout has %d", len(taps), len(l.Taps))
+	}
+	n = taps[0].N
+	for i, t := range taps {
+		want := l.Taps[i]
+		if t.C != want.C || t.H != want.H || t.W != want.W {
+			return 0, fmt.Errorf("embed: tap %q is %dx%dx%d, expected %dx%dx%d", want.Name, t.C, t.H, t.W, want.C, want.H, want.W)
+		}
+		if t.N != n {
+			return 0, fmt.Errorf("embed: tap %q has batch %d, tap %q has %d", want.Name, t.N, l.Taps[0].Name, n)
+		}
+		if len(t.Data) != t.N*t.C*t.H*t.W {
+			return 0, fmt.Errorf("embed: tap %q holds %d values, shape needs %d", want.Name, len(t.Data), t.N*t.C*t.H*t.W)
+		}
+	}
+	P, D := l.P(), l.D()
+	if len(dst) < n*P*D {
+		return 0, fmt.Errorf("embed: destination holds %d values, need %d", len(dst), n*P*D)
+	}
+	for b := 0; b < n; b++ {
+		out := dst[b*P*D : (b+1)*P*D]
+		for k, s := range l.src {
+			t := &taps[s.tap]
+			scale := l.H / t.H
+			plane := t.Data[(b*t.C+s.ch)*t.H*t.W : (b*t.C+s.ch+1)*t.H*t.W]
+			for y := 0; y < l.H; y++ {
+				row := plane[(y/scale)*t.W : (y/scale+1)*t.W]
+				o := y * l.W * D
+				for x := 0; x < l.W; x++ {
+					out[o+x*D+k] = row[x/scale]
+				}
+			}
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,84 @@
+package embed
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestRandomChannelsSeededSortedUnique(t *testing.T) {
+	a := RandomChannels(1792, 550, 1024)
+	b := RandomChannels(1792, 550, 1024)
+	if !slices.Equal(a, b) {
+		t.Fatal("same seed gave different channels")
+	}
+	if len(a) != 550 || !slices.IsSorted(a) {
+		t.Fatalf("len %d sorted %v", len(a), slices.IsSorted(a))
+	}
+	for i := 1; i < len(a); i++ {
+		if a[i] == a[i-1] {
+			t.Fatal("duplicate channel")
+		}
+	}
+	if c := RandomChannels(1792, 550, 7); slices.Equal(a, c) {
+		t.Fatal("different seeds gave the same channels")
+	}
+	if got := RandomChannels(10, 0, 1); len(got) != 10 {
+		t.Fatalf("d=0 kept %d", len(got))
+	}
+	if got := RandomChannels(10, 20, 1); len(got) != 10 {
+		t.Fatalf("d>C kept %d", len(got))
+	}
+}
+
+func TestEmbedNearestConcatSubset(t *testing.T) {
+	// tap a: 2 channels on 4x4, tap b: 3 channels on 2x2; batch of 2.
+	shapes := []TapShape{{"a", 2, 4, 4}, {"b", 3, 2, 2}}
+	val := func(tap, b, c, y, x int) float32 { return float32(tap*10000 + b*1000 + c*100 + y*10 + x) }
+	mk := func(ti int, s TapShape) Tap {
+		tp := Tap{TapShape: s, N: 2, Data: make([]float32, 2*s.C*s.H*s.W)}
+		for b := 0; b < 2; b++ {
+			for c := 0; c < s.C; c++ {
+				for y := 0; y < s.H; y++ {
+					for x := 0; x < s.W; x++ {
+						tp.Data[((b*s.C+c)*s.H+y)*s.W+x] = val(ti, b, c, y, x)
+					}
+				}
+			}
+		}
+		return tp
+	}
+	taps := []Tap{mk(0, shapes[0]), mk(1, shapes[1])}
+	channels := []int{1, 2, 4} // a.1, b.0, b.2
+	l, err := NewLayout(shapes, channels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]float32, 2*16*3)
+	if _, err := l.Embed(taps, dst); err != nil {
+		t.Fatal(err)
+	}
+	for b := 0; b < 2; b++ {
+		for y := 0; y < 4; y++ {
+			for x := 0; x < 4; x++ {
+				p := y*4 + x
+				got := dst[(b*16+p)*3:]
+				want := []float32{val(0, b, 1, y, x), val(1, b, 0, y/2, x/2), val(1, b, 2, y/2, x/2)}
+				if !slices.Equal(got[:3], want) {
+					t.Fatalf("b%d y%d x%d: got %v want %v", b, y, x, got[:3], want)
+				}
+			}
+		}
+	}
+}
+
+func TestNewLayoutRejects(t *testing.T) {
+	if _, err := NewLayout([]TapShape{{"a", 2, 4, 4}, {"b", 2, 3, 3}}, []int{0}); err == nil {
+		t.Error("non-dividing grid accepted")
+	}
+	if _, err := NewLayout([]TapShape{{"a", 2, 4, 4}}, []int{2}); err == nil {
+		t.Error("out-of-range channel accepted")
+	}
+	if _, err := NewLayout([]TapShape{{"a", 2, 4, 4}}, []int{1, 0}); err == nil {
+		t.Error("unsorted channels accepted")
+	}
+}

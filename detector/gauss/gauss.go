@@ -1,0 +1,233 @@
+// Package gauss holds PaDiM's per-patch multivariate Gaussians: the streaming
+// statistics a fit accumulates, the factorised model a score reads, and the
+// Backend seam behind which the CPU (this package) and CUDA (package gpu)
+// implementations sit.
+//
+// Conventions shared by every backend:
+//   - embeddings are float32, [N][P][D]: N images, P patch positions, D channels;
+//   - statistics are float64: per patch the count, the mean and the centred
+//     second moment M2 = Σ(x−μ)(x−μ)ᵀ, merged across batches with Chan's formula,
+//     so large feature means never cost precision and memory never grows with N;
+//   - symmetric and triangular D×D matrices are stored packed, lower triangle,
+//     row-major: element (i, j≤i) at i(i+1)/2+j;
+//   - the model keeps per patch the mean μ and L⁻¹ where Σ = LLᵀ, and the
+//     distance of x is ‖L⁻¹(x−μ)‖.
+package gauss
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+)
+
+// PackedLen is the number of values in a packed lower-triangular D×D matrix.
+func PackedLen(d int) int { return d * (d + 1) / 2 }
+
+// Stats are the streaming statistics of a fit: per patch count, mean and centred
+// second moment. Stats from disjoint image sets merge exactly (Merge).
+type Stats struct {
+	P, D int
+	N    int64     // images seen
+	Mean []float64 // [P][D]
+	M2   []float64 // [P][PackedLen(D)], Σ(x−μ)(x−μ)ᵀ
+}
+
+// NewStats returns empty statistics for P patches of dimension D.
+func NewStats(p, d int) *Stats {
+	return &Stats{P: p, D: d, Mean: make([]float64, p*d), M2: make([]float64, p*PackedLen(d))}
+}
+
+// Check reports whether the statistics are internally consistent.
+func (s *Stats) Check() error {
+	if s.P <= 0 || s.D <= 0 {
+		return fmt.Errorf("gauss: statistics have empty shape P=%d D=%d", s.P, s.D)
+	}
+	if len(s.Mean) != s.P*s.D || len(s.M2) != s.P*PackedLen(s.D) {
+		return fmt.Errorf("gauss: statistics arrays (%d, %d) do not match P=%d D=%d", len(s.Mean), len(s.M2), s.P, s.D)
+	}
+	if s.N < 0 {
+		return fmt.Errorf("gauss: negative image count %d", s.N)
+	}
+	return nil
+}
+
+// Merge adds the statistics o (from a disjoint set of images) into s, with Chan's
+// parallel formula: M2 = M2a + M2b + δδᵀ·na·nb/n, δ = μb − μa.
+func (s *Stats) Merge(o *Stats) error {
+	if err := o.Check(); err != nil {
+		return err
+	}
+	if s.P != o.P || s.D != o.D {
+		return fmt.Errorf("gauss: cannot merge statistics of shape P=%d D=%d into P=%d D=%d", o.P, o.D, s.P, s.D)
+	}
+	if o.N == 0 {
+		return nil
+	}
+	na, nb := float64(s.N), float64(o.N)
+	n := na + nb
+	D, L := s.D, PackedLen(s.D)
+	ParallelFor(s.P, func(lo, hi int) {
+		delta := make([]float64, D)
+		for p := lo; p < hi; p++ {
+			ma, mb := s.Mean[p*D:(p+1)*D], o.Mean[p*D:(p+1)*D]
+			for i := range delta {
+				delta[i] = mb[i] - ma[i]
+				ma[i] += delta[i] * nb / n
+			}
+			mergeM2(s.M2[p*L:(p+1)*L], o.M2[p*L:(p+1)*L], delta, na*nb/n)
+		}
+	})
+	s.N += o.N
+	return nil
+}
+
+// mergeM2 does dst += src + f·δδᵀ on packed lower triangles.
+func mergeM2(dst, src []float64, delta []float64, f float64) {
+	k := 0
+	for i := range delta {
+		di := delta[i] * f
+		row := dst[k : k+i+1]
+		srow := src[k : k+i+1]
+		for j := range row {
+			row[j] += srow[j] + di*delta[j]
+		}
+		k += i + 1
+	}
+}
+
+// Covariance writes the unbiased covariance of patch p plus eps·I into dst, a
+// full row-major D×D float64 matrix (both triangles).
+func (s *Stats) Covariance(p int, eps float64, dst []float64) {
+	D := s.D
+	m2 := s.M2[p*PackedLen(D) : (p+1)*PackedLen(D)]
+	inv := 1 / float64(s.N-1)
+	k := 0
+	for i := 0; i < D; i++ {
+		for j := 0; j <= i; j++ {
+			v := m2[k] * inv
+			if i == j {
+				v += eps
+			}
+			dst[i*D+j], dst[j*D+i] = v, v
+			k++
+		}
+	}
+}
+
+// CheckFittable reports whether the statistics can be turned into a model.
+func (s *Stats) CheckFittable(eps float64) error {
+	if err := s.Check(); err != nil {
+		return err
+	}
+	if s.N < 2 {
+		return fmt.Errorf("gauss: need at least 2 training images for a covariance, got %d", s.N)
+	}
+	if !(eps >= 0) || math.IsInf(eps, 0) {
+		return fmt.Errorf("gauss: regularisation eps must be a finite number >= 0, got %v", eps)
+	}
+	return nil
+}
+
+// Gaussian is a fitted PaDiM model: per patch the mean and packed L⁻¹, float32.
+type Gaussian struct {
+	P, D int
+	Mean []float32 // [P][D]
+	LInv []float32 // [P][PackedLen(D)]
+}
+
+// Check reports whether the model's arrays match its shape and hold finite values.
+func (g *Gaussian) Check() error {
+	if g.P <= 0 || g.D <= 0 {
+		return fmt.Errorf("gauss: model has empty shape P=%d D=%d", g.P, g.D)
+	}
+	if len(g.Mean) != g.P*g.D || len(g.LInv) != g.P*PackedLen(g.D) {
+		return fmt.Errorf("gauss: model arrays (%d, %d) do not match P=%d D=%d", len(g.Mean), len(g.LInv), g.P, g.D)
+	}
+	return nil
+}
+
+// NotPositiveDefiniteError says that a patch's covariance could not be factorised.
+type NotPositiveDefiniteError struct {
+	Patch int
+}
+
+func (e *NotPositiveDefiniteError) Error() string {
+	return fmt.Sprintf("gauss: covariance of patch %d is not positive definite (constant or NaN features? raise --eps)", e.Patch)
+}
+
+// ErrNonFinite is wrapped by errors about NaN or Inf values in embeddings.
+var ErrNonFinite = errors.New("non-finite value")
+
+// Backend computes fits and scores. CPU is the reference implementation; package
+// gpu provides a CUDA one. gausstest.Run checks any Backend.
+type Backend interface {
+	// Name identifies the backend in logs and benchmarks ("cpu", "cuda:0 …").
+	Name() string
+	// NewAccumulator starts a streaming fit for P patches of dimension D.
+	NewAccumulator(p, d int) (Accumulator, error)
+	// Factorize turns statistics into a model: Σ = M2/(N−1) + eps·I = LLᵀ, keep L⁻¹.
+	// A patch that is not positive definite gives a *NotPositiveDefiniteError.
+	Factorize(s *Stats, eps float64) (*Gaussian, error)
+	// NewScorer prepares g for scoring (on a GPU: uploads it once).
+	NewScorer(g *Gaussian) (Scorer, error)
+}
+
+// Accumulator adds batches of embeddings to streaming statistics.
+type Accumulator interface {
+	// Add adds n embeddings, x = [n][P][D]. Non-finite values are an error wrapping ErrNonFinite.
+	Add(x []float32, n int) error
+	// Stats returns a copy of the statistics so far.
+	Stats() (*Stats, error)
+	// Close releases the accumulator's resources.
+	Close() error
+}
+
+// Scorer computes Mahalanobis distances under one model.
+type Scorer interface {
+	// Score writes into dist ([n][P]) the distance of each of the n embeddings x ([n][P][D]).
+	Score(x []float32, n int, dist []float32) error
+	// Close releases the scorer's resources.
+	Close() error
+}
+
+// ParallelFor splits [0,n) into contiguous chunks run on GOMAXPROCS goroutines.
+func ParallelFor(n int, fn func(lo, hi int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		lo, hi := n*w/workers, n*(w+1)/workers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+func checkBatch(x []float32, n, p, d int) error {
+	if n <= 0 {
+		return fmt.Errorf("gauss: batch of %d images", n)
+	}
+	if len(x) < n*p*d {
+		return fmt.Errorf("gauss: batch holds %d values, %d images of P=%d D=%d need %d", len(x), n, p, d, n*p*d)
+	}
+	return nil
+}
+
+// checkFinite reports the first NaN or Inf of a batch [n][P][D], naming image and patch.
+func checkFinite(x []float32, p, d int) error {
+	for i, v := range x {
+		if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+			return fmt.Errorf("gauss: embedding of image %d in the batch has %v at patch %d, channel %d: %w",
+				i/(p*d), v, (i/d)%p, i%d, ErrNonFinite)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,263 @@
+// Package gausstest is the conformance suite every gauss.Backend must pass, in the
+// manner of gonum's testblas: the CPU backend runs it in package gauss, the CUDA
+// backend in package gpu. Answers are checked against a float64 reference PaDiM.
+package gausstest
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/internal/refpadim"
+)
+
+// Run runs every conformance test against b.
+func Run(t *testing.T, b gauss.Backend) {
+	t.Run("DistancesMatchFloat64Reference", func(t *testing.T) { testReference(t, b, 0, 1, 1e-4) })
+	t.Run("LargeMeanSmallSpread", func(t *testing.T) { testReference(t, b, 1000, 0.5, 1e-3) })
+	t.Run("StreamingEqualsOneShot", func(t *testing.T) { testStreaming(t, b) })
+	t.Run("ShardedMergeEqualsSingle", func(t *testing.T) { testSharded(t, b) })
+	t.Run("NotPositiveDefiniteNamesPatch", func(t *testing.T) { testNotPD(t, b) })
+	t.Run("TooFewImages", func(t *testing.T) { testTooFew(t, b) })
+	t.Run("NonFiniteInputRejected", func(t *testing.T) { testNaN(t, b) })
+	t.Run("ShapeErrors", func(t *testing.T) { testShapes(t, b) })
+}
+
+// Correlated returns n embeddings [n][P][D] with correlated channels, per-patch
+// offsets around mean and the given spread.
+func Correlated(seed uint64, n, p, d int, mean, spread float64) []float32 {
+	r := rand.New(rand.NewPCG(seed, 1))
+	mix := make([]float64, d*d)
+	for i := range mix {
+		mix[i] = r.NormFloat64() / math.Sqrt(float64(d))
+	}
+	off := make([]float64, p*d)
+	for i := range off {
+		off[i] = mean * (1 + 0.1*r.NormFloat64())
+	}
+	x := make([]float32, n*p*d)
+	z := make([]float64, d)
+	for b := 0; b < n; b++ {
+		for q := 0; q < p; q++ {
+			for i := range z {
+				z[i] = r.NormFloat64()
+			}
+			for i := 0; i < d; i++ {
+				v := 0.3 * z[i]
+				for j := 0; j < d; j++ {
+					v += mix[i*d+j] * z[j]
+				}
+				x[(b*p+q)*d+i] = float32(off[q*d+i] + spread*v)
+			}
+		}
+	}
+	return x
+}
+
+func fit(t *testing.T, b gauss.Backend, x []float32, n, p, d, batch int) *gauss.Stats {
+	t.Helper()
+	acc, err := b.NewAccumulator(p, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	for lo := 0; lo < n; lo += batch {
+		hi := min(lo+batch, n)
+		if err := acc.Add(x[lo*p*d:hi*p*d], hi-lo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := acc.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func score(t *testing.T, b gauss.Backend, g *gauss.Gaussian, x []float32, n int) []float32 {
+	t.Helper()
+	sc, err := b.NewScorer(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	dist := make([]float32, n*g.P)
+	if err := sc.Score(x, n, dist); err != nil {
+		t.Fatal(err)
+	}
+	return dist
+}
+
+func relErr(got, want float64) float64 {
+	return math.Abs(got-want) / math.Max(math.Abs(want), 1e-12)
+}
+
+func testReference(t *testing.T, b gauss.Backend, mean, spread, tol float64) {
+	const n, p, d, eps = 40, 6, 24, 0.01
+	x := Correlated(1, n, p, d, mean, spread)
+	test := Correlated(2, 7, p, d, mean, spread*1.5)
+	s := fit(t, b, x, n, p, d, 16)
+	g, err := b.Factorize(s, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := score(t, b, g, test, 7)
+	m, inv, ok := refpadim.Fit(x, n, p, d, eps)
+	if !ok {
+		t.Fatal("reference covariance singular")
+	}
+	want := refpadim.Distances(test, 7, p, d, m, inv)
+	worst := 0.0
+	for i := range want {
+		worst = max(worst, relErr(float64(got[i]), want[i]))
+	}
+	t.Logf("max relative error vs float64: %.3g (tolerance %g)", worst, tol)
+	if worst > tol {
+		t.Fatalf("max relative error %.3g > %g", worst, tol)
+	}
+	// Training images themselves and the mean itself.
+	self := score(t, b, g, x, n)
+	wantSelf := refpadim.Distances(x, n, p, d, m, inv)
+	for i := range wantSelf {
+		if e := relErr(float64(self[i]), wantSelf[i]); e > tol {
+			t.Fatalf("training embedding %d: got %v want %v", i, self[i], wantSelf[i])
+		}
+	}
+	atMean := score(t, b, g, g.Mean, 1)
+	for q, v := range atMean {
+		if v > 1e-2*float32(max(spread, 1e-3)) {
+			t.Fatalf("distance of the mean itself at patch %d is %v", q, v)
+		}
+	}
+}
+
+func testStreaming(t *testing.T, b gauss.Backend) {
+	const n, p, d = 23, 5, 17
+	x := Correlated(3, n, p, d, 5, 2)
+	one := fit(t, b, x, n, p, d, n)
+	for _, batch := range []int{1, 4, 7} {
+		s := fit(t, b, x, n, p, d, batch)
+		if s.N != n {
+			t.Fatalf("batch %d: N = %d", batch, s.N)
+		}
+		compareStats(t, s, one, 1e-5)
+	}
+}
+
+func testSharded(t *testing.T, b gauss.Backend) {
+	const n, p, d = 30, 4, 13
+	x := Correlated(4, n, p, d, 50, 3)
+	all := fit(t, b, x, n, p, d, 8)
+	a := fit(t, b, x[:11*p*d], 11, p, d, 5)
+	c := fit(t, b, x[11*p*d:], n-11, p, d, 6)
+	if err := a.Merge(c); err != nil {
+		t.Fatal(err)
+	}
+	compareStats(t, a, all, 1e-5)
+	ga, err := b.Factorize(a, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gall, err := b.Factorize(all, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	da, dall := score(t, b, ga, x, n), score(t, b, gall, x, n)
+	for i := range da {
+		if e := relErr(float64(da[i]), float64(dall[i])); e > 1e-4 {
+			t.Fatalf("distance %d: merged %v single %v", i, da[i], dall[i])
+		}
+	}
+}
+
+func compareStats(t *testing.T, got, want *gauss.Stats, tol float64) {
+	t.Helper()
+	if got.N != want.N || got.P != want.P || got.D != want.D {
+		t.Fatalf("shape/count (%d,%d,%d) vs (%d,%d,%d)", got.N, got.P, got.D, want.N, want.P, want.D)
+	}
+	scale := 0.0
+	for _, v := range want.M2 {
+		scale = max(scale, math.Abs(v))
+	}
+	for i := range want.Mean {
+		if e := relErr(got.Mean[i], want.Mean[i]); e > tol {
+			t.Fatalf("mean %d: %v vs %v", i, got.Mean[i], want.Mean[i])
+		}
+	}
+	for i := range want.M2 {
+		if math.Abs(got.M2[i]-want.M2[i]) > tol*scale {
+			t.Fatalf("M2 %d: %v vs %v", i, got.M2[i], want.M2[i])
+		}
+	}
+}
+
+func testNotPD(t *testing.T, b gauss.Backend) {
+	const n, p, d = 10, 5, 6
+	x := Correlated(5, n, p, d, 0, 1)
+	for i := 0; i < n; i++ { // patch 3 constant: zero covariance
+		for j := 0; j < d; j++ {
+			x[(i*p+3)*d+j] = 2
+		}
+	}
+	s := fit(t, b, x, n, p, d, 4)
+	_, err := b.Factorize(s, 0)
+	var npd *gauss.NotPositiveDefiniteError
+	if !errors.As(err, &npd) || npd.Patch != 3 {
+		t.Fatalf("got %v, want NotPositiveDefiniteError for patch 3", err)
+	}
+	g, err := b.Factorize(s, 0.01) // regularised: fine, and finite
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range score(t, b, g, x, n) {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			t.Fatal("non-finite distance")
+		}
+	}
+}
+
+func testTooFew(t *testing.T, b gauss.Backend) {
+	x := Correlated(6, 1, 2, 3, 0, 1)
+	s := fit(t, b, x, 1, 2, 3, 1)
+	if _, err := b.Factorize(s, 0.01); err == nil {
+		t.Fatal("N=1 accepted")
+	}
+}
+
+func testNaN(t *testing.T, b gauss.Backend) {
+	const p, d = 3, 4
+	acc, err := b.NewAccumulator(p, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	x := Correlated(7, 2, p, d, 0, 1)
+	x[1*p*d+2*d+1] = float32(math.NaN())
+	if err := acc.Add(x, 2); !errors.Is(err, gauss.ErrNonFinite) {
+		t.Fatalf("got %v, want ErrNonFinite", err)
+	}
+	s, err := acc.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.N != 0 {
+		t.Fatalf("a rejected batch was counted: N=%d", s.N)
+	}
+}
+
+func testShapes(t *testing.T, b gauss.Backend) {
+	acc, err := b.NewAccumulator(3, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	if err := acc.Add(make([]float32, 11), 1); err == nil {
+		t.Error("short batch accepted")
+	}
+	g := &gauss.Gaussian{P: 3, D: 4, Mean: make([]float32, 12), LInv: make([]float32, 5)}
+	if _, err := b.NewScorer(g); err == nil {
+		t.Error("mis-shaped model accepted")
+	}
+}
