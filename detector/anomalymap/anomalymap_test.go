@@ -1,0 +1,92 @@
+package anomalymap
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/padim/padim/detector/internal/refpadim"
+)
+
+func TestKernel33TapsNormalised(t *testing.T) {
+	k := Kernel(4)
+	if len(k) != 33 {
+		t.Fatalf("%d taps", len(k))
+	}
+	var s float64
+	for _, v := range k {
+		s += float64(v)
+	}
+	if math.Abs(s-1) > 1e-6 || k[16] < k[15] || k[15] != k[17] {
+		t.Fatalf("sum %v centre %v", s, k[16])
+	}
+}
+
+func TestMirrorMatchesScipy(t *testing.T) {
+	// scipy mode='mirror' on [a b c d]: ... c b | a b c d | c b a ...
+	n := 4
+	want := map[int]int{-3: 3, -2: 2, -1: 1, 0: 0, 3: 3, 4: 2, 5: 1, 6: 0, 7: 1}
+	for i, w := range want {
+		if got := Mirror(i, n); got != w {
+			t.Errorf("Mirror(%d,4) = %d want %d", i, got, w)
+		}
+	}
+	if Mirror(-5, 1) != 0 {
+		t.Error("n=1")
+	}
+}
+
+func TestUpsampleHalfPixel(t *testing.T) {
+	// 2 → 4: PyTorch gives [a, .75a+.25b, .25a+.75b, b].
+	g, _ := NewGenerator(1, 2, 1, 4, 0)
+	dst := make([]float32, 4)
+	g.Upsample([]float32{0, 4}, dst)
+	want := []float32{0, 1, 3, 4}
+	for i := range want {
+		if dst[i] != want[i] {
+			t.Fatalf("got %v want %v", dst, want)
+		}
+	}
+}
+
+// The whole map (upsample + blur) against the float64 reference, at PaDiM's sizes
+// and at odd ones (smaller than the kernel, non-integer ratios).
+func TestMapMatchesFloat64Reference(t *testing.T) {
+	for _, c := range []struct{ gh, gw, h, w int }{{56, 56, 224, 224}, {7, 5, 20, 13}, {3, 3, 9, 9}, {14, 14, 224, 224}} {
+		r := rand.New(rand.NewPCG(uint64(c.h), 2))
+		grid := make([]float32, c.gh*c.gw)
+		g64 := make([]float64, len(grid))
+		for i := range grid {
+			grid[i] = float32(10 + 5*r.Float64())
+			g64[i] = float64(grid[i])
+		}
+		g, err := NewGenerator(c.gh, c.gw, c.h, c.w, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := g.Make(grid)
+		want := refpadim.Blur(refpadim.Upsample(g64, c.gh, c.gw, c.h, c.w), c.h, c.w, 4)
+		worst, wmax := 0.0, math.Inf(-1)
+		for i, v := range want {
+			worst = max(worst, math.Abs(float64(m.Pixel[i])-v)/math.Abs(v))
+			wmax = max(wmax, v)
+		}
+		if worst > 1e-5 {
+			t.Errorf("%+v: max relative error %.3g", c, worst)
+		}
+		if math.Abs(float64(m.Score)-wmax)/wmax > 1e-5 {
+			t.Errorf("%+v: score %v want %v", c, m.Score, wmax)
+		}
+	}
+}
+
+func BenchmarkMake224(b *testing.B) {
+	g, _ := NewGenerator(56, 56, 224, 224, 4)
+	grid := make([]float32, 56*56)
+	for i := range grid {
+		grid[i] = float32(i % 17)
+	}
+	for b.Loop() {
+		g.Make(grid)
+	}
+}
