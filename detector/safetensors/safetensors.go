@@ -1,0 +1,368 @@
+// Package safetensors reads and writes the safetensors format (an 8-byte
+// little-endian header length, a JSON header, then raw little-endian tensors), the
+// open format of padim's model and statistics files, so that Python's safetensors,
+// NumPy or any other reader can open them.
+//
+// Files written here carry a SHA-256 of the data section in the metadata key
+// "padim.sha256"; Read verifies it when present and can demand it. Writes are
+// atomic: a temporary file in the same folder, synced, then renamed.
+package safetensors
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"slices"
+	"unsafe"
+)
+
+// ChecksumKey is the metadata key holding the hex SHA-256 of the data section.
+const ChecksumKey = "padim.sha256"
+
+// MaxHeader bounds the JSON header a reader accepts.
+const MaxHeader = 64 << 20
+
+// ErrFormat is wrapped by every error about a malformed or damaged file.
+var ErrFormat = errors.New("not a valid safetensors file")
+
+var dtypeSize = map[string]int{"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+// Tensor is one named array of little-endian values.
+type Tensor struct {
+	Name  string
+	DType string
+	Shape []int
+	Data  []byte
+}
+
+// File is a parsed safetensors file: metadata and tensors in data order.
+type File struct {
+	Metadata map[string]string
+	Tensors  []Tensor
+}
+
+// Tensor returns the named tensor, or nil.
+func (f *File) Tensor(name string) *Tensor {
+	for i := range f.Tensors {
+		if f.Tensors[i].Name == name {
+			return &f.Tensors[i]
+		}
+	}
+	return nil
+}
+
+// F32 makes a float32 tensor sharing v's memory.
+func F32(name string, v []float32, shape ...int) Tensor {
+	return Tensor{Name: name, DType: "F32", Shape: shape, Data: bytesOf(v)}
+}
+
+// F64 makes a float64 tensor sharing v's memory.
+func F64(name string, v []float64, shape ...int) Tensor {
+	return Tensor{Name: name, DType: "F64", Shape: shape, Data: bytesOf(v)}
+}
+
+// I64 makes an int64 tensor from ints.
+func I64(name string, v []int, shape ...int) Tensor {
+	b := make([]byte, 8*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint64(b[8*i:], uint64(int64(x)))
+	}
+	return Tensor{Name: name, DType: "I64", Shape: shape, Data: b}
+}
+
+func bytesOf[T float32 | float64](v []T) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), len(v)*int(unsafe.Sizeof(v[0])))
+}
+
+func viewAs[T float32 | float64](b []byte) []T {
+	var z T
+	sz := int(unsafe.Sizeof(z))
+	if len(b) == 0 {
+		return []T{}
+	}
+	if uintptr(unsafe.Pointer(&b[0]))%uintptr(sz) == 0 {
+		return unsafe.Slice((*T)(unsafe.Pointer(&b[0])), len(b)/sz)
+	}
+	out := make([]T, len(b)/sz)
+	copy(bytesOf(out), b)
+	return out
+}
+
+// Float32s returns the tensor's values without copying; it must be F32.
+func (t *Tensor) Float32s() ([]float32, error) {
+	if t.DType != "F32" {
+		return nil, fmt.Errorf("safetensors: tensor %q is %s, want F32", t.Name, t.DType)
+	}
+	return viewAs[float32](t.Data), nil
+}
+
+// Float64s returns the tensor's values without copying; it must be F64.
+func (t *Tensor) Float64s() ([]float64, error) {
+	if t.DType != "F64" {
+		return nil, fmt.Errorf("safetensors: tensor %q is %s, want F64", t.Name, t.DType)
+	}
+	return viewAs[float64](t.Data), nil
+}
+
+// Ints returns an I64 or I32 tensor's values.
+func (t *Tensor) Ints() ([]int, error) {
+	switch t.DType {
+	case "I64":
+		v := make([]int, len(t.Data)/8)
+		for i := range v {
+			x := int64(binary.LittleEndian.Uint64(t.Data[8*i:]))
+			if x > math.MaxInt32 || x < math.MinInt32 {
+				return nil, fmt.Errorf("safetensors: tensor %q value %d out of range", t.Name, x)
+			}
+			v[i] = int(x)
+		}
+		return v, nil
+	case "I32":
+		v := make([]int, len(t.Data)/4)
+		for i := range v {
+			v[i] = int(int32(binary.LittleEndian.Uint32(t.Data[4*i:])))
+		}
+		return v, nil
+	}
+	return nil, fmt.Errorf("safetensors: tensor %q is %s, want an integer type", t.Name, t.DType)
+}
+
+// Elements is the product of the shape.
+func (t *Tensor) Elements() int {
+	n := 1
+	for _, d := range t.Shape {
+		n *= d
+	}
+	return n
+}
+
+type entry struct {
+	DType       string   `json:"dtype"`
+	Shape       []int    `json:"shape"`
+	DataOffsets [2]int64 `json:"data_offsets"`
+}
+
+// Write stores the tensors (in the given order) and metadata at path atomically,
+// adding the checksum key.
+func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
+	h := sha256.New()
+	header := map[string]any{}
+	md := map[string]string{}
+	for k, v := range meta {
+		md[k] = v
+	}
+	var off int64
+	for _, t := range tensors {
+		sz, ok := dtypeSize[t.DType]
+		if !ok {
+			return fmt.Errorf("safetensors: tensor %q has unknown dtype %q", t.Name, t.DType)
+		}
+		if t.Elements()*sz != len(t.Data) {
+			return fmt.Errorf("safetensors: tensor %q holds %d bytes, shape %v of %s needs %d", t.Name, len(t.Data), t.Shape, t.DType, t.Elements()*sz)
+		}
+		if t.Name == "__metadata__" || header[t.Name] != nil {
+			return fmt.Errorf("safetensors: duplicate or reserved tensor name %q", t.Name)
+		}
+		shape := t.Shape
+		if shape == nil {
+			shape = []int{}
+		}
+		header[t.Name] = entry{t.DType, shape, [2]int64{off, off + int64(len(t.Data))}}
+		off += int64(len(t.Data))
+		h.Write(t.Data)
+	}
+	md[ChecksumKey] = hex.EncodeToString(h.Sum(nil))
+	header["__metadata__"] = md
+	js, err := json.Marshal(header)
+	if err != nil {
+		return err
+	}
+	for len(js)%8 != 0 {
+		js = append(js, ' ')
+	}
+	return WriteAtomic(path, func(w io.Writer) error {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(js)))
+		if _, err := w.Write(n[:]); err != nil {
+			return err
+		}
+		if _, err := w.Write(js); err != nil {
+			return err
+		}
+		for _, t := range tensors {
+			if _, err := w.Write(t.Data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// WriteAtomic writes a file through fill into a temporary file beside path, syncs
+// it and renames it over path; on any error the temporary file is removed and path
+// is untouched.
+func WriteAtomic(path string, fill func(w io.Writer) error) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			err = fmt.Errorf("cannot write %s: %w", path, err)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err = fill(bw); err != nil {
+		return err
+	}
+	if err = bw.Flush(); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Chmod(f.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// Read opens and parses path; requireChecksum rejects files without padim's checksum.
+func Read(path string, requireChecksum bool) (*File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	file, err := Parse(bufio.NewReaderSize(f, 1<<20), st.Size(), requireChecksum)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return file, nil
+}
+
+// Parse reads a safetensors stream of exactly size bytes. It never allocates more
+// than size bytes for data, whatever the header claims.
+func Parse(r io.Reader, size int64, requireChecksum bool) (*File, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(format, a...))
+	}
+	if size < 8 {
+		return nil, bad("file is %d bytes, shorter than the 8-byte header length (truncated?)", size)
+	}
+	var nb [8]byte
+	if _, err := io.ReadFull(r, nb[:]); err != nil {
+		return nil, bad("reading header length: %v", err)
+	}
+	hl := binary.LittleEndian.Uint64(nb[:])
+	if hl > MaxHeader || int64(hl) > size-8 {
+		return nil, bad("header length %d does not fit a %d-byte file (truncated or not safetensors)", hl, size)
+	}
+	hj := make([]byte, hl)
+	if _, err := io.ReadFull(r, hj); err != nil {
+		return nil, bad("reading header: %v", err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(hj, &raw); err != nil {
+		return nil, bad("header is not JSON: %v", err)
+	}
+	file := &File{Metadata: map[string]string{}}
+	if m, ok := raw["__metadata__"]; ok {
+		if err := json.Unmarshal(m, &file.Metadata); err != nil {
+			return nil, bad("metadata is not a string map: %v", err)
+		}
+		delete(raw, "__metadata__")
+	}
+	dataSize := size - 8 - int64(hl)
+	type located struct {
+		name string
+		e    entry
+	}
+	var ents []located
+	for name, msg := range raw {
+		var e entry
+		if err := json.Unmarshal(msg, &e); err != nil {
+			return nil, bad("tensor %q: %v", name, err)
+		}
+		sz, ok := dtypeSize[e.DType]
+		if !ok {
+			return nil, bad("tensor %q has unknown dtype %q", name, e.DType)
+		}
+		n := uint64(sz)
+		for _, d := range e.Shape {
+			if d < 0 {
+				return nil, bad("tensor %q has negative dimension %d", name, d)
+			}
+			hi, lo := bits.Mul64(n, uint64(d))
+			if hi != 0 || lo > uint64(dataSize) {
+				return nil, bad("tensor %q shape %v is larger than the file", name, e.Shape)
+			}
+			n = lo
+		}
+		b, en := e.DataOffsets[0], e.DataOffsets[1]
+		if b < 0 || en < b || en > dataSize || uint64(en-b) != n {
+			return nil, bad("tensor %q data offsets %v do not match shape %v of %s in %d data bytes (truncated?)", name, e.DataOffsets, e.Shape, e.DType, dataSize)
+		}
+		ents = append(ents, located{name, e})
+	}
+	slices.SortFunc(ents, func(a, b located) int {
+		if a.e.DataOffsets[0] != b.e.DataOffsets[0] {
+			return int(a.e.DataOffsets[0] - b.e.DataOffsets[0])
+		}
+		return int(a.e.DataOffsets[1] - b.e.DataOffsets[1])
+	})
+	var pos int64
+	for _, e := range ents {
+		if e.e.DataOffsets[0] != pos {
+			return nil, bad("tensor %q starts at %d, expected %d (overlap or hole)", e.name, e.e.DataOffsets[0], pos)
+		}
+		pos = e.e.DataOffsets[1]
+	}
+	if pos != dataSize {
+		return nil, bad("tensors cover %d bytes but the file holds %d after the header (truncated or padded)", pos, dataSize)
+	}
+	want, hasSum := file.Metadata[ChecksumKey]
+	if requireChecksum && !hasSum {
+		return nil, bad("no %s checksum in the metadata", ChecksumKey)
+	}
+	h := sha256.New()
+	for _, e := range ents {
+		n := e.e.DataOffsets[1] - e.e.DataOffsets[0]
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, bad("reading tensor %q: %v (truncated?)", e.name, err)
+		}
+		if hasSum {
+			h.Write(buf)
+		}
+		file.Tensors = append(file.Tensors, Tensor{Name: e.name, DType: e.e.DType, Shape: e.e.Shape, Data: buf})
+	}
+	if hasSum {
+		if got := hex.EncodeToString(h.Sum(nil)); got != want {
+			return nil, bad("data checksum %s does not match the recorded %s (file damaged)", got[:16], want[:min(16, len(want))])
+		}
+	}
+	return file, nil
+}
