@@ -1,0 +1,216 @@
+// Package imageio reads images for the backbone: decode PNG, JPEG, BMP, TIFF and
+// GIF (8 or 16 bit, grayscale repeated to three channels, alpha dropped), resize
+// with a bilinear filter that widens its support when shrinking (anti-aliasing,
+// like Pillow's and torchvision's antialias=True bilinear), optionally centre-crop,
+// normalise, and lay out as CHW float32.
+package imageio
+
+import (
+	"bufio"
+	"fmt"
+	"image"
+	"image/color"
+	_ "image/gif"  // GIF decoder
+	_ "image/jpeg" // JPEG decoder
+	_ "image/png"  // PNG decoder
+	"io"
+	"math"
+	"os"
+
+	_ "golang.org/x/image/bmp"  // BMP decoder
+	_ "golang.org/x/image/tiff" // TIFF decoder
+)
+
+// MaxPixels bounds the images Decode accepts, checked from the header before
+// decoding, so a hostile or broken file cannot make it allocate without bound.
+const MaxPixels = 1 << 26 // 67 M pixels (8192²)
+
+// Planes is an RGB image as three float32 planes in [0,1], CHW.
+type Planes struct {
+	W, H int
+	Pix  []float32 // [3][H][W]
+}
+
+// Decode reads an image file into planes.
+func Decode(path string) (*Planes, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	p, err := DecodeReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (is it a readable PNG, JPEG, BMP, TIFF or GIF image?)", path, err)
+	}
+	return p, nil
+}
+
+// DecodeReader decodes an image stream into planes.
+func DecodeReader(r io.Reader) (*Planes, error) {
+	br := bufio.NewReader(r)
+	peek, _ := br.Peek(1 << 16)
+	cfg, format, err := image.DecodeConfig(&byteReader{b: peek})
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode image header: %v", err)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > MaxPixels {
+		return nil, fmt.Errorf("%s image of %dx%d pixels is empty or larger than the %d-pixel limit", format, cfg.Width, cfg.Height, MaxPixels)
+	}
+	img, _, err := image.Decode(br)
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode %s image: %v", format, err)
+	}
+	return FromImage(img), nil
+}
+
+type byteReader struct {
+	b []byte
+	i int
+}
+
+func (r *byteReader) Read(p []byte) (int, error) {
+	if r.i >= len(r.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[r.i:])
+	r.i += n
+	return n, nil
+}
+
+// FromImage converts any image to planes, with fast paths for the common types.
+func FromImage(img image.Image) *Planes {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	p := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
+	R, G, B := p.Pix[:w*h], p.Pix[w*h:2*w*h], p.Pix[2*w*h:]
+	const s8, s16 = 1.0 / 255, 1.0 / 65535
+	switch m := img.(type) {
+	case *image.Gray:
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				v := float32(m.Pix[y*m.Stride+x]) * s8
+				R[y*w+x], G[y*w+x], B[y*w+x] = v, v, v
+			}
+		}
+	case *image.Gray16:
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				o := y*m.Stride + 2*x
+				v := float32(uint16(m.Pix[o])<<8|uint16(m.Pix[o+1])) * s16
+				R[y*w+x], G[y*w+x], B[y*w+x] = v, v, v
+			}
+		}
+	case *image.NRGBA:
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				o := y*m.Stride + 4*x
+				R[y*w+x], G[y*w+x], B[y*w+x] = float32(m.Pix[o])*s8, float32(m.Pix[o+1])*s8, float32(m.Pix[o+2])*s8
+			}
+		}
+	case *image.YCbCr:
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				c := m.YCbCrAt(b.Min.X+x, b.Min.Y+y)
+				r, g, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
+				R[y*w+x], G[y*w+x], B[y*w+x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
+			}
+		}
+	default:
+		// NRGBA64 drops alpha without un-premultiplying twice and keeps 16 bits.
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				c := color.NRGBA64Model.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA64)
+				R[y*w+x], G[y*w+x], B[y*w+x] = float32(c.R)*s16, float32(c.G)*s16, float32(c.B)*s16
+			}
+		}
+	}
+	return p
+}
+
+// Resize resamples planes to w×h with a triangle (bilinear) filter whose support
+// grows with the shrink factor, so downscaling averages instead of aliasing.
+func (p *Planes) Resize(w, h int) *Planes {
+	if w == p.W && h == p.H {
+		return &Planes{W: w, H: h, Pix: append([]float32(nil), p.Pix...)}
+	}
+	cw := weights(p.W, w)
+	ch := weights(p.H, h)
+	out := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
+	tmp := make([]float32, p.H*w)
+	for c := 0; c < 3; c++ {
+		src := p.Pix[c*p.W*p.H : (c+1)*p.W*p.H]
+		for y := 0; y < p.H; y++ {
+			row := src[y*p.W : (y+1)*p.W]
+			for x, wt := range cw {
+				var s float32
+				for k, v := range wt.w {
+					s += v * row[wt.first+k]
+				}
+				tmp[y*w+x] = s
+			}
+		}
+		dst := out.Pix[c*w*h : (c+1)*w*h]
+		for y, wt := range ch {
+			o := dst[y*w : (y+1)*w]
+			for k, v := range wt.w {
+				in := tmp[(wt.first+k)*w : (wt.first+k+1)*w]
+				for x := range o {
+					o[x] += v * in[x]
+				}
+			}
+		}
+	}
+	return out
+}
+
+type filterWeights struct {
+	first int
+	w     []float32
+}
+
+func weights(in, out int) []filterWeights {
+	scale := float64(in) / float64(out)
+	support := math.Max(scale, 1)
+	ws := make([]filterWeights, out)
+	for o := range ws {
+		center := (float64(o) + 0.5) * scale
+		lo := max(int(math.Floor(center-support)), 0)
+		hi := min(int(math.Ceil(center+support)), in)
+		var w []float32
+		var sum float64
+		first := -1
+		for i := lo; i < hi; i++ {
+			t := 1 - math.Abs((float64(i)+0.5-center)/support)
+			if t <= 0 {
+				if first < 0 {
+					continue
+				}
+				break
+			}
+			if first < 0 {
+				first = i
+			}
+			w = append(w, float32(t))
+			sum += t
+		}
+		if first < 0 { // cannot happen for in ≥ 1, but stay safe
+			first, w, sum = min(int(center), in-1), []float32{1}, 1
+		}
+		for i := range w {
+			w[i] = float32(float64(w[i]) / sum)
+		}
+		ws[o] = filterWeights{first, w}
+	}
+	return ws
+}
+
+// Crop returns the w×h window at (x, y).
+func (p *Planes) Crop(x, y, w, h int) *Planes {
+	out := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
+	for c := 0; c < 3; c++ {
+		for r := 0; r < h; r++ {
+			copy(out.Pix[(c*h+r)*w:(c*h+r+1)*w], p.Pix[c*p.W*p.H+(y+r)*p.W+x:])
+		}
+	}
+	return out
+}
