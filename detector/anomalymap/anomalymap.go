@@ -13,16 +13,11 @@ import (
 // DefaultSigma is PaDiM's blur.
 const DefaultSigma = 4.0
 
-// Generator makes pixel maps of one size from grid maps of one size. It caches the
-// interpolation weights and the kernel; it is safe for concurrent use.
-type Generator struct {
+// Upsampler resizes GridH×GridW maps to H×W bilinearly with half-pixel centres.
+type Upsampler struct {
 	GridH, GridW int
 	H, W         int
-	Sigma        float64
-	kernel       []float32
 	ys, xs       []lerp
-	mirrorX      []int32 // padded column → source column
-	mirrorY      []int32
 }
 
 type lerp struct {
@@ -30,19 +25,56 @@ type lerp struct {
 	f      float32
 }
 
-// NewGenerator prepares maps from gh×gw grids to h×w pixels. sigma ≤ 0 disables the blur.
-func NewGenerator(gh, gw, h, w int, sigma float64) (*Generator, error) {
+// NewUpsampler prepares the interpolation weights.
+func NewUpsampler(gh, gw, h, w int) (*Upsampler, error) {
 	if gh <= 0 || gw <= 0 || h <= 0 || w <= 0 {
 		return nil, fmt.Errorf("anomalymap: sizes must be positive: grid %dx%d, image %dx%d", gh, gw, h, w)
 	}
-	g := &Generator{GridH: gh, GridW: gw, H: h, W: w, Sigma: sigma}
-	g.ys, g.xs = lerps(gh, h), lerps(gw, w)
-	if sigma > 0 {
-		g.kernel = Kernel(sigma)
-		r := len(g.kernel) / 2
-		g.mirrorX, g.mirrorY = mirrorTable(w, r), mirrorTable(h, r)
+	return &Upsampler{GridH: gh, GridW: gw, H: h, W: w, ys: lerps(gh, h), xs: lerps(gw, w)}, nil
+}
+
+// Blur is a separable normalised Gaussian of radius int(4σ+0.5) with scipy's
+// 'mirror' border, for H×W maps. σ ≤ 0 copies.
+type Blur struct {
+	H, W    int
+	Sigma   float64
+	kernel  []float32
+	mirrorX []int32 // padded column → source column
+	mirrorY []int32
+}
+
+// NewBlur prepares the kernel and border tables.
+func NewBlur(h, w int, sigma float64) (*Blur, error) {
+	if h <= 0 || w <= 0 {
+		return nil, fmt.Errorf("anomalymap: blur size %dx%d", w, h)
 	}
-	return g, nil
+	b := &Blur{H: h, W: w, Sigma: sigma}
+	if sigma > 0 {
+		b.kernel = Kernel(sigma)
+		r := len(b.kernel) / 2
+		b.mirrorX, b.mirrorY = mirrorTable(w, r), mirrorTable(h, r)
+	}
+	return b, nil
+}
+
+// Generator makes pixel maps of one size from grid maps of one size: upsample,
+// then blur. It is safe for concurrent use.
+type Generator struct {
+	*Upsampler
+	*Blur
+}
+
+// NewGenerator prepares maps from gh×gw grids to h×w pixels. sigma ≤ 0 disables the blur.
+func NewGenerator(gh, gw, h, w int, sigma float64) (*Generator, error) {
+	u, err := NewUpsampler(gh, gw, h, w)
+	if err != nil {
+		return nil, err
+	}
+	b, err := NewBlur(h, w, sigma)
+	if err != nil {
+		return nil, err
+	}
+	return &Generator{u, b}, nil
 }
 
 // Kernel returns the normalised Gaussian of radius int(4σ+0.5).
@@ -101,8 +133,8 @@ func lerps(in, out int) []lerp {
 	return l
 }
 
-// Upsample writes the bilinear upsampling of grid (GridH×GridW) into dst (H×W).
-func (g *Generator) Upsample(grid, dst []float32) {
+// Apply writes the bilinear upsampling of grid (GridH×GridW) into dst (H×W).
+func (g *Upsampler) Apply(grid, dst []float32) {
 	for y, ly := range g.ys {
 		r0 := grid[int(ly.i0)*g.GridW : (int(ly.i0)+1)*g.GridW]
 		r1 := grid[int(ly.i1)*g.GridW : (int(ly.i1)+1)*g.GridW]
@@ -115,9 +147,8 @@ func (g *Generator) Upsample(grid, dst []float32) {
 	}
 }
 
-// Blur applies the Gaussian to src (H×W) into dst; tmp needs H×W values. dst may
-// not alias src or tmp.
-func (g *Generator) Blur(src, dst, tmp []float32) {
+// Apply blurs src (H×W) into dst; tmp needs H×W values. dst may not alias src or tmp.
+func (g *Blur) Apply(src, dst, tmp []float32) {
 	if g.kernel == nil {
 		copy(dst, src[:g.H*g.W])
 		return
@@ -165,11 +196,10 @@ func (g *Generator) Make(grid []float32) (*Map, error) {
 	if len(grid) != g.GridH*g.GridW {
 		return nil, fmt.Errorf("anomalymap: grid map has %d values, want %dx%d", len(grid), g.GridH, g.GridW)
 	}
-	up := make([]float32, g.H*g.W)
-	tmp := make([]float32, g.H*g.W)
-	px := make([]float32, g.H*g.W)
-	g.Upsample(grid, up)
-	g.Blur(up, px, tmp)
+	n := g.Upsampler.H * g.Upsampler.W
+	up, tmp, px := make([]float32, n), make([]float32, n), make([]float32, n)
+	g.Upsampler.Apply(grid, up)
+	g.Blur.Apply(up, px, tmp)
 	return &Map{Grid: grid, Pixel: px, Score: Max(px)}, nil
 }
 

@@ -40,7 +40,7 @@ func TestUpsampleHalfPixel(t *testing.T) {
 	// 2 → 4: PyTorch gives [a, .75a+.25b, .25a+.75b, b].
 	g, _ := NewGenerator(1, 2, 1, 4, 0)
 	dst := make([]float32, 4)
-	g.Upsample([]float32{0, 4}, dst)
+	g.Upsampler.Apply([]float32{0, 4}, dst)
 	want := []float32{0, 1, 3, 4}
 	for i := range want {
 		if dst[i] != want[i] {

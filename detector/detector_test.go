@@ -1,0 +1,288 @@
+package detector
+
+import (
+	"errors"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/internal/refpadim"
+)
+
+// fakeBackbone is a small deterministic feature extractor: random 1×1 mixes of
+// the input channels, average-pooled by 4 and 8, through tanh.
+type fakeBackbone struct {
+	size int
+	w1   [][3]float32
+	w2   [][3]float32
+}
+
+func newFake(size int) *fakeBackbone {
+	r := rand.New(rand.NewPCG(9, 9))
+	f := &fakeBackbone{size: size}
+	for i := 0; i < 10; i++ {
+		f.w1 = append(f.w1, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
+	}
+	for i := 0; i < 6; i++ {
+		f.w2 = append(f.w2, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
+	}
+	return f
+}
+
+func (f *fakeBackbone) InputSize() int { return f.size }
+func (f *fakeBackbone) Taps() []embed.TapShape {
+	return []embed.TapShape{{"layer1", len(f.w1), f.size / 4, f.size / 4}, {"layer2", len(f.w2), f.size / 8, f.size / 8}}
+}
+func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
+	taps := f.Taps()
+	out := make([]embed.Tap, 2)
+	for ti, w := range [][][3]float32{f.w1, f.w2} {
+		sh := taps[ti]
+		t := embed.Tap{TapShape: sh, N: n, Data: make([]float32, n*sh.C*sh.H*sh.W)}
+		k := f.size / sh.H
+		for b := 0; b < n; b++ {
+			img := batch[b*3*f.size*f.size:]
+			for c := 0; c < sh.C; c++ {
+				for y := 0; y < sh.H; y++ {
+					for x := 0; x < sh.W; x++ {
+						var s float32
+						for yy := y * k; yy < (y+1)*k; yy++ {
+							for xx := x * k; xx < (x+1)*k; xx++ {
+								for ch := 0; ch < 3; ch++ {
+									s += w[c][ch] * img[ch*f.size*f.size+yy*f.size+xx]
+								}
+							}
+						}
+						t.Data[((b*sh.C+c)*sh.H+y)*sh.W+x] = float32(math.Tanh(float64(s) / float64(k*k)))
+					}
+				}
+			}
+		}
+		out[ti] = t
+	}
+	return out, nil
+}
+
+// writeImages writes n textured images; defect=true paints a dark square.
+func writeImages(t *testing.T, dir string, n int, seed uint64, defect bool) []string {
+	t.Helper()
+	os.MkdirAll(dir, 0o755)
+	r := rand.New(rand.NewPCG(seed, 3))
+	var files []string
+	for i := 0; i < n; i++ {
+		img := image.NewNRGBA(image.Rect(0, 0, 48, 48))
+		phase := r.Float64() * 6
+		for y := 0; y < 48; y++ {
+			for x := 0; x < 48; x++ {
+				v := 0.5 + 0.2*math.Sin(float64(x)/3+phase) + 0.05*r.NormFloat64()
+				c := uint8(math.Max(0, math.Min(255, v*255)))
+				img.Set(x, y, color.NRGBA{c, uint8(float64(c) * 0.8), uint8(float64(c) * 0.5), 255})
+			}
+		}
+		if defect {
+			for y := 20; y < 32; y++ {
+				for x := 14; x < 26; x++ {
+					img.Set(x, y, color.NRGBA{10, 60, 200, 255})
+				}
+			}
+		}
+		p := filepath.Join(dir, string(rune('a'+i%26))+strings.Repeat("x", i/26)+".png")
+		fh, _ := os.Create(p)
+		png.Encode(fh, img)
+		fh.Close()
+		files = append(files, p)
+	}
+	return files
+}
+
+func testPreprocess() imageio.Preprocess {
+	return imageio.Preprocess{Resize: 32, Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
+}
+
+func TestTrainScoreMatchesFloat64Reference(t *testing.T) {
+	dir := t.TempDir()
+	train := writeImages(t, filepath.Join(dir, "train"), 20, 1, false)
+	test := append(writeImages(t, filepath.Join(dir, "good"), 2, 2, false), writeImages(t, filepath.Join(dir, "bad"), 2, 3, true)...)
+	ext := newFake(32)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 12, Seed: 5, Eps: 0.01, Batch: 6, Sigma: 4, BackboneONNX: []byte("fake")}
+	m, rep, err := Train(ext, train, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Trained != 20 || m.NTrain != 20 || m.Calibration != nil {
+		t.Fatalf("trained %d, N %d, calibration %v", rep.Trained, m.NTrain, m.Calibration)
+	}
+	sc, err := m.NewScorer(ext, ScoreConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+
+	// reference: same features, float64 PaDiM with the documented semantics
+	layout, _ := embed.NewLayout(ext.Taps(), m.Channels)
+	P, D := layout.P(), layout.D()
+	embedFiles := func(files []string) []float32 {
+		out := make([]float32, len(files)*P*D)
+		for i, f := range files {
+			s, _, err := cfg.Preprocess.Load(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			taps, _ := ext.Extract(s[0].Input, 1)
+			layout.Embed(taps, out[i*P*D:])
+		}
+		return out
+	}
+	mean, inv, ok := refpadim.Fit(embedFiles(train), len(train), P, D, 0.01)
+	if !ok {
+		t.Fatal("reference singular")
+	}
+	dists := refpadim.Distances(embedFiles(test), len(test), P, D, mean, inv)
+	var scores []float32
+	i := 0
+	err = sc.ScoreFiles(test, false, func(r *Result, err error) error {
+		want := refpadim.Blur(refpadim.Upsample(dists[i*P:(i+1)*P], layout.H, layout.W, 32, 32), 32, 32, 4)
+		worst := 0.0
+		for k, v := range want {
+			worst = max(worst, math.Abs(float64(r.Map[k])-v)/math.Abs(v))
+		}
+		if worst > 1e-3 {
+			t.Errorf("%s: blurred map off the float64 reference by %.3g relative", r.Path, worst)
+		}
+		t.Logf("%s: score %.3f, max rel err vs float64 %.2g", filepath.Base(r.Path), r.Score, worst)
+		scores = append(scores, r.Score)
+		i++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if min(scores[2], scores[3]) <= max(scores[0], scores[1]) {
+		t.Errorf("defects do not outscore good images: %v", scores)
+	}
+}
+
+func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	train := writeImages(t, filepath.Join(dir, "train"), 30, 4, false)
+	bad := writeImages(t, filepath.Join(dir, "bad"), 2, 5, true)
+	ext := newFake(32)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 0, Seed: 1, Eps: 0.01, Batch: 8, Holdout: 0.1, Sigma: 4, BackboneName: "fake", BackboneONNX: []byte("fake graph")}
+	m, rep, err := Train(ext, train, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.HeldOut != 3 || m.NTrain != 30 || m.Calibration == nil || len(m.Calibration.ImageScores) != 3 {
+		t.Fatalf("held out %d, N %d, calibration %+v", rep.HeldOut, m.NTrain, m.Calibration)
+	}
+	if m.Gaussian.D != 16 {
+		t.Fatalf("dim 0 kept %d channels, want all 16", m.Gaussian.D)
+	}
+	c := m.Calibration
+	if !(float64(c.ImageThreshold) >= Quantile(c.ImageScores, 0.99)) {
+		t.Fatalf("image threshold %v below the held-out q99 %v", c.ImageThreshold, Quantile(c.ImageScores, 0.99))
+	}
+	path := filepath.Join(dir, "m.padim")
+	if err := m.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Calibration.ImageThreshold != c.ImageThreshold || string(m2.BackboneONNX) != "fake graph" || m2.Preprocess != m.Preprocess || m2.NTrain != 30 {
+		t.Fatalf("round trip changed the model: %+v", m2.Meta)
+	}
+	for i := range m.Gaussian.LInv {
+		if m.Gaussian.LInv[i] != m2.Gaussian.LInv[i] {
+			t.Fatal("L⁻¹ changed on round trip")
+		}
+	}
+	sc, err := m2.NewScorer(ext, ScoreConfig{OpenRadius: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	sc.ScoreFiles(bad, false, func(r *Result, err error) error {
+		if !r.HasVerdict || !r.Defect || len(r.Boxes) == 0 {
+			t.Errorf("%s: score %v threshold %v defect %v boxes %v", r.Path, r.Score, r.Threshold, r.Defect, r.Boxes)
+		}
+		return nil
+	})
+
+	// damaged files are refused with ErrModel
+	data, _ := os.ReadFile(path)
+	for name, b := range map[string][]byte{"truncated": data[:len(data)-10], "flipped": flip(data, len(data)-5), "empty": nil} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		if _, err := Load(p); !errors.Is(err, ErrModel) {
+			t.Errorf("%s model: %v", name, err)
+		}
+	}
+	// a model of another backbone is refused by the scorer
+	other := newFake(32)
+	other.w1 = other.w1[:9]
+	if _, err := m2.NewScorer(other, ScoreConfig{}); err == nil || !strings.Contains(err.Error(), "another backbone") {
+		t.Errorf("foreign backbone: %v", err)
+	}
+}
+
+func flip(b []byte, i int) []byte {
+	c := append([]byte(nil), b...)
+	c[i] ^= 1
+	return c
+}
+
+func TestBadFilesSkippedOrFatal(t *testing.T) {
+	dir := t.TempDir()
+	train := writeImages(t, dir, 6, 7, false)
+	bad := filepath.Join(dir, "zz_broken.png")
+	os.WriteFile(bad, []byte("nope"), 0o644)
+	files := append(train, bad)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 8, Eps: 0.01, Batch: 4, Sigma: 4}
+	if _, _, err := Train(newFake(32), files, cfg); err == nil || !strings.Contains(err.Error(), "zz_broken.png") {
+		t.Fatalf("got %v", err)
+	}
+	cfg.SkipBadFiles = true
+	m, rep, err := Train(newFake(32), files, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Skipped) != 1 || m.NTrain != 6 {
+		t.Fatalf("skipped %v N %d", rep.Skipped, m.NTrain)
+	}
+	cfg.Holdout = 0.5
+	if _, _, err := Train(newFake(32), train[:4], cfg); err == nil {
+		t.Fatal("holdout leaving one training image accepted")
+	}
+}
+
+func TestTilesStitchToImageSize(t *testing.T) {
+	dir := t.TempDir()
+	files := writeImages(t, dir, 5, 8, false)
+	pp := testPreprocess()
+	pp.Tile, pp.Overlap = 32, 8
+	m, rep, err := Train(newFake(32), files, TrainConfig{Preprocess: pp, Dim: 8, Eps: 0.01, Sigma: 4, Backend: gauss.CPU{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Samples != 5*4 { // 48² image, 32 tiles, stride 24 → 2×2
+		t.Fatalf("%d samples", rep.Samples)
+	}
+	sc, _ := m.NewScorer(newFake(32), ScoreConfig{})
+	sc.ScoreFiles(files[:1], false, func(r *Result, err error) error {
+		if r.W != 48 || r.H != 48 || len(r.Map) != 48*48 {
+			t.Fatalf("map %dx%d", r.W, r.H)
+		}
+		return nil
+	})
+}

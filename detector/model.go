@@ -1,0 +1,311 @@
+// Package detector is padim's public API: train a PaDiM model from good images,
+// save and load it, and score images into anomaly maps, verdicts and defect boxes.
+// It composes the parts in its sub-packages: imageio (input), an Extractor
+// (the backbone), embed, gauss (the Gaussian backend), anomalymap, postproc,
+// metrics and safetensors (the model file).
+package detector
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/safetensors"
+)
+
+// FormatVersion is the model file version this code writes and reads.
+const FormatVersion = 1
+
+// Meta describes how a model was made.
+type Meta struct {
+	Created        time.Time
+	BackboneName   string
+	BackboneSHA256 string
+	Taps           []embed.TapShape
+	Preprocess     imageio.Preprocess
+	Eps            float64
+	NTrain         int    // training samples (images or tiles) in the final fit
+	Seed           uint64 // channel-subset seed (0 when channels were given)
+	TotalChannels  int
+	Sigma          float64
+	GridH, GridW   int
+}
+
+// Calibration holds the thresholds derived from held-out good images.
+type Calibration struct {
+	ImageThreshold float32   // verdict: defect iff image score > this
+	PixelThreshold float32   // masks: defect pixel iff map value > this
+	Rule           string    // how the thresholds were derived
+	HoldoutImages  int       // held-out images (files)
+	ImageScores    []float32 // their image scores under the model fitted without them
+	PixelLevels    []float64 // quantile levels of their pixel scores
+	PixelQuantiles []float32
+}
+
+// Model is a trained detector.
+type Model struct {
+	Meta
+	Channels     []int // kept indices into the concatenated taps
+	Gaussian     *gauss.Gaussian
+	Calibration  *Calibration // nil when trained with no hold-out
+	BackboneONNX []byte       // the backbone graph, so a model file is self-contained
+}
+
+// Save writes the model atomically as safetensors.
+func (m *Model) Save(path string) error {
+	g := m.Gaussian
+	md := map[string]string{
+		"format":          "padim",
+		"format_version":  strconv.Itoa(FormatVersion),
+		"created":         m.Created.UTC().Format(time.RFC3339),
+		"backbone_name":   m.BackboneName,
+		"backbone_sha256": m.BackboneSHA256,
+		"taps":            mustJSON(m.Taps),
+		"resize":          strconv.Itoa(m.Preprocess.Resize),
+		"crop":            strconv.Itoa(m.Preprocess.Crop),
+		"tile":            strconv.Itoa(m.Preprocess.Tile),
+		"overlap":         strconv.Itoa(m.Preprocess.Overlap),
+		"mean":            joinFloats(m.Preprocess.Mean[:]),
+		"std":             joinFloats(m.Preprocess.Std[:]),
+		"eps":             strconv.FormatFloat(m.Eps, 'g', -1, 64),
+		"n_train":         strconv.Itoa(m.NTrain),
+		"seed":            strconv.FormatUint(m.Seed, 10),
+		"dim":             strconv.Itoa(g.D),
+		"total_channels":  strconv.Itoa(m.TotalChannels),
+		"sigma":           strconv.FormatFloat(m.Sigma, 'g', -1, 64),
+		"grid":            fmt.Sprintf("%d,%d", m.GridH, m.GridW),
+	}
+	ts := []safetensors.Tensor{
+		safetensors.F32("mean", g.Mean, g.P, g.D),
+		safetensors.F32("linv", g.LInv, g.P, gauss.PackedLen(g.D)),
+		safetensors.I64("channels", m.Channels, len(m.Channels)),
+	}
+	if c := m.Calibration; c != nil {
+		md["calibration_rule"] = c.Rule
+		md["holdout_images"] = strconv.Itoa(c.HoldoutImages)
+		md["pixel_quantile_levels"] = joinFloats(c.PixelLevels)
+		ts = append(ts,
+			safetensors.F32("thresholds", []float32{c.ImageThreshold, c.PixelThreshold}, 2),
+			safetensors.F32("holdout_image_scores", c.ImageScores, len(c.ImageScores)),
+			safetensors.F32("holdout_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
+	}
+	if len(m.BackboneONNX) > 0 {
+		ts = append(ts, safetensors.Tensor{Name: "backbone_onnx", DType: "U8", Shape: []int{len(m.BackboneONNX)}, Data: m.BackboneONNX})
+	}
+	return safetensors.Write(path, md, ts)
+}
+
+// ErrModel is wrapped by every error about an unusable model file.
+var ErrModel = errors.New("not a usable padim model")
+
+// Load reads and validates a model file.
+func Load(path string) (*Model, error) {
+	f, err := safetensors.Read(path, true)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v (retrain it with `padim train`)", ErrModel, err)
+	}
+	m, err := fromFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+	}
+	return m, nil
+}
+
+func fromFile(f *safetensors.File) (*Model, error) {
+	md := f.Metadata
+	if md["format"] != "padim" {
+		return nil, fmt.Errorf("metadata format is %q, not padim (a safetensors file, but not a padim model)", md["format"])
+	}
+	if v := md["format_version"]; v != strconv.Itoa(FormatVersion) {
+		return nil, fmt.Errorf("format version %q; this padim reads version %d", v, FormatVersion)
+	}
+	m := &Model{}
+	var errs []error
+	num := func(key string) int {
+		v, err := strconv.Atoi(md[key])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("metadata %s=%q is not an integer", key, md[key]))
+		}
+		return v
+	}
+	flt := func(key string) float64 {
+		v, err := strconv.ParseFloat(md[key], 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("metadata %s=%q is not a number", key, md[key]))
+		}
+		return v
+	}
+	m.Created, _ = time.Parse(time.RFC3339, md["created"])
+	m.BackboneName, m.BackboneSHA256 = md["backbone_name"], md["backbone_sha256"]
+	if err := json.Unmarshal([]byte(md["taps"]), &m.Taps); err != nil {
+		errs = append(errs, fmt.Errorf("metadata taps: %v", err))
+	}
+	m.Preprocess.Resize, m.Preprocess.Crop = num("resize"), num("crop")
+	m.Preprocess.Tile, m.Preprocess.Overlap = num("tile"), num("overlap")
+	mean, err1 := splitFloats(md["mean"], 3)
+	std, err2 := splitFloats(md["std"], 3)
+	errs = append(errs, err1, err2)
+	copy(m.Preprocess.Mean[:], toF32(mean))
+	copy(m.Preprocess.Std[:], toF32(std))
+	m.Eps, m.NTrain, m.Sigma = flt("eps"), num("n_train"), flt("sigma")
+	m.Seed, _ = strconv.ParseUint(md["seed"], 10, 64)
+	m.TotalChannels = num("total_channels")
+	if _, err := fmt.Sscanf(md["grid"], "%d,%d", &m.GridH, &m.GridW); err != nil {
+		errs = append(errs, fmt.Errorf("metadata grid=%q", md["grid"]))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := m.Preprocess.Check(); err != nil {
+		return nil, err
+	}
+	get := func(name string) (*safetensors.Tensor, error) {
+		if t := f.Tensor(name); t != nil {
+			return t, nil
+		}
+		return nil, fmt.Errorf("tensor %q missing", name)
+	}
+	tm, err := get("mean")
+	if err != nil {
+		return nil, err
+	}
+	tl, err := get("linv")
+	if err != nil {
+		return nil, err
+	}
+	tc, err := get("channels")
+	if err != nil {
+		return nil, err
+	}
+	if len(tm.Shape) != 2 || len(tl.Shape) != 2 || tm.Shape[0] != tl.Shape[0] || tl.Shape[1] != gauss.PackedLen(tm.Shape[1]) {
+		return nil, fmt.Errorf("mean %v and linv %v shapes disagree", tm.Shape, tl.Shape)
+	}
+	g := &gauss.Gaussian{P: tm.Shape[0], D: tm.Shape[1]}
+	if g.Mean, err = tm.Float32s(); err != nil {
+		return nil, err
+	}
+	if g.LInv, err = tl.Float32s(); err != nil {
+		return nil, err
+	}
+	if err := g.Check(); err != nil {
+		return nil, err
+	}
+	if err := allFinite("mean", g.Mean); err != nil {
+		return nil, err
+	}
+	if err := allFinite("linv", g.LInv); err != nil {
+		return nil, err
+	}
+	if g.P != m.GridH*m.GridW {
+		return nil, fmt.Errorf("model has %d patches but a %dx%d grid", g.P, m.GridH, m.GridW)
+	}
+	if m.Channels, err = tc.Ints(); err != nil {
+		return nil, err
+	}
+	if len(m.Channels) != g.D {
+		return nil, fmt.Errorf("%d channel indices for dimension %d", len(m.Channels), g.D)
+	}
+	if _, err := embed.NewLayout(m.Taps, m.Channels); err != nil {
+		return nil, err
+	}
+	m.Gaussian = g
+	if t := f.Tensor("thresholds"); t != nil {
+		c := &Calibration{Rule: md["calibration_rule"]}
+		th, err := t.Float32s()
+		if err != nil || len(th) != 2 {
+			return nil, fmt.Errorf("thresholds tensor must be 2 float32 values")
+		}
+		c.ImageThreshold, c.PixelThreshold = th[0], th[1]
+		c.HoldoutImages, _ = strconv.Atoi(md["holdout_images"])
+		if t := f.Tensor("holdout_image_scores"); t != nil {
+			c.ImageScores, _ = t.Float32s()
+		}
+		if t := f.Tensor("holdout_pixel_quantiles"); t != nil {
+			c.PixelQuantiles, _ = t.Float32s()
+		}
+		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))
+		if err := allFinite("thresholds", th); err != nil {
+			return nil, err
+		}
+		m.Calibration = c
+	}
+	if t := f.Tensor("backbone_onnx"); t != nil {
+		m.BackboneONNX = t.Data
+		if sum := sha256.Sum256(t.Data); hex.EncodeToString(sum[:]) != m.BackboneSHA256 {
+			return nil, fmt.Errorf("embedded backbone does not match its recorded sha256")
+		}
+	}
+	return m, nil
+}
+
+func allFinite(name string, v []float32) error {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return fmt.Errorf("tensor %s holds %v at %d", name, x, i)
+		}
+	}
+	return nil
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+func joinFloats[T float32 | float64](v []T) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.FormatFloat(float64(x), 'g', -1, 64)
+	}
+	return strings.Join(s, ",")
+}
+
+// splitFloats parses "a,b,c"; n < 0 accepts any count.
+func splitFloats(s string, n int) ([]float64, error) {
+	if s == "" && n <= 0 {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	if n >= 0 && len(parts) != n {
+		return nil, fmt.Errorf("%q: want %d comma-separated numbers", s, n)
+	}
+	v := make([]float64, len(parts))
+	for i, p := range parts {
+		x, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", s, err)
+		}
+		v[i] = x
+	}
+	return v, nil
+}
+
+// ParseTriple parses "r,g,b" into three float32 values (for --mean and --std).
+func ParseTriple(s string) ([3]float32, error) {
+	v, err := splitFloats(s, 3)
+	var t [3]float32
+	if err == nil {
+		copy(t[:], toF32(v))
+	}
+	return t, err
+}
+
+func toF32(v []float64) []float32 {
+	o := make([]float32, len(v))
+	for i, x := range v {
+		o[i] = float32(x)
+	}
+	return o
+}
