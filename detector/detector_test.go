@@ -40,7 +40,7 @@ func newFake(size int) *fakeBackbone {
 
 func (f *fakeBackbone) InputSize() int { return f.size }
 func (f *fakeBackbone) Taps() []embed.TapShape {
-	return []embed.TapShape{{"layer1", len(f.w1), f.size / 4, f.size / 4}, {"layer2", len(f.w2), f.size / 8, f.size / 8}}
+	return []embed.TapShape{{Name: "layer1", C: len(f.w1), H: f.size / 4, W: f.size / 4}, {Name: "layer2", C: len(f.w2), H: f.size / 8, W: f.size / 8}}
 }
 func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
 	taps := f.Taps()

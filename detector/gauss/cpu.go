@@ -4,11 +4,6 @@ import (
 	"fmt"
 	"math"
 	"sync"
-
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
-	"gonum.org/v1/gonum/blas/blas64"
-	"gonum.org/v1/gonum/lapack/lapack64"
 )
 
 // CPU is the reference backend: float32 batch products, float64 statistics and
@@ -18,17 +13,56 @@ type CPU struct{}
 // Name implements Backend.
 func (CPU) Name() string { return "cpu" }
 
+// StageBytes bounds the embeddings the CPU accumulator buffers before folding them
+// into the statistics: larger stages make the rank-k update faster (more flops per
+// byte of statistics touched), at a fixed memory cost independent of N.
+var StageBytes = 512 << 20
+
+// maxStage caps the staged images; past it the rank-k update gains nothing more.
+const maxStage = 128
+
 // NewAccumulator implements Backend.
 func (CPU) NewAccumulator(p, d int) (Accumulator, error) {
 	if p <= 0 || d <= 0 {
 		return nil, fmt.Errorf("gauss: accumulator shape P=%d D=%d", p, d)
 	}
-	return &cpuAccumulator{s: NewStats(p, d)}, nil
+	stage := min(max(StageBytes/(4*p*d), 1), maxStage)
+	return &cpuAccumulator{s: NewStats(p, d), stage: make([]float32, 0, stage*p*d)}, nil
 }
 
 type cpuAccumulator struct {
 	s       *Stats
+	stage   []float32 // staged embeddings [k][P][D], not yet in s
 	scratch sync.Pool
+}
+
+// Add stages the batch, folding the stage into the statistics when it is full.
+func (a *cpuAccumulator) Add(x []float32, n int) error {
+	P, D := a.s.P, a.s.D
+	if err := checkBatch(x, n, P, D); err != nil {
+		return err
+	}
+	if err := checkFinite(x[:n*P*D], P, D); err != nil {
+		return err
+	}
+	for n > 0 {
+		room := (cap(a.stage) - len(a.stage)) / (P * D)
+		if room == 0 {
+			a.flush()
+			continue
+		}
+		k := min(room, n)
+		a.stage = append(a.stage, x[:k*P*D]...)
+		x, n = x[k*P*D:], n-k
+	}
+	return nil
+}
+
+func (a *cpuAccumulator) flush() {
+	if k := len(a.stage) / (a.s.P * a.s.D); k > 0 {
+		a.fold(a.stage, k)
+	}
+	a.stage = a.stage[:0]
 }
 
 type accScratch struct {
@@ -37,15 +71,10 @@ type accScratch struct {
 	c    []float32
 }
 
-func (a *cpuAccumulator) Add(x []float32, n int) error {
+// fold merges n embeddings into the statistics with Chan's formula, per patch.
+func (a *cpuAccumulator) fold(x []float32, n int) {
 	s := a.s
 	P, D, L := s.P, s.D, PackedLen(s.D)
-	if err := checkBatch(x, n, P, D); err != nil {
-		return err
-	}
-	if err := checkFinite(x[:n*P*D], P, D); err != nil {
-		return err
-	}
 	na, nb := float64(s.N), float64(n)
 	nt := na + nb
 	ParallelFor(P, func(lo, hi int) {
@@ -74,8 +103,7 @@ func (a *cpuAccumulator) Add(x []float32, n int) error {
 				}
 			}
 			// C = YᵀY, lower triangle (Y is n×D).
-			blas32.Syrk(blas.Trans, 1, blas32.General{Rows: n, Cols: D, Stride: D, Data: sc.y[:n*D]},
-				0, blas32.Symmetric{N: D, Stride: D, Uplo: blas.Lower, Data: sc.c})
+			syrkLower(n, D, sc.y, sc.c)
 			mean := s.Mean[p*D : (p+1)*D]
 			m2 := s.M2[p*L : (p+1)*L]
 			// Chan: δ = μb − μa; μ += δ·nb/n; M2 += C + δδᵀ·na·nb/n.
@@ -97,13 +125,13 @@ func (a *cpuAccumulator) Add(x []float32, n int) error {
 		}
 	})
 	s.N += int64(n)
-	return nil
 }
 
+// Stats folds the stage in and returns the statistics themselves, not a copy:
+// they stay valid until the next Add or Close.
 func (a *cpuAccumulator) Stats() (*Stats, error) {
-	s := a.s
-	c := &Stats{P: s.P, D: s.D, N: s.N, Mean: append([]float64(nil), s.Mean...), M2: append([]float64(nil), s.M2...)}
-	return c, nil
+	a.flush()
+	return a.s, nil
 }
 
 func (a *cpuAccumulator) Close() error { a.s = nil; return nil }
@@ -140,42 +168,6 @@ func (CPU) Factorize(s *Stats, eps float64) (*Gaussian, error) {
 		return nil, &NotPositiveDefiniteError{Patch: firstBad}
 	}
 	return g, nil
-}
-
-// choleskyInverse overwrites the lower triangle of the symmetric row-major a with
-// L⁻¹ where a = LLᵀ. It reports false if a is not (numerically) positive definite.
-func choleskyInverse(a []float64, d int) bool {
-	for _, v := range a {
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return false
-		}
-	}
-	t, ok := lapack64.Potrf(blas64.Symmetric{N: d, Stride: d, Uplo: blas.Lower, Data: a})
-	if !ok {
-		return false
-	}
-	// Potrf succeeds on matrices that are PD only to rounding; demand a pivot that
-	// is not negligible against the diagonal, or L⁻¹ would be garbage.
-	maxDiag := 0.0
-	for i := 0; i < d; i++ {
-		maxDiag = max(maxDiag, t.Data[i*d+i])
-	}
-	for i := 0; i < d; i++ {
-		if t.Data[i*d+i] <= maxDiag*1e-7 {
-			return false
-		}
-	}
-	if !lapack64.Trtri(t) {
-		return false
-	}
-	for i := 0; i < d; i++ {
-		for _, v := range a[i*d : i*d+i+1] {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 func packLower(a []float64, d int, dst []float32) {
@@ -237,9 +229,7 @@ func (s *cpuScorer) Score(x []float32, n int, dist []float32) error {
 				}
 			}
 			// Y := Y·(L⁻¹)ᵀ, so row b holds L⁻¹(x_b−μ).
-			blas32.Trmm(blas.Right, blas.Trans, 1,
-				blas32.Triangular{N: D, Stride: D, Uplo: blas.Lower, Diag: blas.NonUnit, Data: sc.l},
-				blas32.General{Rows: n, Cols: D, Stride: D, Data: sc.y[:n*D]})
+			trmmLowerT(n, D, sc.l, sc.y)
 			for b := 0; b < n; b++ {
 				var acc float64
 				for _, v := range sc.y[b*D : (b+1)*D] {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 )
 
@@ -37,6 +38,11 @@ type Stats struct {
 // NewStats returns empty statistics for P patches of dimension D.
 func NewStats(p, d int) *Stats {
 	return &Stats{P: p, D: d, Mean: make([]float64, p*d), M2: make([]float64, p*PackedLen(d))}
+}
+
+// Clone returns a deep copy.
+func (s *Stats) Clone() *Stats {
+	return &Stats{P: s.P, D: s.D, N: s.N, Mean: slices.Clone(s.Mean), M2: slices.Clone(s.M2)}
 }
 
 // Check reports whether the statistics are internally consistent.
@@ -178,7 +184,8 @@ type Backend interface {
 type Accumulator interface {
 	// Add adds n embeddings, x = [n][P][D]. Non-finite values are an error wrapping ErrNonFinite.
 	Add(x []float32, n int) error
-	// Stats returns a copy of the statistics so far.
+	// Stats returns the statistics so far. They may share memory with the
+	// accumulator: valid until the next Add or Close; Clone them to keep them.
 	Stats() (*Stats, error)
 	// Close releases the accumulator's resources.
 	Close() error

@@ -1,0 +1,100 @@
+package gauss_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/gauss/gausstest"
+)
+
+// Benchmarks at PaDiM's sizes report GFLOP/s counting 2 flops per multiply-add:
+// accumulation n·P·D(D+1) (a rank-n update of the lower triangle), scoring
+// n·P·D(D+1) (a triangular matrix-vector product per image and patch) and
+// factorisation P·2D³/3 (Cholesky D³/3 plus triangular inverse D³/3).
+const benchP = 3136
+
+func benchSizes() []int { return []int{100, 550} }
+
+// BenchmarkFit is a whole streaming fit of 64 images (two batches of 32), from a
+// fresh accumulator to the final statistics.
+func BenchmarkFit(b *testing.B) {
+	for _, d := range benchSizes() {
+		b.Run(fmt.Sprintf("P=%d/D=%d/N=64", benchP, d), func(b *testing.B) {
+			const n, batches = 32, 2
+			x := gausstest.Correlated(1, n, benchP, d, 1, 1)
+			for b.Loop() {
+				acc, _ := gauss.CPU{}.NewAccumulator(benchP, d)
+				for i := 0; i < batches; i++ {
+					if err := acc.Add(x, n); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := acc.Stats(); err != nil {
+					b.Fatal(err)
+				}
+				acc.Close()
+			}
+			imgs := float64(n * batches * b.N)
+			b.ReportMetric(imgs*benchP*float64(d*(d+1))/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.ReportMetric(imgs/b.Elapsed().Seconds(), "images/s")
+		})
+	}
+}
+
+func BenchmarkScore(b *testing.B) {
+	for _, d := range benchSizes() {
+		b.Run(fmt.Sprintf("P=%d/D=%d/batch=32", benchP, d), func(b *testing.B) {
+			const n = 32
+			g := identityModel(benchP, d)
+			x := gausstest.Correlated(2, n, benchP, d, 1, 1)
+			sc, _ := gauss.CPU{}.NewScorer(g)
+			dist := make([]float32, n*benchP)
+			for b.Loop() {
+				if err := sc.Score(x, n, dist); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n)*benchP*float64(d*(d+1))*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "images/s")
+		})
+	}
+}
+
+func BenchmarkFactorize(b *testing.B) {
+	for _, d := range benchSizes() {
+		b.Run(fmt.Sprintf("P=%d/D=%d", benchP, d), func(b *testing.B) {
+			s := gauss.NewStats(benchP, d)
+			s.N = 10
+			L := gauss.PackedLen(d)
+			for p := 0; p < benchP; p++ {
+				for i := 0; i < d; i++ {
+					s.M2[p*L+i*(i+1)/2+i] = 9
+					if i > 0 {
+						s.M2[p*L+i*(i+1)/2+i-1] = 1
+					}
+				}
+			}
+			for b.Loop() {
+				if _, err := (gauss.CPU{}).Factorize(s, 0.01); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(benchP*2*float64(d)*float64(d)*float64(d)/3*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
+
+func identityModel(p, d int) *gauss.Gaussian {
+	L := gauss.PackedLen(d)
+	g := &gauss.Gaussian{P: p, D: d, Mean: make([]float32, p*d), LInv: make([]float32, p*L)}
+	for q := 0; q < p; q++ {
+		for i := 0; i < d; i++ {
+			g.LInv[q*L+i*(i+1)/2+i] = 1
+			if i > 0 {
+				g.LInv[q*L+i*(i+1)/2+i-1] = 0.1
+			}
+		}
+	}
+	return g
+}

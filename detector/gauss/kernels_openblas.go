@@ -1,0 +1,48 @@
+//go:build openblas
+
+package gauss
+
+/*
+#cgo LDFLAGS: -lopenblas
+#include <cblas.h>
+
+void openblas_set_num_threads(int);
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info);
+
+// Row-major lower = column-major upper: the Fortran routines see Uᵀ.
+static int chol_lower(double *a, int n) {
+	int info = 0;
+	dpotrf_("U", &n, a, &n, &info);
+	return info;
+}
+static int inv_lower(double *a, int n) {
+	int info = 0;
+	dtrtri_("U", "N", &n, a, &n, &info);
+	return info;
+}
+*/
+import "C"
+
+import "unsafe"
+
+func init() {
+	// Parallelism comes from ParallelFor over patches; one OpenBLAS thread per call.
+	C.openblas_set_num_threads(1)
+	KernelLibrary = "OpenBLAS"
+	syrkLower = func(n, d int, y, c []float32) {
+		C.cblas_ssyrk(C.CblasRowMajor, C.CblasLower, C.CblasTrans, C.blasint(d), C.blasint(n), 1,
+			(*C.float)(unsafe.Pointer(&y[0])), C.blasint(d), 0, (*C.float)(unsafe.Pointer(&c[0])), C.blasint(d))
+	}
+	trmmLowerT = func(n, d int, l, y []float32) {
+		C.cblas_strmm(C.CblasRowMajor, C.CblasRight, C.CblasLower, C.CblasTrans, C.CblasNonUnit,
+			C.blasint(n), C.blasint(d), 1, (*C.float)(unsafe.Pointer(&l[0])), C.blasint(d),
+			(*C.float)(unsafe.Pointer(&y[0])), C.blasint(d))
+	}
+	cholLower = func(a []float64, d int) bool {
+		return C.chol_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
+	}
+	invLower = func(a []float64, d int) bool {
+		return C.inv_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
+	}
+}
