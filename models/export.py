@@ -56,8 +56,9 @@ class ChannelGate(nn.Module):
                                  nn.Linear(gate_channels // reduction_ratio, gate_channels))
 
     def forward(self, x):
-        hw = (x.size(2), x.size(3))
-        att = self.mlp(F.avg_pool2d(x, hw, stride=hw)) + self.mlp(F.max_pool2d(x, hw, stride=hw))
+        # The reference pools with a kernel of the whole map; global adaptive pools
+        # are the same operation and export to ONNX with a dynamic batch.
+        att = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
         return x * torch.sigmoid(att).unsqueeze(2).unsqueeze(3).expand_as(x)
 
 
