@@ -2,6 +2,7 @@ package detector
 
 import (
 	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
@@ -285,4 +286,43 @@ func TestTilesStitchToImageSize(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Shards fitted separately and merged give the model of one fit on all images.
+func TestShardedStatsMergeEqualsSingleFit(t *testing.T) {
+	dir := t.TempDir()
+	files := writeImages(t, filepath.Join(dir, "imgs"), 14, 10, false)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 10, Seed: 2, Eps: 0.01, Batch: 4, Sigma: 4, BackboneONNX: []byte("bb")}
+	all, _, err := Train(newFake(32), files, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shards []string
+	for i, part := range [][]string{files[:5], files[5:]} {
+		c := cfg
+		c.StatsOut = filepath.Join(dir, fmt.Sprintf("s%d.stats", i))
+		if _, _, err := Train(newFake(32), part, c); err != nil {
+			t.Fatal(err)
+		}
+		shards = append(shards, c.StatsOut)
+	}
+	merged, err := MergeStats(shards, gauss.CPU{}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if merged.NTrain != 14 {
+		t.Fatalf("merged N %d", merged.NTrain)
+	}
+	for i, v := range all.Gaussian.LInv {
+		if d := math.Abs(float64(v - merged.Gaussian.LInv[i])); d > 1e-4*math.Max(1, math.Abs(float64(v))) {
+			t.Fatalf("L⁻¹[%d]: single %v merged %v", i, v, merged.Gaussian.LInv[i])
+		}
+	}
+	// a shard of another channel subset is refused
+	c := cfg
+	c.Seed, c.StatsOut = 99, filepath.Join(dir, "other.stats")
+	Train(newFake(32), files[:3], c)
+	if _, err := MergeStats([]string{shards[0], c.StatsOut}, gauss.CPU{}, -1); err == nil {
+		t.Fatal("mismatched shard merged")
+	}
 }

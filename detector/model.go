@@ -63,8 +63,28 @@ type Model struct {
 // Save writes the model atomically as safetensors.
 func (m *Model) Save(path string) error {
 	g := m.Gaussian
-	md := map[string]string{
-		"format":          "padim",
+	md := m.metadata("padim")
+	md["dim"] = strconv.Itoa(g.D)
+	ts := []safetensors.Tensor{
+		safetensors.F32("mean", g.Mean, g.P, g.D),
+		safetensors.F32("linv", g.LInv, g.P, gauss.PackedLen(g.D)),
+	}
+	if c := m.Calibration; c != nil {
+		md["calibration_rule"] = c.Rule
+		md["holdout_images"] = strconv.Itoa(c.HoldoutImages)
+		md["pixel_quantile_levels"] = joinFloats(c.PixelLevels)
+		ts = append(ts,
+			safetensors.F32("thresholds", []float32{c.ImageThreshold, c.PixelThreshold}, 2),
+			safetensors.F32("holdout_image_scores", c.ImageScores, len(c.ImageScores)),
+			safetensors.F32("holdout_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
+	}
+	return safetensors.Write(path, md, append(ts, m.sharedTensors()...))
+}
+
+// metadata describes the model in safetensors metadata; format names the file kind.
+func (m *Model) metadata(format string) map[string]string {
+	return map[string]string{
+		"format":          format,
 		"format_version":  strconv.Itoa(FormatVersion),
 		"created":         m.Created.UTC().Format(time.RFC3339),
 		"backbone_name":   m.BackboneName,
@@ -79,29 +99,19 @@ func (m *Model) Save(path string) error {
 		"eps":             strconv.FormatFloat(m.Eps, 'g', -1, 64),
 		"n_train":         strconv.Itoa(m.NTrain),
 		"seed":            strconv.FormatUint(m.Seed, 10),
-		"dim":             strconv.Itoa(g.D),
 		"total_channels":  strconv.Itoa(m.TotalChannels),
 		"sigma":           strconv.FormatFloat(m.Sigma, 'g', -1, 64),
 		"grid":            fmt.Sprintf("%d,%d", m.GridH, m.GridW),
 	}
-	ts := []safetensors.Tensor{
-		safetensors.F32("mean", g.Mean, g.P, g.D),
-		safetensors.F32("linv", g.LInv, g.P, gauss.PackedLen(g.D)),
-		safetensors.I64("channels", m.Channels, len(m.Channels)),
-	}
-	if c := m.Calibration; c != nil {
-		md["calibration_rule"] = c.Rule
-		md["holdout_images"] = strconv.Itoa(c.HoldoutImages)
-		md["pixel_quantile_levels"] = joinFloats(c.PixelLevels)
-		ts = append(ts,
-			safetensors.F32("thresholds", []float32{c.ImageThreshold, c.PixelThreshold}, 2),
-			safetensors.F32("holdout_image_scores", c.ImageScores, len(c.ImageScores)),
-			safetensors.F32("holdout_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
-	}
+}
+
+// sharedTensors are the channel indices and the embedded backbone.
+func (m *Model) sharedTensors() []safetensors.Tensor {
+	ts := []safetensors.Tensor{safetensors.I64("channels", m.Channels, len(m.Channels))}
 	if len(m.BackboneONNX) > 0 {
 		ts = append(ts, safetensors.Tensor{Name: "backbone_onnx", DType: "U8", Shape: []int{len(m.BackboneONNX)}, Data: m.BackboneONNX})
 	}
-	return safetensors.Write(path, md, ts)
+	return ts
 }
 
 // ErrModel is wrapped by every error about an unusable model file.
@@ -121,9 +131,77 @@ func Load(path string) (*Model, error) {
 }
 
 func fromFile(f *safetensors.File) (*Model, error) {
+	m, err := parseShared(f, "padim")
+	if err != nil {
+		return nil, err
+	}
 	md := f.Metadata
-	if md["format"] != "padim" {
-		return nil, fmt.Errorf("metadata format is %q, not padim (a safetensors file, but not a padim model)", md["format"])
+	get := func(name string) (*safetensors.Tensor, error) {
+		if t := f.Tensor(name); t != nil {
+			return t, nil
+		}
+		return nil, fmt.Errorf("tensor %q missing", name)
+	}
+	tm, err := get("mean")
+	if err != nil {
+		return nil, err
+	}
+	tl, err := get("linv")
+	if err != nil {
+		return nil, err
+	}
+	if len(tm.Shape) != 2 || len(tl.Shape) != 2 || tm.Shape[0] != tl.Shape[0] || tl.Shape[1] != gauss.PackedLen(tm.Shape[1]) {
+		return nil, fmt.Errorf("mean %v and linv %v shapes disagree", tm.Shape, tl.Shape)
+	}
+	g := &gauss.Gaussian{P: tm.Shape[0], D: tm.Shape[1]}
+	if g.Mean, err = tm.Float32s(); err != nil {
+		return nil, err
+	}
+	if g.LInv, err = tl.Float32s(); err != nil {
+		return nil, err
+	}
+	if err := g.Check(); err != nil {
+		return nil, err
+	}
+	if err := allFinite("mean", g.Mean); err != nil {
+		return nil, err
+	}
+	if err := allFinite("linv", g.LInv); err != nil {
+		return nil, err
+	}
+	if g.P != m.GridH*m.GridW || g.D != len(m.Channels) {
+		return nil, fmt.Errorf("model arrays P=%d D=%d disagree with its %dx%d grid and %d channels", g.P, g.D, m.GridH, m.GridW, len(m.Channels))
+	}
+	m.Gaussian = g
+	if t := f.Tensor("thresholds"); t != nil {
+		c := &Calibration{Rule: md["calibration_rule"]}
+		th, err := t.Float32s()
+		if err != nil || len(th) != 2 {
+			return nil, fmt.Errorf("thresholds tensor must be 2 float32 values")
+		}
+		c.ImageThreshold, c.PixelThreshold = th[0], th[1]
+		c.HoldoutImages, _ = strconv.Atoi(md["holdout_images"])
+		if t := f.Tensor("holdout_image_scores"); t != nil {
+			c.ImageScores, _ = t.Float32s()
+		}
+		if t := f.Tensor("holdout_pixel_quantiles"); t != nil {
+			c.PixelQuantiles, _ = t.Float32s()
+		}
+		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))
+		if err := allFinite("thresholds", th); err != nil {
+			return nil, err
+		}
+		m.Calibration = c
+	}
+	return m, nil
+}
+
+// parseShared reads what models and statistics files share: metadata, channel
+// indices, the embedded backbone.
+func parseShared(f *safetensors.File, format string) (*Model, error) {
+	md := f.Metadata
+	if md["format"] != format {
+		return nil, fmt.Errorf("metadata format is %q, not %s (a safetensors file, but not a padim %s)", md["format"], format, map[string]string{"padim": "model", "padim-stats": "statistics file"}[format])
 	}
 	if v := md["format_version"]; v != strconv.Itoa(FormatVersion) {
 		return nil, fmt.Errorf("format version %q; this padim reads version %d", v, FormatVersion)
@@ -168,75 +246,16 @@ func fromFile(f *safetensors.File) (*Model, error) {
 	if err := m.Preprocess.Check(); err != nil {
 		return nil, err
 	}
-	get := func(name string) (*safetensors.Tensor, error) {
-		if t := f.Tensor(name); t != nil {
-			return t, nil
-		}
-		return nil, fmt.Errorf("tensor %q missing", name)
+	tc := f.Tensor("channels")
+	if tc == nil {
+		return nil, fmt.Errorf("tensor \"channels\" missing")
 	}
-	tm, err := get("mean")
-	if err != nil {
-		return nil, err
-	}
-	tl, err := get("linv")
-	if err != nil {
-		return nil, err
-	}
-	tc, err := get("channels")
-	if err != nil {
-		return nil, err
-	}
-	if len(tm.Shape) != 2 || len(tl.Shape) != 2 || tm.Shape[0] != tl.Shape[0] || tl.Shape[1] != gauss.PackedLen(tm.Shape[1]) {
-		return nil, fmt.Errorf("mean %v and linv %v shapes disagree", tm.Shape, tl.Shape)
-	}
-	g := &gauss.Gaussian{P: tm.Shape[0], D: tm.Shape[1]}
-	if g.Mean, err = tm.Float32s(); err != nil {
-		return nil, err
-	}
-	if g.LInv, err = tl.Float32s(); err != nil {
-		return nil, err
-	}
-	if err := g.Check(); err != nil {
-		return nil, err
-	}
-	if err := allFinite("mean", g.Mean); err != nil {
-		return nil, err
-	}
-	if err := allFinite("linv", g.LInv); err != nil {
-		return nil, err
-	}
-	if g.P != m.GridH*m.GridW {
-		return nil, fmt.Errorf("model has %d patches but a %dx%d grid", g.P, m.GridH, m.GridW)
-	}
+	var err error
 	if m.Channels, err = tc.Ints(); err != nil {
 		return nil, err
 	}
-	if len(m.Channels) != g.D {
-		return nil, fmt.Errorf("%d channel indices for dimension %d", len(m.Channels), g.D)
-	}
 	if _, err := embed.NewLayout(m.Taps, m.Channels); err != nil {
 		return nil, err
-	}
-	m.Gaussian = g
-	if t := f.Tensor("thresholds"); t != nil {
-		c := &Calibration{Rule: md["calibration_rule"]}
-		th, err := t.Float32s()
-		if err != nil || len(th) != 2 {
-			return nil, fmt.Errorf("thresholds tensor must be 2 float32 values")
-		}
-		c.ImageThreshold, c.PixelThreshold = th[0], th[1]
-		c.HoldoutImages, _ = strconv.Atoi(md["holdout_images"])
-		if t := f.Tensor("holdout_image_scores"); t != nil {
-			c.ImageScores, _ = t.Float32s()
-		}
-		if t := f.Tensor("holdout_pixel_quantiles"); t != nil {
-			c.PixelQuantiles, _ = t.Float32s()
-		}
-		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))
-		if err := allFinite("thresholds", th); err != nil {
-			return nil, err
-		}
-		m.Calibration = c
 	}
 	if t := f.Tensor("backbone_onnx"); t != nil {
 		m.BackboneONNX = t.Data

@@ -123,6 +123,12 @@ func newScorer(m *Model, ext Extractor, layout *embed.Layout, b gauss.Backend, b
 // Close releases the backend's resources.
 func (s *Scorer) Close() error { return s.gs.Close() }
 
+// Preprocess is how the scorer prepares images (the model's settings).
+func (s *Scorer) Preprocess() imageio.Preprocess { return s.model.Preprocess }
+
+// Thresholds returns the image and pixel thresholds in force, if any.
+func (s *Scorer) Thresholds() (image, pixel float32, ok bool) { return s.imgT, s.pixT, s.hasT }
+
 // HasThreshold reports whether verdicts are available.
 func (s *Scorer) HasThreshold() bool { return s.hasT }
 

@@ -38,6 +38,7 @@ type TrainConfig struct {
 	BackboneName string
 	BackboneONNX []byte
 	SkipBadFiles bool                                // report unreadable files and go on
+	StatsOut     string                              // if set, also save the final statistics there
 	Progress     func(stage string, done, total int) // optional
 }
 
@@ -217,6 +218,11 @@ func Train(ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport
 		Gaussian:     g,
 		Calibration:  calib,
 		BackboneONNX: cfg.BackboneONNX,
+	}
+	if cfg.StatsOut != "" {
+		if err := SaveStats(cfg.StatsOut, m, stats); err != nil {
+			return nil, nil, err
+		}
 	}
 	return m, rep, nil
 }

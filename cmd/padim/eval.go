@@ -1,0 +1,128 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/evaluate"
+	"github.com/padim/padim/detector/report"
+)
+
+func evalCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "eval",
+		Usage:     "evaluate a model on an MVTec-layout category: AUROC, AUPRO, F1, TPR/FPR",
+		UsageText: "padim eval --model M.padim --data CATEGORY_DIR [--json] [--report DIR]",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Required: true},
+			&cli.StringFlag{Name: "data", Required: true, Usage: "category folder with test/<type>/ and ground_truth/<type>/"},
+			&cli.BoolFlag{Name: "json", Usage: "print the metrics as JSON"},
+			&cli.StringFlag{Name: "report", Usage: "write an HTML report (ROC curves, histograms, per-image heatmaps) into this folder"},
+			&cli.Float64Flag{Name: "threshold", Usage: "decision threshold, overriding the calibrated ones"},
+			&cli.IntFlag{Name: "open-radius", Value: detector.DefaultOpenRadius},
+			&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone instead of the embedded one (must be the same graph)"},
+			batchFlag, deviceFlag, threadsFlag,
+		},
+		Action: evalAction,
+	}
+}
+
+func evalAction(c *cli.Context) error {
+	items, err := dataset.TestSet(c.String("data"))
+	if err != nil {
+		return err
+	}
+	m, sc, closeAll, err := loadScorer(c, float32(c.Float64("threshold")), c.Int("open-radius"))
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	ev, page, err := evaluateWithReport(c, m, sc, items, c.String("report"))
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(ev); err != nil {
+			return err
+		}
+	} else {
+		printMetrics(ev)
+		if page != "" {
+			fmt.Printf("report: %s\n", page)
+		}
+	}
+	if len(ev.Skipped) > 0 {
+		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(ev.Skipped)), exitSkipped)
+	}
+	return nil
+}
+
+// evaluateWithReport runs the evaluation, writing the report when dir is set.
+func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, items []dataset.Item, dir string) (*evaluate.Evaluation, string, error) {
+	img, pix, ok := sc.Thresholds()
+	th := evaluate.Thresholds{Image: img, Pixel: pix, Known: ok}
+	var rb *report.Builder
+	var err error
+	if dir != "" {
+		if rb, err = report.New(dir, heatRange(m)); err != nil {
+			return nil, "", err
+		}
+	}
+	prog := newProgress(c)
+	n := 0
+	ev, err := evaluate.Run(sc, items, th, true, func(r *detector.Result, it dataset.Item, gt []bool) error {
+		n++
+		prog.update("evaluate", n, len(items))
+		if rb != nil {
+			return rb.Add(r, it, gt)
+		}
+		return nil
+	})
+	prog.done()
+	if err != nil || rb == nil {
+		return ev, "", err
+	}
+	page, err := rb.Finish(ev, report.Info{
+		Title: "padim evaluation", Model: c.String("model"), Data: c.String("data"),
+		Details: [][2]string{{"backbone", m.BackboneName}, {"channels", fmt.Sprint(len(m.Channels), " of ", m.TotalChannels)},
+			{"training images", fmt.Sprint(m.NTrain)}, {"input", fmt.Sprintf("%d² (resize %d, crop %d, tile %d)", m.Preprocess.InputSize(), m.Preprocess.Resize, m.Preprocess.Crop, m.Preprocess.Tile)}},
+	})
+	return ev, page, err
+}
+
+func printMetrics(ev *evaluate.Evaluation) {
+	f := func(m evaluate.Metric) string {
+		if math.IsNaN(float64(m)) {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.4f", float64(m))
+	}
+	rows := [][2]string{
+		{"image AUROC", f(ev.ImageAUROC)},
+		{"pixel AUROC", f(ev.PixelAUROC)},
+		{"AUPRO@0.3", f(ev.AUPRO)},
+		{"image F1 (best)", f(ev.ImageF1)},
+		{"pixel F1 (best)", f(ev.PixelF1)},
+		{"image F1 (calibrated)", f(ev.ImageF1Calibrated)},
+		{"pixel F1 (calibrated)", f(ev.PixelF1Calibrated)},
+		{"image TPR (calibrated)", f(ev.ImageTPR)},
+		{"image FPR (calibrated)", f(ev.ImageFPR)},
+		{"images / defective", fmt.Sprintf("%d / %d", ev.NImages, ev.NDefective)},
+	}
+	fmt.Println("metric                   value")
+	fmt.Println("------------------------ --------")
+	for _, r := range rows {
+		fmt.Printf("%-24s %8s\n", r[0], r[1])
+	}
+	for _, s := range ev.Skipped {
+		fmt.Fprintf(os.Stderr, "skipped %s: %s\n", s.Path, s.Error)
+	}
+}

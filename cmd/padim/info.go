@@ -1,0 +1,60 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/detector"
+)
+
+func infoCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "info",
+		Usage:     "show a model's metadata, channels and thresholds",
+		UsageText: "padim info --model M.padim [--json]",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Required: true},
+			&cli.BoolFlag{Name: "json"},
+		},
+		Action: func(c *cli.Context) error {
+			m, err := detector.Load(c.String("model"))
+			if err != nil {
+				return err
+			}
+			st, _ := os.Stat(c.String("model"))
+			info := map[string]any{
+				"file": c.String("model"), "bytes": st.Size(), "format_version": detector.FormatVersion,
+				"created": m.Created, "backbone": m.BackboneName, "backbone_sha256": m.BackboneSHA256,
+				"backbone_embedded": len(m.BackboneONNX) > 0, "taps": m.Taps, "grid": []int{m.GridH, m.GridW},
+				"preprocess": m.Preprocess, "eps": m.Eps, "n_train": m.NTrain, "seed": m.Seed, "sigma": m.Sigma,
+				"dim": len(m.Channels), "total_channels": m.TotalChannels, "channels": m.Channels,
+			}
+			if cal := m.Calibration; cal != nil {
+				info["calibration"] = cal
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(info)
+			}
+			fmt.Printf("file             %s (%d bytes, format %d)\n", c.String("model"), st.Size(), detector.FormatVersion)
+			fmt.Printf("created          %s\n", m.Created.Format("2006-01-02 15:04:05 MST"))
+			fmt.Printf("backbone         %s (sha256 %s, embedded %v)\n", m.BackboneName, m.BackboneSHA256, len(m.BackboneONNX) > 0)
+			fmt.Printf("taps             %v → grid %dx%d\n", m.Taps, m.GridH, m.GridW)
+			fmt.Printf("input            resize %d, crop %d, tile %d overlap %d, mean %v std %v\n", m.Preprocess.Resize, m.Preprocess.Crop, m.Preprocess.Tile, m.Preprocess.Overlap, m.Preprocess.Mean, m.Preprocess.Std)
+			fmt.Printf("fit              %d samples, eps %g, blur sigma %g\n", m.NTrain, m.Eps, m.Sigma)
+			fmt.Printf("channels         %d of %d (seed %d): %v\n", len(m.Channels), m.TotalChannels, m.Seed, m.Channels)
+			if cal := m.Calibration; cal != nil {
+				fmt.Printf("thresholds       image %.6g, pixel %.6g (%s)\n", cal.ImageThreshold, cal.PixelThreshold, cal.Rule)
+				fmt.Printf("held-out images  %d, scores %v\n", cal.HoldoutImages, cal.ImageScores)
+				fmt.Printf("held-out pixels  quantiles %v at %v\n", cal.PixelQuantiles, cal.PixelLevels)
+			} else {
+				fmt.Println("thresholds       none (trained with --holdout 0)")
+			}
+			return nil
+		},
+	}
+}

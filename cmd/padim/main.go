@@ -1,0 +1,76 @@
+// Command padim trains PaDiM defect detectors on good images, scores images into
+// anomaly maps, verdicts and defect boxes, evaluates on MVTec-layout data, and
+// builds backbones, synthetic data and benchmarks. Flags and wiring only: the
+// method lives in package detector.
+//
+// Exit codes: 0 ok; 1 error; 2 usage; 3 `score --fail-on-defect` found a defect;
+// 4 the run finished but some input files could not be read (they are reported).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitError   = 1
+	exitUsage   = 2
+	exitDefect  = 3
+	exitSkipped = 4
+)
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	app := newApp()
+	err := app.Run(args)
+	if err == nil {
+		return exitOK
+	}
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "padim:", msg)
+		}
+		return ec.ExitCode()
+	}
+	fmt.Fprintln(os.Stderr, "padim:", err)
+	return exitError
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "padim",
+		Usage: "learn good product surfaces from a few images, find and locate defects (PaDiM)",
+		Description: "Train on good images, score new ones into anomaly maps, verdicts and defect boxes.\n" +
+			"Exit codes: 0 ok, 1 error, 2 usage, 3 defect found (score --fail-on-defect), 4 unreadable inputs skipped.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bars or notes on stderr"},
+			&cli.StringFlag{Name: "onnxruntime", Usage: "path to libonnxruntime.so.1 (else $ONNXRUNTIME_LIB, else .cache/onnxruntime)", EnvVars: []string{"ONNXRUNTIME_LIB"}},
+		},
+		Commands: []*cli.Command{
+			trainCommand(), scoreCommand(), evalCommand(), infoCommand(), synthCommand(),
+			backboneCommand(), demoCommand(), mergeCommand(),
+		},
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.Name), exitUsage)
+		},
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "padim: no command %q (see padim --help)\n", name)
+			os.Exit(exitUsage)
+		},
+		HideHelpCommand: true,
+	}
+}
+
+// usageError reports a bad flag combination with exit code 2.
+func usageError(format string, a ...any) error {
+	return cli.Exit(fmt.Sprintf(format, a...), exitUsage)
+}

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/detector"
+)
+
+func mergeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "merge",
+		Usage:     "merge statistics shards (train --stats-out) into one model",
+		UsageText: "padim merge --out M.padim S1.stats S2.stats ...",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "out", Required: true},
+			&cli.Float64Flag{Name: "eps", Value: -1, Usage: "regularisation (default: the shards')"},
+			deviceFlag,
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() < 1 {
+				return usageError("merge needs statistics files")
+			}
+			be, err := gaussBackend(c)
+			if err != nil {
+				return err
+			}
+			m, err := detector.MergeStats(c.Args().Slice(), be, c.Float64("eps"))
+			if err != nil {
+				return err
+			}
+			if err := m.Save(c.String("out")); err != nil {
+				return err
+			}
+			fmt.Printf("wrote %s: %d samples from %d shards; no thresholds (score with --threshold)\n", c.String("out"), m.NTrain, c.NArg())
+			return nil
+		},
+	}
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/anomalymap"
+	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/imageio"
+)
+
+func inputFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.IntFlag{Name: "resize", Usage: "resize images (or tiles) to N×N (default: the backbone's input size)"},
+		&cli.IntFlag{Name: "crop", Usage: "then centre-crop to N×N (0: no crop)"},
+		&cli.StringFlag{Name: "mean", Usage: "input mean r,g,b on [0,1] (default: the backbone's metadata, else ImageNet)"},
+		&cli.StringFlag{Name: "std", Usage: "input std r,g,b (default: the backbone's metadata, else ImageNet)"},
+		&cli.IntFlag{Name: "tile", Usage: "cut images into T×T tiles at native resolution (large images; textures)"},
+		&cli.IntFlag{Name: "overlap", Usage: "tile overlap in pixels"},
+	}
+}
+
+// preprocessFor builds the input settings from flags and the backbone.
+func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess, error) {
+	pp := imageio.Preprocess{Resize: c.Int("resize"), Crop: c.Int("crop"), Tile: c.Int("tile"), Overlap: c.Int("overlap"),
+		Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
+	if ext.Norm != nil {
+		pp.Mean, pp.Std = ext.Norm.Mean, ext.Norm.Std
+	}
+	if pp.Resize == 0 {
+		pp.Resize = ext.InputSize()
+	}
+	var err error
+	if s := c.String("mean"); s != "" {
+		if pp.Mean, err = detector.ParseTriple(s); err != nil {
+			return pp, usageError("--mean: %v", err)
+		}
+	}
+	if s := c.String("std"); s != "" {
+		if pp.Std, err = detector.ParseTriple(s); err != nil {
+			return pp, usageError("--std: %v", err)
+		}
+	}
+	if err := pp.Check(); err != nil {
+		return pp, usageError("%v", err)
+	}
+	if pp.InputSize() != ext.InputSize() {
+		return pp, usageError("--resize %d --crop %d gives %d² inputs, but the backbone takes %d²", pp.Resize, pp.Crop, pp.InputSize(), ext.InputSize())
+	}
+	return pp, nil
+}
+
+func trainCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "train",
+		Usage:     "fit a model on good images",
+		UsageText: "padim train --backbone F.onnx --data DIR --out M.padim [options]",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "backbone", Required: true, Usage: "ONNX backbone (padim backbone makes one)"},
+			&cli.StringFlag{Name: "data", Required: true, Usage: "folder of good images, or an MVTec category (train/good is used)"},
+			&cli.StringFlag{Name: "out", Required: true, Usage: "model file to write"},
+			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim, Usage: "channels kept at random (0: all)"},
+			&cli.Uint64Flag{Name: "seed", Value: detector.DefaultSeed, Usage: "seed of the channel subset and the hold-out split"},
+			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default: the model's metadata, else layer1,layer2,layer3)"},
+			&cli.StringFlag{Name: "channels", Usage: "file of 0-based channel indices into the concatenated taps; overrides --dim/--seed"},
+			&cli.Float64Flag{Name: "eps", Value: detector.DefaultEps, Usage: "covariance regularisation ε·I"},
+			&cli.Float64Flag{Name: "holdout", Value: detector.DefaultHoldout, Usage: "fraction of images held out to calibrate thresholds (0: none)"},
+			&cli.Float64Flag{Name: "sigma", Value: anomalymap.DefaultSigma, Usage: "Gaussian blur of the anomaly map, in pixels of the network input"},
+			&cli.StringFlag{Name: "stats-out", Usage: "also save the fit's statistics, to merge with other shards (padim merge)"},
+			&cli.BoolFlag{Name: "strict", Usage: "stop at the first unreadable image instead of skipping it"},
+			batchFlag, deviceFlag, threadsFlag,
+		}, inputFlags()...),
+		Action: trainAction,
+	}
+}
+
+func trainAction(c *cli.Context) error {
+	if c.Float64("holdout") < 0 || c.Float64("holdout") >= 1 {
+		return usageError("--holdout must be in [0,1)")
+	}
+	files, err := dataset.TrainImages(c.String("data"))
+	if err != nil {
+		return err
+	}
+	ext, err := openBackbone(c, c.String("backbone"), nil, splitList(c.String("layers")))
+	if err != nil {
+		return err
+	}
+	defer ext.Close()
+	pp, err := preprocessFor(c, ext)
+	if err != nil {
+		return err
+	}
+	var channels []int
+	if f := c.String("channels"); f != "" {
+		if channels, err = readChannels(f); err != nil {
+			return err
+		}
+		slices.Sort(channels)
+		if len(slices.Compact(slices.Clone(channels))) != len(channels) {
+			return fmt.Errorf("%s: repeated channel index", f)
+		}
+	}
+	be, err := gaussBackend(c)
+	if err != nil {
+		return err
+	}
+	prog := newProgress(c)
+	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), c.String("backbone"), ext.Provider)
+	m, rep, err := detector.Train(ext, files, detector.TrainConfig{
+		Preprocess: pp, Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
+		Batch: c.Int("batch"), Holdout: c.Float64("holdout"), Sigma: c.Float64("sigma"), Backend: be,
+		BackboneName: c.String("backbone"), BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
+		Progress: prog.update, StatsOut: c.String("stats-out"),
+	})
+	prog.done()
+	if err != nil {
+		return err
+	}
+	if err := m.Save(c.String("out")); err != nil {
+		return err
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+	}
+	fmt.Printf("wrote %s: %d samples, %d patches × %d channels", c.String("out"), m.NTrain, m.Gaussian.P, m.Gaussian.D)
+	if cal := m.Calibration; cal != nil {
+		fmt.Printf(", thresholds image %.4g pixel %.4g from %d held-out images", cal.ImageThreshold, cal.PixelThreshold, cal.HoldoutImages)
+	} else {
+		fmt.Printf(", no thresholds (--holdout 0: give score --threshold)")
+	}
+	fmt.Println()
+	if len(rep.Skipped) > 0 {
+		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(rep.Skipped)), exitSkipped)
+	}
+	return nil
+}

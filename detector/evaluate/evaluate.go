@@ -1,0 +1,198 @@
+// Package evaluate scores an MVTec-layout test set and computes padim's metrics:
+// image and pixel AUROC, AUPRO@0.3, best-threshold F1, and F1/TPR/FPR at the
+// model's calibrated thresholds.
+package evaluate
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/metrics"
+	"github.com/padim/padim/detector/postproc"
+)
+
+// AUPROLimit is the false-positive-rate limit of AUPRO (MVTec AD, anomalib).
+const AUPROLimit = 0.3
+
+// Metric is a number that may be undefined (JSON null).
+type Metric float64
+
+// MarshalJSON writes NaN as null.
+func (m Metric) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(m)) || math.IsInf(float64(m), 0) {
+		return []byte("null"), nil
+	}
+	return json.Marshal(float64(m))
+}
+
+// Image is one test image's outcome.
+type Image struct {
+	Name   string         `json:"name"`
+	Path   string         `json:"path"`
+	Type   string         `json:"type"`
+	Label  int            `json:"label"` // 1 defective, 0 good
+	Score  float32        `json:"score"`
+	Defect *bool          `json:"defect,omitempty"` // verdict, when a threshold is known
+	Boxes  []postproc.Box `json:"boxes,omitempty"`
+}
+
+// Skipped is a file that could not be scored.
+type Skipped struct {
+	Path  string `json:"path"`
+	Error string `json:"error"`
+}
+
+// Evaluation holds every metric and the per-image outcomes.
+type Evaluation struct {
+	ImageAUROC        Metric    `json:"image_auroc"`
+	PixelAUROC        Metric    `json:"pixel_auroc"`
+	AUPRO             Metric    `json:"aupro"`
+	ImageF1           Metric    `json:"image_f1"`
+	PixelF1           Metric    `json:"pixel_f1"`
+	ImageF1Calibrated Metric    `json:"image_f1_calibrated"`
+	PixelF1Calibrated Metric    `json:"pixel_f1_calibrated"`
+	ImageTPR          Metric    `json:"image_tpr"`
+	ImageFPR          Metric    `json:"image_fpr"`
+	PixelTPR          Metric    `json:"pixel_tpr"`
+	PixelFPR          Metric    `json:"pixel_fpr"`
+	ImageThreshold    Metric    `json:"image_threshold"`
+	PixelThreshold    Metric    `json:"pixel_threshold"`
+	NImages           int       `json:"n_images"`
+	NDefective        int       `json:"n_defective"`
+	PerImage          []Image   `json:"per_image"`
+	Skipped           []Skipped `json:"skipped,omitempty"`
+
+	// Curves for plots: image ROC and a thinned pixel ROC.
+	ImageROC, PixelROC [2][]float64 `json:"-"`
+}
+
+// Thresholds are the calibrated decision values, if any.
+type Thresholds struct {
+	Image, Pixel float32
+	Known        bool
+}
+
+// Run scores the items. onImage, if set, sees every result with its ground-truth
+// mask (for pictures); a nil result means the file was skipped.
+func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool, onImage func(*detector.Result, dataset.Item, []bool) error) (*Evaluation, error) {
+	ev := &Evaluation{}
+	byPath := map[string]dataset.Item{}
+	paths := make([]string, len(items))
+	for i, it := range items {
+		byPath[it.Path] = it
+		paths[i] = it.Path
+	}
+	var (
+		scores []float32
+		labels []bool
+		maps   [][]float32
+		masks  [][]bool
+		w, h   int
+	)
+	err := sc.ScoreFiles(paths, skipBad, func(r *detector.Result, ferr error) error {
+		it := byPath[r.Path]
+		if ferr != nil {
+			ev.Skipped = append(ev.Skipped, Skipped{r.Path, ferr.Error()})
+			if onImage != nil {
+				return onImage(nil, it, nil)
+			}
+			return nil
+		}
+		var mask []bool
+		if it.Defective {
+			m, err := dataset.LoadMask(it.MaskPath, sc.Preprocess(), r.W, r.H)
+			if err != nil {
+				return err
+			}
+			if len(m) != r.W*r.H {
+				return errors.New("mask " + it.MaskPath + " does not match its image's size")
+			}
+			mask = m
+		} else {
+			mask = make([]bool, r.W*r.H)
+		}
+		if w == 0 {
+			w, h = r.W, r.H
+		}
+		img := Image{Name: it.Name(), Path: it.Path, Type: it.Type, Score: r.Score, Boxes: r.Boxes}
+		if it.Defective {
+			img.Label = 1
+		}
+		if r.HasVerdict {
+			d := r.Defect
+			img.Defect = &d
+		}
+		ev.PerImage = append(ev.PerImage, img)
+		scores = append(scores, r.Score)
+		labels = append(labels, it.Defective)
+		if r.W == w && r.H == h {
+			maps = append(maps, r.Map)
+			masks = append(masks, mask)
+		}
+		if onImage != nil {
+			return onImage(r, it, mask)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ev.NImages = len(scores)
+	for _, l := range labels {
+		if l {
+			ev.NDefective++
+		}
+	}
+	nan := Metric(math.NaN())
+	au, _ := metrics.AUROC(scores, labels)
+	ev.ImageAUROC = Metric(au)
+	f1, _, _ := metrics.BestF1(scores, labels)
+	ev.ImageF1 = Metric(f1)
+	if fpr, tpr, err := metrics.ROC(scores, labels); err == nil {
+		ev.ImageROC = [2][]float64{fpr, tpr}
+	}
+
+	var pix []float32
+	var plab []bool
+	for i := range maps {
+		pix = append(pix, maps[i]...)
+		plab = append(plab, masks[i]...)
+	}
+	pa, _ := metrics.AUROC(pix, plab)
+	ev.PixelAUROC = Metric(pa)
+	pf1, _, _ := metrics.BestF1(pix, plab)
+	ev.PixelF1 = Metric(pf1)
+	if fpr, tpr, err := metrics.ROC(pix, plab); err == nil {
+		ev.PixelROC = thin(fpr, tpr, 2000)
+	}
+	ap, _ := metrics.AUPRO(maps, masks, w, h, AUPROLimit)
+	ev.AUPRO = Metric(ap)
+
+	ev.ImageF1Calibrated, ev.PixelF1Calibrated, ev.ImageTPR, ev.ImageFPR, ev.PixelTPR, ev.PixelFPR = nan, nan, nan, nan, nan, nan
+	ev.ImageThreshold, ev.PixelThreshold = nan, nan
+	if th.Known {
+		ev.ImageThreshold, ev.PixelThreshold = Metric(th.Image), Metric(th.Pixel)
+		c := metrics.At(scores, labels, th.Image)
+		ev.ImageF1Calibrated, ev.ImageTPR, ev.ImageFPR = Metric(c.F1()), Metric(c.TPR()), Metric(c.FPR())
+		pc := metrics.At(pix, plab, th.Pixel)
+		ev.PixelF1Calibrated, ev.PixelTPR, ev.PixelFPR = Metric(pc.F1()), Metric(pc.TPR()), Metric(pc.FPR())
+	}
+	return ev, nil
+}
+
+// thin keeps at most n points of a curve, always the first and last.
+func thin(x, y []float64, n int) [2][]float64 {
+	if len(x) <= n {
+		return [2][]float64{x, y}
+	}
+	var ox, oy []float64
+	step := float64(len(x)-1) / float64(n-1)
+	for i := 0; i < n; i++ {
+		k := int(math.Round(float64(i) * step))
+		ox, oy = append(ox, x[k]), append(oy, y[k])
+	}
+	return [2][]float64{ox, oy}
+}
