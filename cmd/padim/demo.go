@@ -117,7 +117,7 @@ func demoAction(c *cli.Context) error {
 		return err
 	}
 	defer sc.Close()
-	ev, page, err := evaluateWithReport(c, m, sc, items, filepath.Join(out, "report"))
+	ev, page, err := evaluateWithReport(c, m, sc, items, modelPath, data, filepath.Join(out, "report"))
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func evalAction(c *cli.Context) error {
 		return err
 	}
 	defer closeAll()
-	ev, page, err := evaluateWithReport(c, m, sc, items, c.String("report"))
+	ev, page, err := evaluateWithReport(c, m, sc, items, c.String("model"), c.String("data"), c.String("report"))
 	if err != nil {
 		return err
 	}
@@ -66,7 +66,7 @@ func evalAction(c *cli.Context) error {
 }
 
 // evaluateWithReport runs the evaluation, writing the report when dir is set.
-func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, items []dataset.Item, dir string) (*evaluate.Evaluation, string, error) {
+func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, items []dataset.Item, modelPath, dataPath, dir string) (*evaluate.Evaluation, string, error) {
 	img, pix, ok := sc.Thresholds()
 	th := evaluate.Thresholds{Image: img, Pixel: pix, Known: ok}
 	var rb *report.Builder
@@ -91,7 +91,7 @@ func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, 
 		return ev, "", err
 	}
 	page, err := rb.Finish(ev, report.Info{
-		Title: "padim evaluation", Model: c.String("model"), Data: c.String("data"),
+		Title: "padim evaluation", Model: modelPath, Data: dataPath,
 		Details: [][2]string{{"backbone", m.BackboneName}, {"channels", fmt.Sprint(len(m.Channels), " of ", m.TotalChannels)},
 			{"training images", fmt.Sprint(m.NTrain)}, {"input", fmt.Sprintf("%d² (resize %d, crop %d, tile %d)", m.Preprocess.InputSize(), m.Preprocess.Resize, m.Preprocess.Crop, m.Preprocess.Tile)}},
 	})

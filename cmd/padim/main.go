@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -42,6 +43,9 @@ func run(args []string) int {
 		return ec.ExitCode()
 	}
 	fmt.Fprintln(os.Stderr, "padim:", err)
+	if strings.HasPrefix(err.Error(), "Required flag") {
+		return exitUsage // urfave/cli reports missing required flags as plain errors
+	}
 	return exitError
 }
 

@@ -189,27 +189,29 @@ func histPlot(ev *evaluate.Evaluation) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = "image scores"
 	p.X.Label.Text, p.Y.Label.Text = "score", "images"
-	var good, bad plotter.Values
+	var good, bad plotter.XYs
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, im := range ev.PerImage {
 		v := float64(im.Score)
 		lo, hi = math.Min(lo, v), math.Max(hi, v)
 		if im.Label == 1 {
-			bad = append(bad, v)
+			bad = append(bad, plotter.XY{X: v, Y: 1})
 		} else {
-			good = append(good, v)
+			good = append(good, plotter.XY{X: v, Y: 1})
 		}
 	}
-	bins := 20
+	const bins = 24
 	for _, s := range []struct {
-		v    plotter.Values
+		v    plotter.XYs
 		name string
 		col  color.Color
 	}{{good, "good", color.RGBA{40, 160, 60, 160}}, {bad, "defective", color.RGBA{200, 40, 40, 160}}} {
 		if len(s.v) == 0 {
 			continue
 		}
-		h, err := plotter.NewHist(s.v, bins)
+		// zero-weight points at the global extremes give both classes the same bins
+		s.v = append(s.v, plotter.XY{X: lo, Y: 0}, plotter.XY{X: hi, Y: 0})
+		h, err := plotter.NewHistogram(s.v, bins)
 		if err != nil {
 			return nil, err
 		}
@@ -218,7 +220,7 @@ func histPlot(ev *evaluate.Evaluation) (*plot.Plot, error) {
 		p.Legend.Add(s.name, h)
 	}
 	if t := float64(ev.ImageThreshold); !math.IsNaN(t) {
-		l, err := plotter.NewLine(plotter.XYs{{X: t, Y: 0}, {X: t, Y: float64(max(len(good), len(bad)))}})
+		l, err := plotter.NewLine(plotter.XYs{{X: t, Y: 0}, {X: t, Y: float64(max(len(good), len(bad))) / 2}})
 		if err == nil {
 			l.Color, l.Width, l.Dashes = color.Black, vg.Points(1.5), []vg.Length{vg.Points(4), vg.Points(3)}
 			p.Add(l)

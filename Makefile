@@ -1,0 +1,51 @@
+# padim — two commands on a fresh machine:
+#   make demo   build, then run the whole job on an embedded default (synthetic wood)
+#   make test   go vet and every test (with the race detector on the concurrent parts)
+# Both fetch the pinned ONNX Runtime first (scripts/fetch-onnxruntime.sh, via npm).
+
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin/padim
+
+# The CPU Gaussian stages use OpenBLAS when its headers and library are installed
+# (apt-get install libopenblas-dev); otherwise pure Go (gonum). TAGS=... overrides.
+OPENBLAS := $(shell printf '\#include <cblas.h>\nint main(void){return 0;}\n' | $${CC:-gcc} -x c - -lopenblas -o /dev/null 2>/dev/null && echo openblas)
+TAGS     ?= $(OPENBLAS)
+
+.PHONY: build demo test onnxruntime cuda cuda-check bench clean
+
+build: onnxruntime
+	$(GO) build -tags '$(TAGS)' -o $(BIN) ./cmd/padim
+
+onnxruntime:
+	@scripts/fetch-onnxruntime.sh
+
+demo: build
+	$(BIN) demo
+
+test: onnxruntime
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+ifneq ($(OPENBLAS),)
+	$(GO) vet -tags openblas ./...
+	$(GO) test -count=1 -tags openblas ./detector/...
+endif
+	$(GO) test -count=1 -race -short ./detector/... ./cmd/...
+
+# CUDA: the static kernel library (cmake) and the cuda-tagged binary.
+CUDA_BUILD := build/cuda
+cuda: onnxruntime
+	cmake -S . -B $(CUDA_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CUDA_BUILD) -j
+	$(GO) build -tags 'cuda $(TAGS)' -o $(BIN) ./cmd/padim
+
+# Compile-only checks of the CUDA side (what CI runs on machines without a GPU).
+cuda-check: cuda
+	$(GO) vet -tags cuda ./...
+	$(GO) test -c -tags cuda -o $(CUDA_BUILD)/gpu.test ./gpu
+
+bench: build
+	$(BIN) bench
+
+clean:
+	rm -rf bin build padim-demo

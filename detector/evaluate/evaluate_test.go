@@ -1,0 +1,68 @@
+package evaluate_test
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/evaluate"
+	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/synth"
+)
+
+// sharedModel is ../shared/models/mobilenet_v2_imagenet.onnx from the repository root.
+func sharedModel(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	p := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "models", "mobilenet_v2_imagenet.onnx")
+	if _, err := os.Stat(p); err != nil {
+		t.Skip("../shared/models/mobilenet_v2_imagenet.onnx not present")
+	}
+	return p
+}
+
+// TestRealFeaturesFindSyntheticDefects trains on real ImageNet features
+// (MobileNetV2 from ../shared) and checks the detector separates defects.
+func TestRealFeaturesFindSyntheticDefects(t *testing.T) {
+	path := sharedModel(t)
+	if err := backbone.Init(""); err != nil {
+		t.Skipf("ONNX Runtime not available: %v", err)
+	}
+	ext, err := backbone.OpenFile(path, backbone.Options{Device: "cpu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ext.Close()
+	data := t.TempDir()
+	if err := synth.Generate(data, synth.Config{Seed: 4, Train: 24, TestGood: 8, TestDefect: 12, Size: 224}, nil); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := dataset.TrainImages(data)
+	pp := imageio.Preprocess{Resize: 224, Mean: ext.Norm.Mean, Std: ext.Norm.Std}
+	m, _, err := detector.Train(ext, files, detector.TrainConfig{Preprocess: pp, Dim: 100, Seed: 1024, Eps: 0.01, Batch: 8, Holdout: 0.15, Sigma: 4, BackboneONNX: ext.Data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := m.NewScorer(ext, detector.ScoreConfig{OpenRadius: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	items, _ := dataset.TestSet(data)
+	img, pix, ok := sc.Thresholds()
+	ev, err := evaluate.Run(sc, items, evaluate.Thresholds{Image: img, Pixel: pix, Known: ok}, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("MobileNetV2 (ImageNet), d=100: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f, image F1 %.3f, calibrated TPR %.2f FPR %.2f",
+		ev.ImageAUROC, ev.PixelAUROC, ev.AUPRO, ev.ImageF1, ev.ImageTPR, ev.ImageFPR)
+	if ev.NImages != 20 || ev.NDefective != 12 {
+		t.Fatalf("counted %d images, %d defective", ev.NImages, ev.NDefective)
+	}
+	if ev.ImageAUROC < 0.8 || ev.PixelAUROC < 0.9 { // chance is 0.5
+		t.Fatalf("real features should separate these defects: image AUROC %.3f, pixel AUROC %.3f", ev.ImageAUROC, ev.PixelAUROC)
+	}
+}
