@@ -12,7 +12,7 @@ BIN   := bin/padim
 OPENBLAS := $(shell printf '\#include <cblas.h>\nint main(void){return 0;}\n' | $${CC:-gcc} -x c - -lopenblas -o /dev/null 2>/dev/null && echo openblas)
 TAGS     ?= $(OPENBLAS)
 
-.PHONY: build demo test onnxruntime cuda cuda-check bench clean
+.PHONY: build demo test onnxruntime cuda cuda-check device-bundle bench clean
 
 build: onnxruntime
 	$(GO) build -tags '$(TAGS)' -o $(BIN) ./cmd/padim
@@ -43,6 +43,12 @@ cuda: onnxruntime
 cuda-check: cuda
 	$(GO) vet -tags cuda ./...
 	$(GO) test -c -tags cuda -o $(CUDA_BUILD)/gpu.test ./gpu
+
+# Everything a GPU machine without Go needs for scripts/device-check.sh.
+device-bundle: cuda
+	mkdir -p build/device
+	$(GO) test -c -tags cuda -o build/device/gpu.test ./gpu
+	cp .cache/onnxruntime/libonnxruntime.so.1 build/device/
 
 bench: build
 	$(BIN) bench

@@ -39,10 +39,10 @@ type cpuAccumulator struct {
 // Add stages the batch, folding the stage into the statistics when it is full.
 func (a *cpuAccumulator) Add(x []float32, n int) error {
 	P, D := a.s.P, a.s.D
-	if err := checkBatch(x, n, P, D); err != nil {
+	if err := CheckBatch(x, n, P, D); err != nil {
 		return err
 	}
-	if err := checkFinite(x[:n*P*D], P, D); err != nil {
+	if err := CheckFinite(x[:n*P*D], P, D); err != nil {
 		return err
 	}
 	for n > 0 {
@@ -201,7 +201,7 @@ type scoreScratch struct {
 func (s *cpuScorer) Score(x []float32, n int, dist []float32) error {
 	g := s.g
 	P, D, L := g.P, g.D, PackedLen(g.D)
-	if err := checkBatch(x, n, P, D); err != nil {
+	if err := CheckBatch(x, n, P, D); err != nil {
 		return err
 	}
 	if len(dist) < n*P {

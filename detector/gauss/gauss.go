@@ -218,7 +218,8 @@ func ParallelFor(n int, fn func(lo, hi int)) {
 	wg.Wait()
 }
 
-func checkBatch(x []float32, n, p, d int) error {
+// CheckBatch reports whether x holds n embeddings of P patches × D channels.
+func CheckBatch(x []float32, n, p, d int) error {
 	if n <= 0 {
 		return fmt.Errorf("gauss: batch of %d images", n)
 	}
@@ -228,8 +229,9 @@ func checkBatch(x []float32, n, p, d int) error {
 	return nil
 }
 
-// checkFinite reports the first NaN or Inf of a batch [n][P][D], naming image and patch.
-func checkFinite(x []float32, p, d int) error {
+// CheckFinite reports the first NaN or Inf of a batch [n][P][D], naming image and
+// patch (wrapping ErrNonFinite). Backends check before touching their statistics.
+func CheckFinite(x []float32, p, d int) error {
 	for i, v := range x {
 		if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
 			return fmt.Errorf("gauss: embedding of image %d in the batch has %v at patch %d, channel %d: %w",

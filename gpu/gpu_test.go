@@ -1,0 +1,166 @@
+//go:build cuda
+
+package gpu
+
+import (
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/gauss/gausstest"
+	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/synth"
+)
+
+// device returns the CUDA backend or skips where there is no GPU.
+func device(t testing.TB) *Backend {
+	t.Helper()
+	b, err := New(0)
+	if err != nil {
+		t.Skipf("no CUDA device: %v", err)
+	}
+	return b.(*Backend)
+}
+
+func TestConformance(t *testing.T) {
+	b := device(t)
+	t.Log(b.Name())
+	gausstest.Run(t, b)
+}
+
+// The device batch is smaller than the calls, so batches split and slots rotate.
+func TestConformanceSmallDeviceBatch(t *testing.T) {
+	b := device(t)
+	b.MaxBatch = 3
+	gausstest.Run(t, b)
+}
+
+// compare fits and scores x on both backends and returns the worst relative
+// differences of the statistics (against their scale) and of the distances.
+func compare(t *testing.T, x, test []float32, n, nt, p, d int) (statErr, distErr float64) {
+	gpu := device(t)
+	fit := func(b gauss.Backend) (*gauss.Stats, []float32) {
+		acc, err := b.NewAccumulator(p, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer acc.Close()
+		for lo := 0; lo < n; lo += 16 {
+			hi := min(lo+16, n)
+			if err := acc.Add(x[lo*p*d:hi*p*d], hi-lo); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := acc.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s = s.Clone()
+		g, err := b.Factorize(s, 0.01)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := b.NewScorer(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		dist := make([]float32, nt*p)
+		if err := sc.Score(test, nt, dist); err != nil {
+			t.Fatal(err)
+		}
+		return s, dist
+	}
+	sc, dc := fit(gauss.CPU{})
+	sg, dg := fit(gpu)
+	scale := 0.0
+	for _, v := range sc.M2 {
+		scale = math.Max(scale, math.Abs(v))
+	}
+	for i := range sc.M2 {
+		statErr = math.Max(statErr, math.Abs(sc.M2[i]-sg.M2[i])/scale)
+	}
+	for i := range dc {
+		distErr = math.Max(distErr, math.Abs(float64(dc[i]-dg[i]))/math.Max(math.Abs(float64(dc[i])), 1e-6))
+	}
+	return statErr, distErr
+}
+
+func TestParityRandomSPD(t *testing.T) {
+	const n, p, d = 60, 40, 200
+	x := gausstest.Correlated(1, n, p, d, 3, 1)
+	test := gausstest.Correlated(2, 20, p, d, 3, 1.3)
+	se, de := compare(t, x, test, n, 20, p, d)
+	t.Logf("GPU vs CPU: statistics %.2e, distances %.2e (relative)", se, de)
+	if se > 1e-5 || de > 1e-4 {
+		t.Fatalf("GPU differs from CPU: statistics %.3g, distances %.3g", se, de)
+	}
+}
+
+func TestParityRealFeatures(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	model := filepath.Join(filepath.Dir(file), "..", "..", "shared", "models", "mobilenet_v2_imagenet.onnx")
+	if _, err := os.Stat(model); err != nil {
+		t.Skip("../shared/models/mobilenet_v2_imagenet.onnx not present")
+	}
+	device(t)
+	if err := backbone.Init(""); err != nil {
+		t.Skipf("ONNX Runtime not available: %v", err)
+	}
+	ext, err := backbone.OpenFile(model, backbone.Options{Device: "cpu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ext.Close()
+	dir := t.TempDir()
+	if err := synth.Generate(dir, synth.Config{Seed: 5, Train: 24, TestDefect: 6, Size: 224}, nil); err != nil {
+		t.Fatal(err)
+	}
+	layout, _ := embed.NewLayout(ext.Taps(), embed.AllChannels(embed.TotalChannels(ext.Taps())))
+	P, D := layout.P(), layout.D()
+	embedAll := func(files []string) []float32 {
+		out := make([]float32, len(files)*P*D)
+		pp := imageio.Preprocess{Resize: 224, Mean: ext.Norm.Mean, Std: ext.Norm.Std}
+		for i, f := range files {
+			s, _, err := pp.Load(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			taps, err := ext.Extract(s[0].Input, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			layout.Embed(taps, out[i*P*D:])
+		}
+		return out
+	}
+	train, _ := dataset.TrainImages(dir)
+	items, _ := dataset.TestSet(dir)
+	var test []string
+	for _, it := range items {
+		test = append(test, it.Path)
+	}
+	se, de := compare(t, embedAll(train), embedAll(test), len(train), len(test), P, D)
+	t.Logf("MobileNetV2 features (P=%d, D=%d): statistics %.2e, distances %.2e", P, D, se, de)
+	if se > 1e-5 || de > 1e-4 {
+		t.Fatalf("GPU differs from CPU on real features: statistics %.3g, distances %.3g", se, de)
+	}
+}
+
+func TestAllocationFailureIsAnError(t *testing.T) {
+	b := device(t)
+	// far beyond any card: 2^20 patches of D=1024 is 4 TiB of statistics
+	_, err := b.NewAccumulator(1<<20, 1024)
+	if !errors.Is(err, ErrOutOfMemory) {
+		t.Fatalf("got %v, want ErrOutOfMemory", err)
+	}
+	// the device still works afterwards
+	gausstest.Run(t, b)
+}
