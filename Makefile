@@ -9,7 +9,7 @@ BIN   := bin/padim
 
 # The CPU Gaussian stages use OpenBLAS when its headers and library are installed
 # (apt-get install libopenblas-dev); otherwise pure Go (gonum). TAGS=... overrides.
-OPENBLAS := $(shell printf '\#include <cblas.h>\nint main(void){return 0;}\n' | $${CC:-gcc} -x c - -lopenblas -o /dev/null 2>/dev/null && echo openblas)
+OPENBLAS := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include cblas.h - -lopenblas -o /dev/null 2>/dev/null && echo openblas)
 TAGS     ?= $(OPENBLAS)
 
 .PHONY: build demo test onnxruntime cuda cuda-check device-bundle bench clean

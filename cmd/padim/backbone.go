@@ -22,6 +22,7 @@ func backboneCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Value: 7, Usage: "seed of the random weights (ignored with --weights)"},
 			&cli.StringFlag{Name: "weights", Usage: "float32 safetensors with torchvision/CBAM state_dict names (models/export.py makes one)"},
 			&cli.StringFlag{Name: "out", Required: true},
+			&cli.StringFlag{Name: "save-weights", Usage: "also write the weights used as float32 safetensors (state_dict names), e.g. for bench/torch_padim.py"},
 			&cli.IntFlag{Name: "size", Value: 224, Usage: "input side"},
 			&cli.StringFlag{Name: "mean", Value: "0.485,0.456,0.406", Usage: "input normalisation recorded in the graph's metadata"},
 			&cli.StringFlag{Name: "std", Value: "0.229,0.224,0.225"},
@@ -48,9 +49,15 @@ func backboneAction(c *cli.Context) error {
 		}
 		p, o.Source, o.Seed = ck, w, 0
 	}
-	data, err := resnet.Build(o, p)
+	rec := &resnet.Recorder{Params: p}
+	data, err := resnet.Build(o, rec)
 	if err != nil {
 		return err
+	}
+	if w := c.String("save-weights"); w != "" {
+		if err := safetensors.Write(w, map[string]string{"arch": o.Arch, "source": o.Source}, rec.Tensors); err != nil {
+			return err
+		}
 	}
 	if err := safetensors.WriteAtomic(c.String("out"), func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
 		return err

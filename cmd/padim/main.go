@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -58,10 +59,27 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bars or notes on stderr"},
 			&cli.StringFlag{Name: "onnxruntime", Usage: "path to libonnxruntime.so.1 (else $ONNXRUNTIME_LIB, else .cache/onnxruntime)", EnvVars: []string{"ONNXRUNTIME_LIB"}},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a Go CPU profile of the run to this file", Hidden: true},
+		},
+		Before: func(c *cli.Context) error {
+			if p := c.String("cpuprofile"); p != "" {
+				f, err := os.Create(p)
+				if err != nil {
+					return err
+				}
+				return pprof.StartCPUProfile(f)
+			}
+			return nil
+		},
+		After: func(c *cli.Context) error {
+			if c.String("cpuprofile") != "" {
+				pprof.StopCPUProfile()
+			}
+			return nil
 		},
 		Commands: []*cli.Command{
 			trainCommand(), scoreCommand(), evalCommand(), infoCommand(), synthCommand(),
-			backboneCommand(), demoCommand(), mergeCommand(),
+			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.Name), exitUsage)

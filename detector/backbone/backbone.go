@@ -131,6 +131,11 @@ func Open(data []byte, name string, o Options) (*Extractor, error) {
 			return nil, err
 		}
 	}
+	// Idle ONNX Runtime threads spin by default, taking the cores the Gaussian
+	// stages need between backbone batches.
+	if err := opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
+		return nil, err
+	}
 	e.Provider = "CPU"
 	switch o.Device {
 	case "", "auto", "cuda":

@@ -3,6 +3,7 @@ package gauss_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/gauss/gausstest"
@@ -97,4 +98,10 @@ func identityModel(p, d int) *gauss.Gaussian {
 		}
 	}
 	return g
+}
+
+func BenchmarkPeakSGEMM(b *testing.B) {
+	for b.Loop() {
+		b.ReportMetric(gauss.PeakGFLOPS(1024, time.Second), "GFLOP/s")
+	}
 }

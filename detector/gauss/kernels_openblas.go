@@ -42,6 +42,11 @@ func init() {
 	cholLower = func(a []float64, d int) bool {
 		return C.chol_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
 	}
+	sgemm = func(n int, a, b, c []float32) {
+		C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasNoTrans, C.blasint(n), C.blasint(n), C.blasint(n), 1,
+			(*C.float)(unsafe.Pointer(&a[0])), C.blasint(n), (*C.float)(unsafe.Pointer(&b[0])), C.blasint(n), 0,
+			(*C.float)(unsafe.Pointer(&c[0])), C.blasint(n))
+	}
 	invLower = func(a []float64, d int) bool {
 		return C.inv_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
 	}

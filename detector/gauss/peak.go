@@ -1,0 +1,43 @@
+package gauss
+
+import (
+	"runtime"
+	"time"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+)
+
+// sgemm computes c = a·b for n×n row-major matrices with the kernel library in
+// use (replaced by OpenBLAS with -tags openblas).
+var sgemm = func(n int, a, b, c []float32) {
+	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: n, Cols: n, Stride: n, Data: a},
+		blas32.General{Rows: n, Cols: n, Stride: n, Data: b}, 0, blas32.General{Rows: n, Cols: n, Stride: n, Data: c})
+}
+
+// PeakGFLOPS measures this machine's fp32 matrix-multiply rate: one n×n SGEMM
+// per core at once (each single-threaded, as the backend runs its kernels),
+// repeated for at least minTime. It is the yardstick benchmarks compare to.
+func PeakGFLOPS(n int, minTime time.Duration) float64 {
+	workers := runtime.GOMAXPROCS(0) // as many as ParallelFor uses
+	type mats struct{ a, b, c []float32 }
+	m := make([]mats, workers)
+	for i := range m {
+		m[i] = mats{make([]float32, n*n), make([]float32, n*n), make([]float32, n*n)}
+		for j := range m[i].a {
+			m[i].a[j], m[i].b[j] = float32(j%7)*0.1, float32(j%5)*0.1
+		}
+	}
+	sgemm(n, m[0].a, m[0].b, m[0].c) // warm up
+	reps := 0
+	start := time.Now()
+	for time.Since(start) < minTime {
+		ParallelFor(workers, func(lo, hi int) {
+			for w := lo; w < hi; w++ {
+				sgemm(n, m[w].a, m[w].b, m[w].c)
+			}
+		})
+		reps++
+	}
+	return float64(reps*workers) * 2 * float64(n) * float64(n) * float64(n) / time.Since(start).Seconds() / 1e9
+}
