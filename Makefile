@@ -12,7 +12,7 @@ BIN   := bin/padim
 OPENBLAS := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include cblas.h - -lopenblas -o /dev/null 2>/dev/null && echo openblas)
 TAGS     ?= $(OPENBLAS)
 
-.PHONY: build demo test onnxruntime cuda cuda-check device-bundle bench clean
+.PHONY: build demo test onnxruntime cuda cuda-check cuda-emu device-bundle bench clean
 
 build: onnxruntime
 	$(GO) build -tags '$(TAGS)' -o $(BIN) ./cmd/padim
@@ -23,9 +23,11 @@ onnxruntime:
 demo: build
 	$(BIN) demo
 
-test: onnxruntime
+test: onnxruntime cuda-emu
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	$(GO) vet -tags cudaemu ./gpu
+	$(GO) test -count=1 -tags cudaemu ./gpu
 ifneq ($(OPENBLAS),)
 	$(GO) vet -tags openblas ./...
 	$(GO) test -count=1 -tags openblas ./detector/...
@@ -49,6 +51,14 @@ device-bundle: cuda
 	mkdir -p build/device
 	$(GO) test -c -tags cuda -o build/device/gpu.test ./gpu
 	cp .cache/onnxruntime/libonnxruntime.so.1 build/device/
+
+# The same kernel source on the host emulator (cuda/emu): the CUDA backend's tests
+# without a GPU, run by make test.
+EMU_BUILD := build/emu
+cuda-emu:
+	mkdir -p $(EMU_BUILD)
+	$${CXX:-g++} -std=c++20 -O2 -pthread -x c++ -include cuda/emu/cuda_emu.h -Icuda -c cuda/padim_cuda.cu -o $(EMU_BUILD)/padim_cuda.o
+	ar rcs $(EMU_BUILD)/libpadim_cuda_emu.a $(EMU_BUILD)/padim_cuda.o
 
 bench: build
 	$(BIN) bench

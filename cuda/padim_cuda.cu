@@ -4,7 +4,12 @@
 // that read each patch's L^-1 once per block of images.
 #include "padim_cuda.h"
 
+#ifndef PADIM_CUDA_EMU
 #include <cuda_runtime.h>
+// LAUNCH and DYNAMIC_SHARED let cuda/emu run this same source on the host.
+#define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 #include <cmath>
 #include <cstdarg>
@@ -164,7 +169,7 @@ __global__ void k_expand(const double *__restrict__ m2, double *A, int D, double
 // k_cholesky factorises each patch's lower triangle in place (right-looking,
 // column k cached in shared memory). bad[patch] = 1 when a pivot is not positive.
 __global__ void k_cholesky(double *A, int D, int *bad) {
-  extern __shared__ double colk[];  // D values
+  DYNAMIC_SHARED(double, colk);  // D values
   __shared__ int failed;
   __shared__ double piv;
   double *a = A + (long long)blockIdx.x * D * D;
@@ -202,7 +207,7 @@ __global__ void k_cholesky(double *A, int D, int *bad) {
 // k_trinv computes X = L⁻¹ row by row (row i of L cached in shared memory), after
 // the same pivot check as the CPU backend: every L_ii > 1e-7·max L_jj.
 __global__ void k_trinv(const double *A, double *X, int D, int *bad) {
-  extern __shared__ double li[];  // row i of L
+  DYNAMIC_SHARED(double, li);  // row i of L
   __shared__ int failed;
   if (bad[blockIdx.x]) return;  // uniform across the block
   const double *l = A + (long long)blockIdx.x * D * D;
@@ -258,7 +263,7 @@ __global__ void k_pack(const double *X, float *linv, int D, int *bad) {
 template <int NB>
 __global__ void k_mahalanobis(const float *__restrict__ x, int n, int P, int D, const float *__restrict__ mean,
                               const float *__restrict__ linv, float *dist) {
-  extern __shared__ float sm[];
+  DYNAMIC_SHARED(float, sm);
   float *y = sm;                 // [NB][D]
   double *part = (double *)(sm + ((NB * D + 1) & ~1));  // [warps][NB], 8-byte aligned
   const int p = blockIdx.x;
@@ -456,11 +461,11 @@ int padim_acc_add(padim_acc *a, const float *x, int n, char *err, size_t errlen)
     const int threads = 256;
     long long blocks = (pd + threads - 1) / threads;
     if (blocks > 65535LL * 16) blocks = 65535LL * 16;
-    k_batch_mean<<<(unsigned)blocks, threads, 0, c->compute>>>(a->x[s], nb, pd, na, a->mean, a->delta, a->bmean);
+    LAUNCH(k_batch_mean, (unsigned)blocks, threads, 0, c->compute, a->x[s], nb, pd, na, a->mean, a->delta, a->bmean);
     LAUNCHED("batch_mean");
     const double f = na * nb / (na + nb);
-    k_m2_update<<<dim3(a->P, tiles * (tiles + 1) / 2), dim3(TILE, TROWS), 0, c->compute>>>(a->x[s], nb, a->P, a->D, a->bmean,
-                                                                                         a->delta, f, a->m2);
+    LAUNCH(k_m2_update, dim3(a->P, tiles * (tiles + 1) / 2), dim3(TILE, TROWS), 0, c->compute, a->x[s], nb, a->P, a->D,
+           a->bmean, a->delta, f, a->m2);
     LAUNCHED("m2_update");
     CK(cudaEventRecord(a->consumed[s], c->compute));
     a->count += nb;
@@ -512,10 +517,10 @@ int padim_factorize(padim_ctx *c, int P, int D, int64_t count, const double *m2,
     const int np = P - p0 < chunk ? P - p0 : chunk;
     e = cudaMemcpyAsync(dm2, m2 + (size_t)p0 * L, (size_t)np * L * 8, cudaMemcpyHostToDevice, c->compute);
     if (e != cudaSuccess) break;
-    k_expand<<<np, threads, 0, c->compute>>>(dm2, A, D, inv, eps);
-    k_cholesky<<<np, threads, D * sizeof(double), c->compute>>>(A, D, dbad);
-    k_trinv<<<np, threads, D * sizeof(double), c->compute>>>(A, X, D, dbad);
-    k_pack<<<np, threads, 0, c->compute>>>(X, dl, D, dbad);
+    LAUNCH(k_expand, np, threads, 0, c->compute, dm2, A, D, inv, eps);
+    LAUNCH(k_cholesky, np, threads, D * sizeof(double), c->compute, A, D, dbad);
+    LAUNCH(k_trinv, np, threads, D * sizeof(double), c->compute, A, X, D, dbad);
+    LAUNCH(k_pack, np, threads, 0, c->compute, X, dl, D, dbad);
     if ((e = cudaGetLastError()) != cudaSuccess) break;
     if ((e = cudaMemcpyAsync(linv + (size_t)p0 * L, dl, (size_t)np * L * 4, cudaMemcpyDeviceToHost, c->compute)) != cudaSuccess) break;
     if ((e = cudaMemcpyAsync(hbad, dbad, (size_t)np * 4, cudaMemcpyDeviceToHost, c->compute)) != cudaSuccess) break;
@@ -609,8 +614,8 @@ template <int NB>
 int launch_mahalanobis(padim_scorer *s, int k, int nb, char *err, size_t errlen) {
   const int threads = 256;
   const size_t smem = (size_t)((NB * s->D + 1) & ~1) * sizeof(float) + (threads / 32) * NB * sizeof(double);
-  k_mahalanobis<NB><<<dim3(s->P, (nb + NB - 1) / NB), threads, smem, s->ctx->compute>>>(s->x[k], nb, s->P, s->D, s->mean,
-                                                                                      s->linv, s->dist[k]);
+  LAUNCH(k_mahalanobis<NB>, dim3(s->P, (nb + NB - 1) / NB), threads, smem, s->ctx->compute, s->x[k], nb, s->P, s->D, s->mean,
+         s->linv, s->dist[k]);
   LAUNCHED("mahalanobis");
   return PADIM_OK;
 }

@@ -1,10 +1,9 @@
-//go:build cuda
+//go:build cuda || cudaemu
 
 package gpu
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../cuda
-#cgo LDFLAGS: -L${SRCDIR}/../build/cuda -lpadim_cuda -L/usr/local/cuda/lib64 -L/usr/lib/x86_64-linux-gnu -lcudart_static -lstdc++ -ldl -lrt -lpthread -lm
 #include <stdlib.h>
 #include "padim_cuda.h"
 */

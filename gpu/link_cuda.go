@@ -1,0 +1,14 @@
+//go:build cuda && !cudaemu
+
+package gpu
+
+// The CUDA build links the kernels CMake builds (make cuda) and the static CUDA
+// runtime, so the binary needs only the NVIDIA driver on the target machine.
+
+/*
+#cgo LDFLAGS: -L${SRCDIR}/../build/cuda -lpadim_cuda -L/usr/local/cuda/lib64 -L/usr/lib/x86_64-linux-gnu -lcudart_static -lstdc++ -ldl -lrt -lpthread -lm
+*/
+import "C"
+
+// Emulated reports whether the kernels run on the host emulator (cuda/emu).
+const Emulated = false
