@@ -70,7 +70,8 @@ func (p *progress) done() {
 	}
 }
 
-var deviceFlag = &cli.StringFlag{Name: "device", Value: "auto", Usage: "where the Gaussian stages run: auto (CUDA when built with it and a GPU is present), cpu, cuda"}
+var deviceFlag = &cli.StringFlag{Name: "device", Value: "auto", Usage: "where the Gaussian stages run: auto (CUDA when built with it and a GPU is present), cpu, cuda; " +
+	"the backbone uses ONNX Runtime's CUDA provider when its library has one, else the CPU"}
 var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "ONNX Runtime intra-op threads (0: its default)"}
 var batchFlag = &cli.IntFlag{Name: "batch", Value: detector.DefaultBatch, Usage: "images per backbone batch"}
 
@@ -104,12 +105,12 @@ func openBackbone(c *cli.Context, path string, data []byte, taps []string) (*bac
 	o := backbone.Options{
 		Library: c.String("onnxruntime"),
 		Threads: c.Int("threads"),
-		Device:  c.String("device"),
+		Device:  "auto", // ONNX Runtime's CUDA provider when the library has it, else the CPU (with a note)
 		Taps:    taps,
 		Log:     func(f string, a ...any) { notef(c, f, a...) },
 	}
-	if o.Device == "" {
-		o.Device = "auto"
+	if c.String("device") == "cpu" {
+		o.Device = "cpu"
 	}
 	if data != nil {
 		return backbone.Open(data, path, o)
