@@ -33,6 +33,7 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "score", Value: 100, Usage: "images to score"},
 			&cli.IntFlag{Name: "size", Value: 224, Usage: "network input side"},
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim},
+			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default layer1,layer2,layer3)"},
 			&cli.BoolFlag{Name: "peak", Value: true, Usage: "measure the machine's fp32 SGEMM peak first"},
 			&cli.BoolFlag{Name: "json"},
 			batchFlag, deviceFlag, threadsFlag,
@@ -52,7 +53,7 @@ func benchAction(c *cli.Context) error {
 		}
 		name = fmt.Sprintf("%s (seed %d)", c.String("arch"), c.Uint64("backbone-seed"))
 	}
-	ext, err := openBackbone(c, name, data, nil)
+	ext, err := openBackbone(c, name, data, splitList(c.String("layers")))
 	if err != nil {
 		return err
 	}

@@ -19,16 +19,11 @@ func evalCommand() *cli.Command {
 		Name:      "eval",
 		Usage:     "evaluate a model on an MVTec-layout category: AUROC, AUPRO, F1, TPR/FPR",
 		UsageText: "padim eval --model M.padim --data CATEGORY_DIR [--json] [--report DIR]",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "model", Required: true},
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data", Required: true, Usage: "category folder with test/<type>/ and ground_truth/<type>/"},
 			&cli.BoolFlag{Name: "json", Usage: "print the metrics as JSON"},
 			&cli.StringFlag{Name: "report", Usage: "write an HTML report (ROC curves, histograms, per-image heatmaps) into this folder"},
-			&cli.Float64Flag{Name: "threshold", Usage: "decision threshold, overriding the calibrated ones"},
-			&cli.IntFlag{Name: "open-radius", Value: detector.DefaultOpenRadius},
-			&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone instead of the embedded one (must be the same graph)"},
-			batchFlag, deviceFlag, threadsFlag,
-		},
+		}, scoringFlags()...),
 		Action: evalAction,
 	}
 }

@@ -26,17 +26,12 @@ func scoreCommand() *cli.Command {
 		Name:      "score",
 		Usage:     "score images: anomaly score, verdict, defect boxes, maps",
 		UsageText: "padim score --model M.padim [--out DIR] [--maps npy|png|none] [--json] [--threshold T] IMAGES|DIRS...",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "model", Required: true, Usage: "model file from padim train"},
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "out", Usage: "folder for maps (mirrors the input tree)"},
 			&cli.StringFlag{Name: "maps", Usage: "npy (float32 blurred map at input resolution), png (heatmap, overlay, mask, boxes) or none; default npy with --out"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document instead of lines"},
-			&cli.Float64Flag{Name: "threshold", Usage: "verdict and mask threshold, overriding the calibrated ones"},
-			&cli.IntFlag{Name: "open-radius", Value: detector.DefaultOpenRadius, Usage: "radius of the morphological opening that cleans masks"},
 			&cli.BoolFlag{Name: "fail-on-defect", Usage: "exit with code 3 when any image is a defect"},
-			&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone to use instead of the one embedded in the model (must be the same graph)"},
-			batchFlag, deviceFlag, threadsFlag,
-		},
+		}, scoringFlags()...),
 		Action: scoreAction,
 	}
 }
@@ -87,6 +82,18 @@ func targets(args []string) ([]target, error) {
 		}
 	}
 	return ts, nil
+}
+
+// scoringFlags are the flags of every command that loads a model to score with it
+// (loadScorer reads them).
+func scoringFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "model", Required: true, Usage: "model file from padim train"},
+		&cli.Float64Flag{Name: "threshold", Usage: "verdict and mask threshold, overriding the calibrated ones"},
+		&cli.IntFlag{Name: "open-radius", Value: detector.DefaultOpenRadius, Usage: "radius of the morphological opening that cleans masks"},
+		&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone to use instead of the one embedded in the model (must be the same graph)"},
+		batchFlag, deviceFlag, threadsFlag,
+	}
 }
 
 // loadScorer loads a model and its backbone, ready to score.

@@ -2,6 +2,8 @@
 // mask → morphological opening with a disk → 8-connected components → boxes.
 package postproc
 
+import "math"
+
 // Mask is a binary image, row-major.
 type Mask struct {
 	W, H int
@@ -118,8 +120,7 @@ func Boxes(m *Mask, score []float32) []Box {
 	x1 := make([]int, n)
 	y1 := make([]int, n)
 	for i := range boxes {
-		boxes[i] = Box{X: m.W, Y: m.H, MaxScore: score[0]}
-		boxes[i].MaxScore = -1e38
+		boxes[i] = Box{X: m.W, Y: m.H, MaxScore: float32(math.Inf(-1))}
 	}
 	for i, l := range lab {
 		if l == 0 {
