@@ -326,3 +326,33 @@ func TestShardedStatsMergeEqualsSingleFit(t *testing.T) {
 		t.Fatal("mismatched shard merged")
 	}
 }
+
+// ScoreImage (decoded images, for library users) agrees with ScoreFiles.
+func TestScoreImageMatchesScoreFiles(t *testing.T) {
+	dir := t.TempDir()
+	files := writeImages(t, dir, 8, 11, false)
+	m, _, err := Train(newFake(32), files[:6], TrainConfig{Preprocess: testPreprocess(), Dim: 8, Eps: 0.01, Sigma: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := m.NewScorer(newFake(32), ScoreConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	var want []float32
+	sc.ScoreFiles(files[6:], false, func(r *Result, err error) error { want = append(want, r.Score); return err })
+	for i, f := range files[6:] {
+		pl, err := imageio.Decode(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := sc.ScoreImage(f, pl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Score != want[i] || r.Image.W != 32 {
+			t.Fatalf("%s: ScoreImage %v (view %dx%d), ScoreFiles %v", f, r.Score, r.Image.W, r.Image.H, want[i])
+		}
+	}
+}

@@ -38,13 +38,9 @@ func decodeFile(path string, pp imageio.Preprocess) decoded {
 	if err != nil {
 		return decoded{path: path, err: err}
 	}
-	s, err := pp.Samples(pl)
+	s, view, err := pp.Prepare(pl)
 	if err != nil {
 		return decoded{path: path, err: fmt.Errorf("%s: %w", path, err)}
-	}
-	view := pl
-	if pp.Tile <= 0 {
-		view = pp.Fit(pl)
 	}
 	return decoded{path: path, samples: s, image: view}
 }

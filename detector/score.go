@@ -173,14 +173,9 @@ func (s *Scorer) ScoreFiles(files []string, skipBad bool, fn func(*Result, error
 
 // ScoreImage scores one decoded image.
 func (s *Scorer) ScoreImage(name string, pl *imageio.Planes) (*Result, error) {
-	pp := s.model.Preprocess
-	smp, err := pp.Samples(pl)
+	smp, view, err := s.model.Preprocess.Prepare(pl)
 	if err != nil {
 		return nil, err
-	}
-	view := pl
-	if pp.Tile <= 0 {
-		view = pp.Fit(pl)
 	}
 	return s.scoreDecoded(decoded{path: name, samples: smp, image: view}, nil)
 }

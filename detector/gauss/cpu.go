@@ -1,6 +1,7 @@
 package gauss
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -36,8 +37,13 @@ type cpuAccumulator struct {
 	scratch sync.Pool
 }
 
+var errClosed = errors.New("gauss: accumulator is closed")
+
 // Add stages the batch, folding the stage into the statistics when it is full.
 func (a *cpuAccumulator) Add(x []float32, n int) error {
+	if a.s == nil {
+		return errClosed
+	}
 	P, D := a.s.P, a.s.D
 	if err := CheckBatch(x, n, P, D); err != nil {
 		return err
@@ -130,6 +136,9 @@ func (a *cpuAccumulator) fold(x []float32, n int) {
 // Stats folds the stage in and returns the statistics themselves, not a copy:
 // they stay valid until the next Add or Close.
 func (a *cpuAccumulator) Stats() (*Stats, error) {
+	if a.s == nil {
+		return nil, errClosed
+	}
 	a.flush()
 	return a.s, nil
 }

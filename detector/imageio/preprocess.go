@@ -125,20 +125,33 @@ func (p Preprocess) Load(path string) ([]Sample, *Planes, error) {
 
 // Samples cuts decoded planes into backbone inputs.
 func (p Preprocess) Samples(pl *Planes) ([]Sample, error) {
+	s, _, err := p.Prepare(pl)
+	return s, err
+}
+
+// Prepare cuts decoded planes into backbone inputs and also returns the image as
+// the anomaly map sees it: resized and cropped like the input, or, when tiling,
+// the image itself. Each resize is done once.
+func (p Preprocess) Prepare(pl *Planes) ([]Sample, *Planes, error) {
 	rects, err := p.Tiles(pl.W, pl.H)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s := p.InputSize()
 	out := make([]Sample, len(rects))
+	view := pl
 	for i, r := range rects {
 		src := pl
 		if p.Tile > 0 {
 			src = pl.Crop(r.X, r.Y, r.W, r.H)
 		}
+		fitted := p.Fit(src)
+		if p.Tile <= 0 {
+			view = fitted
+		}
 		in := make([]float32, 3*s*s)
-		p.Normalize(p.Fit(src), in)
+		p.Normalize(fitted, in)
 		out[i] = Sample{Rect: r, Input: in}
 	}
-	return out, nil
+	return out, view, nil
 }

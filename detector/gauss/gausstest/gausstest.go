@@ -256,6 +256,10 @@ func testShapes(t *testing.T, b gauss.Backend) {
 	if err := acc.Add(make([]float32, 11), 1); err == nil {
 		t.Error("short batch accepted")
 	}
+	acc.Close()
+	if err := acc.Add(make([]float32, 12), 1); err == nil {
+		t.Error("Add after Close accepted")
+	}
 	g := &gauss.Gaussian{P: 3, D: 4, Mean: make([]float32, 12), LInv: make([]float32, 5)}
 	if _, err := b.NewScorer(g); err == nil {
 		t.Error("mis-shaped model accepted")
