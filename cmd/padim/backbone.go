@@ -65,3 +65,9 @@ func backboneAction(c *cli.Context) error {
 	fmt.Printf("wrote %s: %s, %s weights, input %d², taps layer1, layer2, layer3 (%d bytes)\n", c.String("out"), o.Arch, o.Source, o.InputSize, len(data))
 	return nil
 }
+
+// seededBackbone builds an architecture with seeded random weights (demo, bench).
+func seededBackbone(arch string, seed uint64, size int) ([]byte, error) {
+	return resnet.Build(resnet.Options{Arch: arch, InputSize: size, Seed: seed, Source: fmt.Sprintf("random (seed %d)", seed)},
+		resnet.Random{Seed: seed})
+}

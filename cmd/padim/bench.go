@@ -14,7 +14,6 @@ import (
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/synth"
-	"github.com/padim/padim/models/resnet"
 )
 
 func benchCommand() *cli.Command {
@@ -47,7 +46,7 @@ func benchAction(c *cli.Context) error {
 	name := c.String("backbone")
 	if name == "" {
 		var err error
-		data, err = resnet.Build(resnet.Options{Arch: c.String("arch"), InputSize: c.Int("size"), Seed: c.Uint64("backbone-seed")}, resnet.Random{Seed: c.Uint64("backbone-seed")})
+		data, err = seededBackbone(c.String("arch"), c.Uint64("backbone-seed"), c.Int("size"))
 		if err != nil {
 			return err
 		}

@@ -15,7 +15,6 @@ import (
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/safetensors"
 	"github.com/padim/padim/detector/synth"
-	"github.com/padim/padim/models/resnet"
 )
 
 func demoCommand() *cli.Command {
@@ -53,8 +52,7 @@ func demoAction(c *cli.Context) error {
 
 	// 1. backbone
 	bbPath := filepath.Join(out, fmt.Sprintf("%s_seed%d.onnx", c.String("arch"), c.Uint64("backbone-seed")))
-	graph, err := resnet.Build(resnet.Options{Arch: c.String("arch"), Seed: c.Uint64("backbone-seed"), Source: fmt.Sprintf("random (seed %d)", c.Uint64("backbone-seed"))},
-		resnet.Random{Seed: c.Uint64("backbone-seed")})
+	graph, err := seededBackbone(c.String("arch"), c.Uint64("backbone-seed"), 224)
 	if err != nil {
 		return err
 	}
