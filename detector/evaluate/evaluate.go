@@ -147,13 +147,7 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 		}
 	}
 	nan := Metric(math.NaN())
-	au, _ := metrics.AUROC(scores, labels)
-	ev.ImageAUROC = Metric(au)
-	f1, _, _ := metrics.BestF1(scores, labels)
-	ev.ImageF1 = Metric(f1)
-	if fpr, tpr, err := metrics.ROC(scores, labels); err == nil {
-		ev.ImageROC = [2][]float64{fpr, tpr}
-	}
+	ev.ImageAUROC, ev.ImageF1, ev.ImageROC = curveMetrics(scores, labels, 0)
 
 	var pix []float32
 	var plab []bool
@@ -161,13 +155,7 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 		pix = append(pix, maps[i]...)
 		plab = append(plab, masks[i]...)
 	}
-	pa, _ := metrics.AUROC(pix, plab)
-	ev.PixelAUROC = Metric(pa)
-	pf1, _, _ := metrics.BestF1(pix, plab)
-	ev.PixelF1 = Metric(pf1)
-	if fpr, tpr, err := metrics.ROC(pix, plab); err == nil {
-		ev.PixelROC = thin(fpr, tpr, 2000)
-	}
+	ev.PixelAUROC, ev.PixelF1, ev.PixelROC = curveMetrics(pix, plab, 2000)
 	ap, _ := metrics.AUPRO(maps, masks, w, h, AUPROLimit)
 	ev.AUPRO = Metric(ap)
 
@@ -181,6 +169,29 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 		ev.PixelF1Calibrated, ev.PixelTPR, ev.PixelFPR = Metric(pc.F1()), Metric(pc.TPR()), Metric(pc.FPR())
 	}
 	return ev, nil
+}
+
+// curveMetrics sweeps the scores once for AUROC, best F1 and the ROC curve
+// (thinned to at most maxPoints when > 0); undefined metrics are NaN.
+func curveMetrics(scores []float32, labels []bool, maxPoints int) (auroc, f1 Metric, roc [2][]float64) {
+	auroc, f1 = Metric(math.NaN()), Metric(math.NaN())
+	c, err := metrics.NewCurve(scores, labels)
+	if err != nil {
+		return
+	}
+	if v, err := c.AUROC(); err == nil {
+		auroc = Metric(v)
+	}
+	if v, _, err := c.BestF1(); err == nil {
+		f1 = Metric(v)
+	}
+	if fpr, tpr, err := c.ROC(); err == nil {
+		roc = [2][]float64{fpr, tpr}
+		if maxPoints > 0 {
+			roc = thin(fpr, tpr, maxPoints)
+		}
+	}
+	return
 }
 
 // thin keeps at most n points of a curve, always the first and last.

@@ -66,58 +66,89 @@ func Sweep(scores []float32, labels []bool) (pts []Point, pos, neg int, err erro
 	return pts, len(ps), len(ns), nil
 }
 
-// AUROC is the area under the ROC curve (trapezoids through every distinct
-// threshold, as sklearn.metrics.roc_auc_score).
-func AUROC(scores []float32, labels []bool) (float64, error) {
+// Curve is the ROC sweep of one set of scores, computed once and read by every
+// threshold-free metric (sorting millions of pixels once, not per metric).
+type Curve struct {
+	Points   []Point
+	Pos, Neg int
+}
+
+// NewCurve sweeps scores against labels.
+func NewCurve(scores []float32, labels []bool) (*Curve, error) {
 	pts, pos, neg, err := Sweep(scores, labels)
 	if err != nil {
-		return math.NaN(), err
+		return nil, err
 	}
-	if pos == 0 || neg == 0 {
+	return &Curve{pts, pos, neg}, nil
+}
+
+// AUROC is the area under the ROC curve (trapezoids through every distinct
+// threshold, as sklearn.metrics.roc_auc_score).
+func (c *Curve) AUROC() (float64, error) {
+	if c.Pos == 0 || c.Neg == 0 {
 		return math.NaN(), ErrOneClass
 	}
 	area := 0.0
 	ptp, pfp := 0, 0
-	for _, p := range pts {
+	for _, p := range c.Points {
 		area += float64(p.FP-pfp) * float64(p.TP+ptp) / 2
 		ptp, pfp = p.TP, p.FP
 	}
-	return area / (float64(pos) * float64(neg)), nil
+	return area / (float64(c.Pos) * float64(c.Neg)), nil
 }
 
 // ROC returns the curve's (FPR, TPR) points from (0,0) to (1,1).
-func ROC(scores []float32, labels []bool) (fpr, tpr []float64, err error) {
-	pts, pos, neg, err := Sweep(scores, labels)
-	if err != nil {
-		return nil, nil, err
-	}
-	if pos == 0 || neg == 0 {
+func (c *Curve) ROC() (fpr, tpr []float64, err error) {
+	if c.Pos == 0 || c.Neg == 0 {
 		return nil, nil, ErrOneClass
 	}
 	fpr, tpr = []float64{0}, []float64{0}
-	for _, p := range pts {
-		fpr = append(fpr, float64(p.FP)/float64(neg))
-		tpr = append(tpr, float64(p.TP)/float64(pos))
+	for _, p := range c.Points {
+		fpr = append(fpr, float64(p.FP)/float64(c.Neg))
+		tpr = append(tpr, float64(p.TP)/float64(c.Pos))
 	}
 	return fpr, tpr, nil
 }
 
 // BestF1 is the highest F1 over all thresholds (predicting defect for score ≥ t),
 // and the threshold that gives it.
-func BestF1(scores []float32, labels []bool) (f1 float64, threshold float32, err error) {
-	pts, pos, _, err := Sweep(scores, labels)
-	if err != nil {
-		return math.NaN(), 0, err
-	}
-	if pos == 0 {
+func (c *Curve) BestF1() (f1 float64, threshold float32, err error) {
+	if c.Pos == 0 {
 		return math.NaN(), 0, ErrOneClass
 	}
-	for _, p := range pts {
-		if f := 2 * float64(p.TP) / float64(pos+p.TP+p.FP); f > f1 {
+	for _, p := range c.Points {
+		if f := 2 * float64(p.TP) / float64(c.Pos+p.TP+p.FP); f > f1 {
 			f1, threshold = f, p.Threshold
 		}
 	}
 	return f1, threshold, nil
+}
+
+// AUROC of scores against labels; see Curve.AUROC.
+func AUROC(scores []float32, labels []bool) (float64, error) {
+	c, err := NewCurve(scores, labels)
+	if err != nil {
+		return math.NaN(), err
+	}
+	return c.AUROC()
+}
+
+// ROC of scores against labels; see Curve.ROC.
+func ROC(scores []float32, labels []bool) (fpr, tpr []float64, err error) {
+	c, err := NewCurve(scores, labels)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.ROC()
+}
+
+// BestF1 of scores against labels; see Curve.BestF1.
+func BestF1(scores []float32, labels []bool) (f1 float64, threshold float32, err error) {
+	c, err := NewCurve(scores, labels)
+	if err != nil {
+		return math.NaN(), 0, err
+	}
+	return c.BestF1()
 }
 
 // Confusion counts decisions at one threshold.
