@@ -19,12 +19,6 @@ import (
 	"github.com/padim/padim/detector/gauss"
 )
 
-// Available reports whether this build has CUDA support.
-const Available = true
-
-// ErrNotBuilt is never returned by CUDA builds; it exists for the stub's API.
-var ErrNotBuilt = errors.New("built with CUDA")
-
 // ErrOutOfMemory is wrapped by errors about device or pinned memory.
 var ErrOutOfMemory = errors.New("not enough GPU memory")
 
@@ -62,15 +56,6 @@ type Backend struct {
 	name     string
 	totalMem uint64
 	MaxBatch int // images per device batch (staged in pinned memory, double-buffered)
-}
-
-// DeviceCount returns the number of CUDA devices (0 without a driver).
-func DeviceCount() int {
-	var n C.int
-	if call("device count", func(e *C.char, l C.size_t) C.int { return C.padim_device_count(&n, e, l) }) != nil {
-		return 0
-	}
-	return int(n)
 }
 
 // New opens a CUDA device as a gauss.Backend.

@@ -12,8 +12,5 @@ import (
 var ErrNotBuilt = errors.New("padim was built without CUDA support; rebuild with `make cuda` " +
 	"(needs the CUDA toolkit: nvcc, cmake), or use --device cpu")
 
-// Available reports whether this build has CUDA support.
-const Available = false
-
 // New returns the CUDA backend on the given device.
 func New(device int) (gauss.Backend, error) { return nil, ErrNotBuilt }
