@@ -279,13 +279,7 @@ func writeMaps(dir, rel, kind string, r *detector.Result, rg picture.Range) ([]s
 		p := base + ".npy"
 		return []string{p}, npy.Save(p, r.Map, r.H, r.W)
 	}
-	if rg.Hi <= rg.Lo {
-		lo, hi := r.Map[0], r.Map[0]
-		for _, v := range r.Map {
-			lo, hi = min(lo, v), max(hi, v)
-		}
-		rg = picture.Range{Lo: lo, Hi: hi}
-	}
+	rg = rg.For(r.Map)
 	photo := picture.Photo(r.Image)
 	heat := picture.Heatmap(r.Map, r.W, r.H, rg)
 	pics := map[string]image.Image{

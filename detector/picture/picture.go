@@ -17,6 +17,18 @@ import (
 // Range maps anomaly values to colours: Lo is cold, Hi is hot.
 type Range struct{ Lo, Hi float32 }
 
+// For returns r, or, when r is empty (no calibrated scale), the map's own range.
+func (r Range) For(m []float32) Range {
+	if r.Hi > r.Lo || len(m) == 0 {
+		return r
+	}
+	lo, hi := m[0], m[0]
+	for _, v := range m {
+		lo, hi = min(lo, v), max(hi, v)
+	}
+	return Range{Lo: lo, Hi: hi}
+}
+
 // turbo approximates Google's Turbo colormap (polynomial fit by its authors).
 func turbo(t float64) color.NRGBA {
 	t = math.Max(0, math.Min(1, t))

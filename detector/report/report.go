@@ -65,11 +65,12 @@ func (b *Builder) Add(r *detector.Result, it dataset.Item, gt []bool) error {
 	if photo.Rect.Dx() != r.W || photo.Rect.Dy() != r.H {
 		photo = picture.Photo(r.Image.Resize(r.W, r.H))
 	}
-	heat := picture.Heatmap(r.Map, r.W, r.H, b.Range)
+	rg := b.Range.For(r.Map)
+	heat := picture.Heatmap(r.Map, r.W, r.H, rg)
 	pics := map[string]image.Image{
 		"photo":   photo,
 		"heat":    heat,
-		"overlay": picture.Overlay(photo, heat, r.Map, b.Range),
+		"overlay": picture.Overlay(photo, heat, r.Map, rg),
 		"boxes":   picture.Boxes(photo, r.Boxes),
 		"mask":    picture.Mask(&postproc.Mask{W: r.W, H: r.H, Pix: gt}, r.W, r.H),
 	}
