@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/safetensors"
 	"github.com/padim/padim/models/resnet"
 )
@@ -59,7 +60,7 @@ func backboneAction(c *cli.Context) error {
 			return err
 		}
 	}
-	if err := safetensors.WriteAtomic(c.String("out"), func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
+	if err := atomicfile.Write(c.String("out"), func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
 		return err
 	}
 	fmt.Printf("wrote %s: %s, %s weights, input %d², taps layer1, layer2, layer3 (%d bytes)\n", c.String("out"), o.Arch, o.Source, o.InputSize, len(data))

@@ -11,9 +11,9 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
+	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/safetensors"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -56,7 +56,7 @@ func demoAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := safetensors.WriteAtomic(bbPath, func(w io.Writer) error { _, err := w.Write(graph); return err }); err != nil {
+	if err := atomicfile.Write(bbPath, func(w io.Writer) error { _, err := w.Write(graph); return err }); err != nil {
 		return err
 	}
 	step("backbone %s (seeded random weights) → %s", c.String("arch"), bbPath)

@@ -9,7 +9,7 @@ import (
 	"math"
 	"strings"
 
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/atomicfile"
 )
 
 // WriteFloat32 writes a C-ordered little-endian float32 array of the given shape.
@@ -44,5 +44,5 @@ func WriteFloat32(w io.Writer, data []float32, shape ...int) error {
 
 // Save writes the array to path atomically.
 func Save(path string, data []float32, shape ...int) error {
-	return safetensors.WriteAtomic(path, func(w io.Writer) error { return WriteFloat32(w, data, shape...) })
+	return atomicfile.Write(path, func(w io.Writer) error { return WriteFloat32(w, data, shape...) })
 }

@@ -9,9 +9,9 @@ import (
 	"io"
 	"math"
 
+	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/postproc"
-	"github.com/padim/padim/detector/safetensors"
 )
 
 // Range maps anomaly values to colours: Lo is cold, Hi is hot.
@@ -119,5 +119,5 @@ func Boxes(photo *image.NRGBA, boxes []postproc.Box) *image.NRGBA {
 
 // SavePNG writes an image atomically.
 func SavePNG(path string, img image.Image) error {
-	return safetensors.WriteAtomic(path, func(w io.Writer) error { return png.Encode(w, img) })
+	return atomicfile.Write(path, func(w io.Writer) error { return png.Encode(w, img) })
 }

@@ -20,12 +20,12 @@ import (
 	"gonum.org/v1/plot/vg"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/evaluate"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
-	"github.com/padim/padim/detector/safetensors"
 )
 
 // Thumb is the largest side of the per-image pictures in the report.
@@ -147,7 +147,7 @@ func (b *Builder) Finish(ev *evaluate.Evaluation, info Info) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(b.Dir, "index.html")
-	return path, safetensors.WriteAtomic(path, func(w io.Writer) error { _, err := w.Write(buf.Bytes()); return err })
+	return path, atomicfile.Write(path, func(w io.Writer) error { _, err := w.Write(buf.Bytes()); return err })
 }
 
 func savePlot(path string, p *plot.Plot) error {
@@ -155,7 +155,7 @@ func savePlot(path string, p *plot.Plot) error {
 	if err != nil {
 		return err
 	}
-	return safetensors.WriteAtomic(path, func(w io.Writer) error { _, err := wt.WriteTo(w); return err })
+	return atomicfile.Write(path, func(w io.Writer) error { _, err := wt.WriteTo(w); return err })
 }
 
 func rocPlot(ev *evaluate.Evaluation) *plot.Plot {

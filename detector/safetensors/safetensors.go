@@ -20,9 +20,10 @@ import (
 	"math"
 	"math/bits"
 	"os"
-	"path/filepath"
 	"slices"
 	"unsafe"
+
+	"github.com/padim/padim/detector/atomicfile"
 )
 
 // ChecksumKey is the metadata key holding the hex SHA-256 of the data section.
@@ -192,7 +193,7 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 	for len(js)%8 != 0 {
 		js = append(js, ' ')
 	}
-	return WriteAtomic(path, func(w io.Writer) error {
+	return atomicfile.Write(path, func(w io.Writer) error {
 		var n [8]byte
 		binary.LittleEndian.PutUint64(n[:], uint64(len(js)))
 		if _, err := w.Write(n[:]); err != nil {
@@ -208,41 +209,6 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 		}
 		return nil
 	})
-}
-
-// WriteAtomic writes a file through fill into a temporary file beside path, syncs
-// it and renames it over path; on any error the temporary file is removed and path
-// is untouched.
-func WriteAtomic(path string, fill func(w io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("cannot write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			err = fmt.Errorf("cannot write %s: %w", path, err)
-		}
-	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err = fill(bw); err != nil {
-		return err
-	}
-	if err = bw.Flush(); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Chmod(f.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // Read opens and parses path; requireChecksum rejects files without padim's checksum.
