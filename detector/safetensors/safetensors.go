@@ -3,13 +3,17 @@
 // open format of padim's model and statistics files, so that Python's safetensors,
 // NumPy or any other reader can open them.
 //
-// Files written here carry a SHA-256 of the data section in the metadata key
-// "padim.sha256"; Read verifies it when present and can demand it. Writes are
+// Files written here carry a checksum in the metadata key "padim.checksum": a
+// SHA-256 over the whole header (every metadata value and every tensor's name,
+// type, shape and place) and the SHA-256 of each 64 MiB chunk of the data, so
+// that no byte of the file can change unnoticed and large files hash on every
+// core. Read and Map verify it when present and can demand it. Writes are
 // atomic: a temporary file in the same folder, synced, then renamed.
 package safetensors
 
 import (
-	"bufio"
+	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -20,14 +24,28 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"runtime"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/padim/padim/detector/atomicfile"
 )
 
-// ChecksumKey is the metadata key holding the hex SHA-256 of the data section.
-const ChecksumKey = "padim.sha256"
+// ChecksumKey is the metadata key holding the checksum, "sha256-chunked:" and
+// 64 hex digits.
+const ChecksumKey = "padim.checksum"
+
+// oldChecksumKey held a SHA-256 of the data section only (padim before model
+// format 2); such files are refused when a checksum is required.
+const oldChecksumKey = "padim.sha256"
+
+const (
+	checksumPrefix = "sha256-chunked:"
+	chunkSize      = 64 << 20
+)
 
 // MaxHeader bounds the JSON header a reader accepts.
 const MaxHeader = 64 << 20
@@ -49,6 +67,8 @@ type Tensor struct {
 type File struct {
 	Metadata map[string]string
 	Tensors  []Tensor
+	Verified bool // the padim checksum was present and matched
+	mapping  *mapping
 }
 
 // Tensor returns the named tensor, or nil.
@@ -155,15 +175,85 @@ type entry struct {
 	DataOffsets [2]int64 `json:"data_offsets"`
 }
 
+// located is a tensor's header entry with its name.
+type located struct {
+	name string
+	e    entry
+}
+
+// checksum computes the file checksum from the metadata (without the checksum
+// key), the tensor table in data order, and the data section given as pieces.
+func checksum(md map[string]string, ents []located, data [][]byte) string {
+	meta := map[string]string{}
+	for k, v := range md {
+		if k != ChecksumKey {
+			meta[k] = v
+		}
+	}
+	h := sha256.New()
+	h.Write([]byte("padim safetensors checksum 2\n"))
+	js, _ := json.Marshal(meta) // map keys are sorted: canonical
+	h.Write(js)
+	for _, e := range ents {
+		js, _ := json.Marshal([]any{e.name, e.e.DType, e.e.Shape, e.e.DataOffsets})
+		h.Write(js)
+	}
+	for _, c := range chunkHashes(data) {
+		h.Write(c[:])
+	}
+	return checksumPrefix + hex.EncodeToString(h.Sum(nil))
+}
+
+// chunkHashes hashes the concatenation of pieces in chunkSize chunks, in parallel.
+func chunkHashes(pieces [][]byte) [][32]byte {
+	var total int64
+	for _, p := range pieces {
+		total += int64(len(p))
+	}
+	n := int((total + chunkSize - 1) / chunkSize)
+	out := make([][32]byte, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < min(runtime.GOMAXPROCS(0), n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c := int(next.Add(1) - 1)
+				if c >= n {
+					return
+				}
+				lo, hi := int64(c)*chunkSize, min(int64(c+1)*chunkSize, total)
+				h := sha256.New()
+				var off int64
+				for _, p := range pieces {
+					plo, phi := off, off+int64(len(p))
+					off = phi
+					if phi <= lo || plo >= hi {
+						continue
+					}
+					h.Write(p[max(lo, plo)-plo : min(hi, phi)-plo])
+				}
+				copy(out[c][:], h.Sum(nil))
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
 // Write stores the tensors (in the given order) and metadata at path atomically,
 // adding the checksum key.
 func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
-	h := sha256.New()
-	header := map[string]any{}
 	md := map[string]string{}
 	for k, v := range meta {
-		md[k] = v
+		if k != ChecksumKey && k != oldChecksumKey {
+			md[k] = v
+		}
 	}
+	seen := map[string]bool{}
+	var ents []located
+	var data [][]byte
 	var off int64
 	for _, t := range tensors {
 		sz, ok := dtypeSize[t.DType]
@@ -173,19 +263,23 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 		if t.Elements()*sz != len(t.Data) {
 			return fmt.Errorf("safetensors: tensor %q holds %d bytes, shape %v of %s needs %d", t.Name, len(t.Data), t.Shape, t.DType, t.Elements()*sz)
 		}
-		if t.Name == "__metadata__" || header[t.Name] != nil {
+		if t.Name == "__metadata__" || seen[t.Name] {
 			return fmt.Errorf("safetensors: duplicate or reserved tensor name %q", t.Name)
 		}
+		seen[t.Name] = true
 		shape := t.Shape
 		if shape == nil {
 			shape = []int{}
 		}
-		header[t.Name] = entry{t.DType, shape, [2]int64{off, off + int64(len(t.Data))}}
+		ents = append(ents, located{t.Name, entry{t.DType, shape, [2]int64{off, off + int64(len(t.Data))}}})
 		off += int64(len(t.Data))
-		h.Write(t.Data)
+		data = append(data, t.Data)
 	}
-	md[ChecksumKey] = hex.EncodeToString(h.Sum(nil))
-	header["__metadata__"] = md
+	md[ChecksumKey] = checksum(md, ents, data)
+	header := map[string]any{"__metadata__": md}
+	for _, e := range ents {
+		header[e.name] = e.e
+	}
 	js, err := json.Marshal(header)
 	if err != nil {
 		return err
@@ -202,8 +296,8 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 		if _, err := w.Write(js); err != nil {
 			return err
 		}
-		for _, t := range tensors {
-			if _, err := w.Write(t.Data); err != nil {
+		for _, d := range data {
+			if _, err := w.Write(d); err != nil {
 				return err
 			}
 		}
@@ -211,7 +305,9 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 	})
 }
 
-// Read opens and parses path; requireChecksum rejects files without padim's checksum.
+// Read opens and parses path into memory; requireChecksum rejects files
+// without padim's checksum. The tensors' data is ordinary memory: callers may
+// modify it.
 func Read(path string, requireChecksum bool) (*File, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -222,7 +318,7 @@ func Read(path string, requireChecksum bool) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	file, err := Parse(bufio.NewReaderSize(f, 1<<20), st.Size(), requireChecksum)
+	file, err := Parse(f, st.Size(), requireChecksum)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -232,9 +328,6 @@ func Read(path string, requireChecksum bool) (*File, error) {
 // Parse reads a safetensors stream of exactly size bytes. It never allocates more
 // than size bytes for data, whatever the header claims.
 func Parse(r io.Reader, size int64, requireChecksum bool) (*File, error) {
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(format, a...))
-	}
 	if size < 8 {
 		return nil, bad("file is %d bytes, shorter than the 8-byte header length (truncated?)", size)
 	}
@@ -250,85 +343,100 @@ func Parse(r io.Reader, size int64, requireChecksum bool) (*File, error) {
 	if _, err := io.ReadFull(r, hj); err != nil {
 		return nil, bad("reading header: %v", err)
 	}
+	ents, md, err := parseHeader(hj, size-8-int64(hl))
+	if err != nil {
+		return nil, err
+	}
+	data := make([]byte, size-8-int64(hl))
+	if n, err := io.ReadFull(r, data); err != nil {
+		return nil, bad("reading %d data bytes: %v after %d (truncated?)", len(data), err, n)
+	}
+	return assemble(md, ents, data, requireChecksum)
+}
+
+func bad(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(format, a...))
+}
+
+// parseHeader checks the JSON header against a data section of dataSize bytes.
+func parseHeader(hj []byte, dataSize int64) ([]located, map[string]string, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(hj, &raw); err != nil {
-		return nil, bad("header is not JSON: %v", err)
+		return nil, nil, bad("header is not JSON: %v", err)
 	}
-	file := &File{Metadata: map[string]string{}}
+	md := map[string]string{}
 	if m, ok := raw["__metadata__"]; ok {
-		if err := json.Unmarshal(m, &file.Metadata); err != nil {
-			return nil, bad("metadata is not a string map: %v", err)
+		if err := json.Unmarshal(m, &md); err != nil {
+			return nil, nil, bad("metadata is not a string map: %v", err)
 		}
 		delete(raw, "__metadata__")
-	}
-	dataSize := size - 8 - int64(hl)
-	type located struct {
-		name string
-		e    entry
 	}
 	var ents []located
 	for name, msg := range raw {
 		var e entry
-		if err := json.Unmarshal(msg, &e); err != nil {
-			return nil, bad("tensor %q: %v", name, err)
+		dec := json.NewDecoder(bytes.NewReader(msg))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil {
+			return nil, nil, bad("tensor %q: %v", name, err)
 		}
 		sz, ok := dtypeSize[e.DType]
 		if !ok {
-			return nil, bad("tensor %q has unknown dtype %q", name, e.DType)
+			return nil, nil, bad("tensor %q has unknown dtype %q", name, e.DType)
 		}
 		n := uint64(sz)
 		for _, d := range e.Shape {
 			if d < 0 {
-				return nil, bad("tensor %q has negative dimension %d", name, d)
+				return nil, nil, bad("tensor %q has negative dimension %d", name, d)
 			}
 			hi, lo := bits.Mul64(n, uint64(d))
 			if hi != 0 || lo > uint64(dataSize) {
-				return nil, bad("tensor %q shape %v is larger than the file", name, e.Shape)
+				return nil, nil, bad("tensor %q shape %v is larger than the file", name, e.Shape)
 			}
 			n = lo
 		}
 		b, en := e.DataOffsets[0], e.DataOffsets[1]
 		if b < 0 || en < b || en > dataSize || uint64(en-b) != n {
-			return nil, bad("tensor %q data offsets %v do not match shape %v of %s in %d data bytes (truncated?)", name, e.DataOffsets, e.Shape, e.DType, dataSize)
+			return nil, nil, bad("tensor %q data offsets %v do not match shape %v of %s in %d data bytes (truncated?)", name, e.DataOffsets, e.Shape, e.DType, dataSize)
 		}
 		ents = append(ents, located{name, e})
 	}
 	slices.SortFunc(ents, func(a, b located) int {
-		if a.e.DataOffsets[0] != b.e.DataOffsets[0] {
-			return int(a.e.DataOffsets[0] - b.e.DataOffsets[0])
+		if c := cmp.Compare(a.e.DataOffsets[0], b.e.DataOffsets[0]); c != 0 {
+			return c
 		}
-		return int(a.e.DataOffsets[1] - b.e.DataOffsets[1])
+		return cmp.Compare(a.e.DataOffsets[1], b.e.DataOffsets[1])
 	})
 	var pos int64
 	for _, e := range ents {
 		if e.e.DataOffsets[0] != pos {
-			return nil, bad("tensor %q starts at %d, expected %d (overlap or hole)", e.name, e.e.DataOffsets[0], pos)
+			return nil, nil, bad("tensor %q starts at %d, expected %d (overlap or hole)", e.name, e.e.DataOffsets[0], pos)
 		}
 		pos = e.e.DataOffsets[1]
 	}
 	if pos != dataSize {
-		return nil, bad("tensors cover %d bytes but the file holds %d after the header (truncated or padded)", pos, dataSize)
+		return nil, nil, bad("tensors cover %d bytes but the file holds %d after the header (truncated or padded)", pos, dataSize)
 	}
-	want, hasSum := file.Metadata[ChecksumKey]
-	if requireChecksum && !hasSum {
+	return ents, md, nil
+}
+
+// assemble verifies the checksum and slices the data section into tensors.
+func assemble(md map[string]string, ents []located, data []byte, requireChecksum bool) (*File, error) {
+	file := &File{Metadata: md}
+	want, hasSum := md[ChecksumKey]
+	if !hasSum && requireChecksum {
+		if _, old := md[oldChecksumKey]; old {
+			return nil, bad("its checksum covers only the data, not the header (written by a padim before model format 2)")
+		}
 		return nil, bad("no %s checksum in the metadata", ChecksumKey)
 	}
-	h := sha256.New()
-	for _, e := range ents {
-		n := e.e.DataOffsets[1] - e.e.DataOffsets[0]
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return nil, bad("reading tensor %q: %v (truncated?)", e.name, err)
-		}
-		if hasSum {
-			h.Write(buf)
-		}
-		file.Tensors = append(file.Tensors, Tensor{Name: e.name, DType: e.e.DType, Shape: e.e.Shape, Data: buf})
-	}
 	if hasSum {
-		if got := hex.EncodeToString(h.Sum(nil)); got != want {
-			return nil, bad("data checksum %s does not match the recorded %s (file damaged)", got[:16], want[:min(16, len(want))])
+		if got := checksum(md, ents, [][]byte{data}); got != want {
+			return nil, bad("checksum %s does not match the recorded %s (file damaged or edited)", strings.TrimPrefix(got, checksumPrefix)[:16], strings.TrimPrefix(want, checksumPrefix)[:min(16, len(strings.TrimPrefix(want, checksumPrefix)))])
 		}
+		file.Verified = true
+	}
+	for _, e := range ents {
+		file.Tensors = append(file.Tensors, Tensor{Name: e.name, DType: e.e.DType, Shape: e.e.Shape, Data: data[e.e.DataOffsets[0]:e.e.DataOffsets[1]:e.e.DataOffsets[1]]})
 	}
 	return file, nil
 }

@@ -2,10 +2,12 @@ package safetensors
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -103,4 +105,72 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("read %d data bytes from a %d-byte input", total, len(data))
 		}
 	})
+}
+
+// Every byte of the header is covered: an edited metadata value or tensor
+// shape with valid JSON is refused, as are flips in the data; Map agrees with Read.
+func TestHeaderCoveredByChecksum(t *testing.T) {
+	p, b := sample(t)
+	hl := 8 + int(binary.LittleEndian.Uint64(b))
+	for _, edit := range [][2]string{{`"k":"v"`, `"k":"w"`}, {`"shape":[2,3]`, `"shape":[3,2]`}} {
+		i := bytes.Index(b[:hl], []byte(edit[0]))
+		if i < 0 {
+			t.Fatalf("%s not in header %s", edit[0], b[:hl])
+		}
+		c := slices.Clone(b)
+		copy(c[i:], edit[1])
+		if _, err := Parse(bytes.NewReader(c), int64(len(c)), true); !errors.Is(err, ErrFormat) {
+			t.Errorf("header edit %s → %s accepted: %v", edit[0], edit[1], err)
+		}
+		q := filepath.Join(t.TempDir(), "edited")
+		os.WriteFile(q, c, 0o644)
+		if _, err := Map(q, true); !errors.Is(err, ErrFormat) {
+			t.Errorf("mapped header edit %s accepted: %v", edit[0], err)
+		}
+	}
+	f, err := Map(p, true)
+	if err != nil || !f.Verified {
+		t.Fatalf("Map: %v verified %v", err, f != nil && f.Verified)
+	}
+	a, _ := f.Tensor("a").Float32s()
+	if !slices.Equal(a, []float32{1, 2, 3, 4, 5, 6}) || f.Keep() == nil {
+		t.Fatalf("mapped tensor %v", a)
+	}
+	c := slices.Clone(b)
+	c[len(c)-2] ^= 1
+	q := filepath.Join(t.TempDir(), "flipped")
+	os.WriteFile(q, c, 0o644)
+	if _, err := Map(q, true); !errors.Is(err, ErrFormat) {
+		t.Errorf("mapped bit flip accepted: %v", err)
+	}
+}
+
+// Files whose checksum covers only the data (padim before format 2) are
+// refused when a checksum is required, with the reason.
+func TestOldChecksumRefused(t *testing.T) {
+	var b bytes.Buffer
+	js := []byte(`{"__metadata__":{"padim.sha256":"00"},"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`)
+	var n [8]byte
+	n[0] = byte(len(js))
+	b.Write(n[:])
+	b.Write(js)
+	b.WriteByte(7)
+	_, err := Parse(bytes.NewReader(b.Bytes()), int64(b.Len()), true)
+	if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "before model format 2") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// A checksum over several chunks matches one computed over one piece.
+func TestChunkedChecksumIndependentOfPieces(t *testing.T) {
+	data := make([]byte, 2*chunkSize+12345)
+	for i := range data {
+		data[i] = byte(i * 31)
+	}
+	ents := []located{{"x", entry{"U8", []int{len(data)}, [2]int64{0, int64(len(data))}}}}
+	one := checksum(map[string]string{"a": "b"}, ents, [][]byte{data})
+	split := checksum(map[string]string{"a": "b"}, ents, [][]byte{data[:100], data[100 : chunkSize+7], data[chunkSize+7:]})
+	if one != split {
+		t.Fatalf("%s vs %s", one, split)
+	}
 }

@@ -1,0 +1,5 @@
+//go:build darwin || freebsd
+
+package safetensors
+
+const mapPopulate = 0
