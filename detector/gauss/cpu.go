@@ -8,30 +8,43 @@ import (
 )
 
 // CPU is the reference backend: float32 batch products, float64 statistics and
-// factorisation, parallel over patches on every core.
-type CPU struct{}
+// factorisation, parallel over patches on every core. Its accumulators and
+// scorers are safe for concurrent use.
+type CPU struct {
+	// StageBytes bounds the embeddings an accumulator buffers before folding them
+	// into the statistics (default DefaultStageBytes): larger stages make the
+	// rank-k update faster (more flops per byte of statistics touched), at a
+	// fixed memory cost independent of N.
+	StageBytes int
+}
+
+// DefaultStageBytes is the CPU accumulator's default staging buffer.
+const DefaultStageBytes = 512 << 20
 
 // Name implements Backend.
 func (CPU) Name() string { return "cpu" }
 
-// StageBytes bounds the embeddings the CPU accumulator buffers before folding them
-// into the statistics: larger stages make the rank-k update faster (more flops per
-// byte of statistics touched), at a fixed memory cost independent of N.
-var StageBytes = 512 << 20
+// Close implements Backend; the CPU holds nothing.
+func (CPU) Close() error { return nil }
 
 // maxStage caps the staged images; past it the rank-k update gains nothing more.
 const maxStage = 128
 
 // NewAccumulator implements Backend.
-func (CPU) NewAccumulator(p, d int) (Accumulator, error) {
+func (c CPU) NewAccumulator(p, d int) (Accumulator, error) {
 	if p <= 0 || d <= 0 {
 		return nil, fmt.Errorf("gauss: accumulator shape P=%d D=%d", p, d)
 	}
-	stage := min(max(StageBytes/(4*p*d), 1), maxStage)
+	sb := c.StageBytes
+	if sb <= 0 {
+		sb = DefaultStageBytes
+	}
+	stage := min(max(sb/(4*p*d), 1), maxStage)
 	return &cpuAccumulator{s: NewStats(p, d), stage: make([]float32, 0, stage*p*d)}, nil
 }
 
 type cpuAccumulator struct {
+	mu      sync.Mutex // Add, Stats and Close may come from several goroutines
 	s       *Stats
 	stage   []float32 // staged embeddings [k][P][D], not yet in s
 	scratch sync.Pool
@@ -41,6 +54,8 @@ var errClosed = errors.New("gauss: accumulator is closed")
 
 // Add stages the batch, folding the stage into the statistics when it is full.
 func (a *cpuAccumulator) Add(x []float32, n int) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.s == nil {
 		return errClosed
 	}
@@ -136,6 +151,8 @@ func (a *cpuAccumulator) fold(x []float32, n int) {
 // Stats folds the stage in and returns the statistics themselves, not a copy:
 // they stay valid until the next Add or Close.
 func (a *cpuAccumulator) Stats() (*Stats, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.s == nil {
 		return nil, errClosed
 	}
@@ -143,7 +160,12 @@ func (a *cpuAccumulator) Stats() (*Stats, error) {
 	return a.s, nil
 }
 
-func (a *cpuAccumulator) Close() error { a.s = nil; return nil }
+func (a *cpuAccumulator) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.s = nil
+	return nil
+}
 
 // Factorize implements Backend in float64, per patch: Cholesky, then the
 // triangular inverse, rounded to float32 at the end.
@@ -204,12 +226,21 @@ type cpuScorer struct {
 
 type scoreScratch struct {
 	l []float32 // dense lower D×D
-	y []float32 // n×D
+	y []float32 // n rows of stride ld
 }
+
+// scoreStride pads each image's row so that every row starts at the same
+// alignment: SIMD kernels then sum in the same order whatever the batch, and an
+// image's distance is the same bit for bit in any batch.
+func scoreStride(d int) int { return (d + 15) &^ 15 }
 
 func (s *cpuScorer) Score(x []float32, n int, dist []float32) error {
 	g := s.g
+	if g == nil {
+		return errors.New("gauss: scorer is closed")
+	}
 	P, D, L := g.P, g.D, PackedLen(g.D)
+	ld := scoreStride(D)
 	if err := CheckBatch(x, n, P, D); err != nil {
 		return err
 	}
@@ -218,8 +249,8 @@ func (s *cpuScorer) Score(x []float32, n int, dist []float32) error {
 	}
 	ParallelFor(P, func(lo, hi int) {
 		sc, _ := s.scratch.Get().(*scoreScratch)
-		if sc == nil || len(sc.y) < n*D {
-			sc = &scoreScratch{l: make([]float32, D*D), y: make([]float32, n*D)}
+		if sc == nil || len(sc.y) < n*ld {
+			sc = &scoreScratch{l: make([]float32, D*D), y: make([]float32, n*ld)}
 		}
 		defer s.scratch.Put(sc)
 		for p := lo; p < hi; p++ {
@@ -232,16 +263,16 @@ func (s *cpuScorer) Score(x []float32, n int, dist []float32) error {
 			mu := g.Mean[p*D : (p+1)*D]
 			for b := 0; b < n; b++ {
 				row := x[(b*P+p)*D : (b*P+p+1)*D]
-				y := sc.y[b*D : (b+1)*D]
+				y := sc.y[b*ld : b*ld+D]
 				for i, v := range row {
 					y[i] = v - mu[i]
 				}
 			}
 			// Y := Y·(L⁻¹)ᵀ, so row b holds L⁻¹(x_b−μ).
-			trmmLowerT(n, D, sc.l, sc.y)
+			trmmLowerT(n, D, sc.l, sc.y, ld)
 			for b := 0; b < n; b++ {
 				var acc float64
-				for _, v := range sc.y[b*D : (b+1)*D] {
+				for _, v := range sc.y[b*ld : b*ld+D] {
 					acc += float64(v) * float64(v)
 				}
 				dist[b*P+p] = float32(math.Sqrt(acc))

@@ -12,8 +12,5 @@ func TestCPUConformance(t *testing.T) { gausstest.Run(t, gauss.CPU{}) }
 // With a one-image stage every Add folds, so streaming and merging are exercised
 // inside the accumulator too, not only across accumulators.
 func TestCPUConformanceSmallStage(t *testing.T) {
-	old := gauss.StageBytes
-	gauss.StageBytes = 1
-	defer func() { gauss.StageBytes = old }()
-	gausstest.Run(t, gauss.CPU{})
+	gausstest.Run(t, gauss.CPU{StageBytes: 1})
 }

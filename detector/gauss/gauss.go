@@ -141,6 +141,9 @@ type Gaussian struct {
 	P, D int
 	Mean []float32 // [P][D]
 	LInv []float32 // [P][PackedLen(D)]
+	// Backing keeps alive the memory Mean and LInv live in when it is not Go's
+	// (a mapped model file); nil otherwise.
+	Backing any
 }
 
 // Check reports whether the model's arrays match its shape and hold finite values.
@@ -160,7 +163,7 @@ type NotPositiveDefiniteError struct {
 }
 
 func (e *NotPositiveDefiniteError) Error() string {
-	return fmt.Sprintf("gauss: covariance of patch %d is not positive definite (constant or NaN features? raise --eps)", e.Patch)
+	return fmt.Sprintf("gauss: covariance of patch %d is not positive definite (constant or NaN features? raise the regularisation eps)", e.Patch)
 }
 
 // ErrNonFinite is wrapped by errors about NaN or Inf values in embeddings.
@@ -178,6 +181,8 @@ type Backend interface {
 	Factorize(s *Stats, eps float64) (*Gaussian, error)
 	// NewScorer prepares g for scoring (on a GPU: uploads it once).
 	NewScorer(g *Gaussian) (Scorer, error)
+	// Close releases the backend once its accumulators and scorers are closed.
+	Close() error
 }
 
 // Accumulator adds batches of embeddings to streaming statistics.

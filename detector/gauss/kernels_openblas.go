@@ -26,28 +26,41 @@ import "C"
 
 import "unsafe"
 
+// KernelLibrary names the dense kernels this build uses.
+const KernelLibrary = "OpenBLAS"
+
 func init() {
 	// Parallelism comes from ParallelFor over patches; one OpenBLAS thread per call.
 	C.openblas_set_num_threads(1)
-	KernelLibrary = "OpenBLAS"
-	syrkLower = func(n, d int, y, c []float32) {
-		C.cblas_ssyrk(C.CblasRowMajor, C.CblasLower, C.CblasTrans, C.blasint(d), C.blasint(n), 1,
-			(*C.float)(unsafe.Pointer(&y[0])), C.blasint(d), 0, (*C.float)(unsafe.Pointer(&c[0])), C.blasint(d))
-	}
-	trmmLowerT = func(n, d int, l, y []float32) {
-		C.cblas_strmm(C.CblasRowMajor, C.CblasRight, C.CblasLower, C.CblasTrans, C.CblasNonUnit,
-			C.blasint(n), C.blasint(d), 1, (*C.float)(unsafe.Pointer(&l[0])), C.blasint(d),
-			(*C.float)(unsafe.Pointer(&y[0])), C.blasint(d))
-	}
-	cholLower = func(a []float64, d int) bool {
-		return C.chol_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
-	}
-	sgemm = func(n int, a, b, c []float32) {
-		C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasNoTrans, C.blasint(n), C.blasint(n), C.blasint(n), 1,
-			(*C.float)(unsafe.Pointer(&a[0])), C.blasint(n), (*C.float)(unsafe.Pointer(&b[0])), C.blasint(n), 0,
-			(*C.float)(unsafe.Pointer(&c[0])), C.blasint(n))
-	}
-	invLower = func(a []float64, d int) bool {
-		return C.inv_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
-	}
+}
+
+// syrkLower sets the lower triangle of c (d×d, row-major) to yᵀy for y n×d.
+func syrkLower(n, d int, y, c []float32) {
+	C.cblas_ssyrk(C.CblasRowMajor, C.CblasLower, C.CblasTrans, C.blasint(d), C.blasint(n), 1,
+		(*C.float)(unsafe.Pointer(&y[0])), C.blasint(d), 0, (*C.float)(unsafe.Pointer(&c[0])), C.blasint(d))
+}
+
+// trmmLowerT overwrites y (n×d, row stride ldy) with y·lᵀ, l lower triangular
+// d×d row-major.
+func trmmLowerT(n, d int, l []float32, y []float32, ldy int) {
+	C.cblas_strmm(C.CblasRowMajor, C.CblasRight, C.CblasLower, C.CblasTrans, C.CblasNonUnit,
+		C.blasint(n), C.blasint(d), 1, (*C.float)(unsafe.Pointer(&l[0])), C.blasint(d),
+		(*C.float)(unsafe.Pointer(&y[0])), C.blasint(ldy))
+}
+
+// cholLower overwrites the lower triangle of a with L, a = LLᵀ; false if not PD.
+func cholLower(a []float64, d int) bool {
+	return C.chol_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
+}
+
+// invLower overwrites the lower triangular a with its inverse; false if singular.
+func invLower(a []float64, d int) bool {
+	return C.inv_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
+}
+
+// sgemm computes c = a·b for n×n row-major matrices.
+func sgemm(n int, a, b, c []float32) {
+	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasNoTrans, C.blasint(n), C.blasint(n), C.blasint(n), 1,
+		(*C.float)(unsafe.Pointer(&a[0])), C.blasint(n), (*C.float)(unsafe.Pointer(&b[0])), C.blasint(n), 0,
+		(*C.float)(unsafe.Pointer(&c[0])), C.blasint(n))
 }

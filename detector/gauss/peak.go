@@ -3,17 +3,7 @@ package gauss
 import (
 	"runtime"
 	"time"
-
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
 )
-
-// sgemm computes c = a·b for n×n row-major matrices with the kernel library in
-// use (replaced by OpenBLAS with -tags openblas).
-var sgemm = func(n int, a, b, c []float32) {
-	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: n, Cols: n, Stride: n, Data: a},
-		blas32.General{Rows: n, Cols: n, Stride: n, Data: b}, 0, blas32.General{Rows: n, Cols: n, Stride: n, Data: c})
-}
 
 // PeakGFLOPS measures this machine's fp32 matrix-multiply rate: one n×n SGEMM
 // per core at once (each single-threaded, as the backend runs its kernels),

@@ -23,6 +23,33 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("TooFewImages", func(t *testing.T) { testTooFew(t, b) })
 	t.Run("NonFiniteInputRejected", func(t *testing.T) { testNaN(t, b) })
 	t.Run("ShapeErrors", func(t *testing.T) { testShapes(t, b) })
+	t.Run("BatchInvariantDistances", func(t *testing.T) { testBatchInvariant(t, b) })
+}
+
+// testBatchInvariant: an image's distances do not depend on the batch it is
+// scored in, bit for bit (the pipeline batches across files and promises the
+// same outputs as one image at a time). d=550 is PaDiM's size, where BLAS
+// libraries switch kernels by problem size.
+func testBatchInvariant(t *testing.T, b gauss.Backend) {
+	const n, p, d = 70, 2, 550
+	x := Correlated(8, n, p, d, 1, 1)
+	g, err := b.Factorize(fit(t, b, x, n, p, d, 35), 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	test := Correlated(9, 45, p, d, 1, 1.2)
+	all := score(t, b, g, test, 45)
+	for _, k := range []int{1, 2, 7, 33} {
+		for lo := 0; lo < 45; lo += k {
+			hi := min(lo+k, 45)
+			part := score(t, b, g, test[lo*p*d:hi*p*d], hi-lo)
+			for i, v := range part {
+				if v != all[lo*p+i] {
+					t.Fatalf("image %d patch %d: %v scored in a batch of %d, %v in a batch of 45", lo+i/p, i%p, v, hi-lo, all[lo*p+i])
+				}
+			}
+		}
+	}
 }
 
 // Correlated returns n embeddings [n][P][D] with correlated channels, per-patch

@@ -1,0 +1,45 @@
+//go:build !openblas
+
+package gauss
+
+import (
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+	"gonum.org/v1/gonum/blas/blas64"
+	"gonum.org/v1/gonum/lapack/lapack64"
+)
+
+// KernelLibrary names the dense kernels this build uses: pure Go (gonum). Build
+// with -tags openblas for OpenBLAS (kernels_openblas.go).
+const KernelLibrary = "gonum (pure Go)"
+
+// syrkLower sets the lower triangle of c (d×d, row-major) to yᵀy for y n×d.
+func syrkLower(n, d int, y, c []float32) {
+	blas32.Syrk(blas.Trans, 1, blas32.General{Rows: n, Cols: d, Stride: d, Data: y[:n*d]},
+		0, blas32.Symmetric{N: d, Stride: d, Uplo: blas.Lower, Data: c})
+}
+
+// trmmLowerT overwrites y (n×d, row stride ldy) with y·lᵀ, l lower triangular
+// d×d row-major.
+func trmmLowerT(n, d int, l []float32, y []float32, ldy int) {
+	blas32.Trmm(blas.Right, blas.Trans, 1,
+		blas32.Triangular{N: d, Stride: d, Uplo: blas.Lower, Diag: blas.NonUnit, Data: l},
+		blas32.General{Rows: n, Cols: d, Stride: ldy, Data: y[:(n-1)*ldy+d]})
+}
+
+// cholLower overwrites the lower triangle of a with L, a = LLᵀ; false if not PD.
+func cholLower(a []float64, d int) bool {
+	_, ok := lapack64.Potrf(blas64.Symmetric{N: d, Stride: d, Uplo: blas.Lower, Data: a})
+	return ok
+}
+
+// invLower overwrites the lower triangular a with its inverse; false if singular.
+func invLower(a []float64, d int) bool {
+	return lapack64.Trtri(blas64.Triangular{N: d, Stride: d, Uplo: blas.Lower, Diag: blas.NonUnit, Data: a})
+}
+
+// sgemm computes c = a·b for n×n row-major matrices.
+func sgemm(n int, a, b, c []float32) {
+	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: n, Cols: n, Stride: n, Data: a},
+		blas32.General{Rows: n, Cols: n, Stride: n, Data: b}, 0, blas32.General{Rows: n, Cols: n, Stride: n, Data: c})
+}
