@@ -8,6 +8,7 @@ package anomalymap
 import (
 	"fmt"
 	"math"
+	"sync"
 )
 
 // DefaultSigma is PaDiM's blur.
@@ -55,26 +56,6 @@ func NewBlur(h, w int, sigma float64) (*Blur, error) {
 		b.mirrorX, b.mirrorY = mirrorTable(w, r), mirrorTable(h, r)
 	}
 	return b, nil
-}
-
-// Generator makes pixel maps of one size from grid maps of one size: upsample,
-// then blur. It is safe for concurrent use.
-type Generator struct {
-	*Upsampler
-	*Blur
-}
-
-// NewGenerator prepares maps from gh×gw grids to h×w pixels. sigma ≤ 0 disables the blur.
-func NewGenerator(gh, gw, h, w int, sigma float64) (*Generator, error) {
-	u, err := NewUpsampler(gh, gw, h, w)
-	if err != nil {
-		return nil, err
-	}
-	b, err := NewBlur(h, w, sigma)
-	if err != nil {
-		return nil, err
-	}
-	return &Generator{u, b}, nil
 }
 
 // Kernel returns the normalised Gaussian of radius int(4σ+0.5).
@@ -184,23 +165,91 @@ func (g *Blur) Apply(src, dst, tmp []float32) {
 	}
 }
 
-// Map is one image's result: the raw patch-grid distances and the blurred pixel map.
-type Map struct {
-	Grid  []float32 // GridH×GridW distances, before upsampling
-	Pixel []float32 // H×W blurred map
-	Score float32   // max of Pixel
+// Rect is where one sample (the whole image, or a tile) lies in the map.
+type Rect struct{ X, Y, W, H int }
+
+// Maker turns the patch-grid distances of one image's samples into its pixel
+// map: each sample's grid is upsampled to its rectangle, overlapping tiles are
+// averaged, and the whole map is blurred. It is safe for concurrent use.
+type Maker struct {
+	up    *Upsampler
+	sigma float64
+	mu    sync.Mutex
+	blurs map[[2]int]*Blur
 }
 
-// Make builds the pixel map and score for one grid map. The grid slice is kept.
-func (g *Generator) Make(grid []float32) (*Map, error) {
-	if len(grid) != g.GridH*g.GridW {
-		return nil, fmt.Errorf("anomalymap: grid map has %d values, want %dx%d", len(grid), g.GridH, g.GridW)
+// NewMaker prepares maps from gh×gw grids whose samples cover side×side pixels,
+// blurred with sigma (in map pixels; ≤ 0 disables the blur).
+func NewMaker(gh, gw, side int, sigma float64) (*Maker, error) {
+	up, err := NewUpsampler(gh, gw, side, side)
+	if err != nil {
+		return nil, err
 	}
-	n := g.Upsampler.H * g.Upsampler.W
-	up, tmp, px := make([]float32, n), make([]float32, n), make([]float32, n)
-	g.Upsampler.Apply(grid, up)
-	g.Blur.Apply(up, px, tmp)
-	return &Map{Grid: grid, Pixel: px, Score: Max(px)}, nil
+	if math.IsNaN(sigma) || math.IsInf(sigma, 0) {
+		return nil, fmt.Errorf("anomalymap: blur sigma %v", sigma)
+	}
+	return &Maker{up: up, sigma: sigma, blurs: map[[2]int]*Blur{}}, nil
+}
+
+// Side is the side of the square each sample's map covers.
+func (m *Maker) Side() int { return m.up.W }
+
+func (m *Maker) blur(h, w int) (*Blur, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b := m.blurs[[2]int{h, w}]; b != nil {
+		return b, nil
+	}
+	b, err := NewBlur(h, w, m.sigma)
+	if err == nil {
+		m.blurs[[2]int{h, w}] = b
+	}
+	return b, err
+}
+
+// Make returns the blurred w×h map and its maximum (the image score). grids
+// holds one GridH×GridW grid per rectangle; every rectangle is Side()×Side()
+// and lies inside the map, and together they cover it.
+func (m *Maker) Make(grids []float32, rects []Rect, w, h int) (pixel []float32, score float32, err error) {
+	g := m.up.GridH * m.up.GridW
+	if len(rects) == 0 || len(grids) != len(rects)*g {
+		return nil, 0, fmt.Errorf("anomalymap: %d grid values for %d samples of %dx%d", len(grids), len(rects), m.up.GridH, m.up.GridW)
+	}
+	side := m.up.W
+	raw := make([]float32, w*h)
+	if len(rects) == 1 && rects[0] == (Rect{0, 0, w, h}) && w == side && h == side {
+		m.up.Apply(grids, raw)
+	} else {
+		count := make([]float32, w*h)
+		tile := make([]float32, side*side)
+		for i, r := range rects {
+			if r.W != side || r.H != side || r.X < 0 || r.Y < 0 || r.X+r.W > w || r.Y+r.H > h {
+				return nil, 0, fmt.Errorf("anomalymap: sample rectangle %+v is not a %d² square inside the %dx%d map", r, side, w, h)
+			}
+			m.up.Apply(grids[i*g:(i+1)*g], tile)
+			for y := 0; y < r.H; y++ {
+				row := raw[(r.Y+y)*w+r.X : (r.Y+y)*w+r.X+r.W]
+				cnt := count[(r.Y+y)*w+r.X : (r.Y+y)*w+r.X+r.W]
+				for x, v := range tile[y*side : (y+1)*side] {
+					row[x] += v
+					cnt[x]++
+				}
+			}
+		}
+		for i, c := range count {
+			if c == 0 {
+				return nil, 0, fmt.Errorf("anomalymap: the samples do not cover pixel (%d,%d) of the %dx%d map", i%w, i/w, w, h)
+			}
+			raw[i] /= c
+		}
+	}
+	b, err := m.blur(h, w)
+	if err != nil {
+		return nil, 0, err
+	}
+	pixel = make([]float32, w*h)
+	b.Apply(raw, pixel, make([]float32, w*h))
+	return pixel, Max(pixel), nil
 }
 
 // Max returns the largest value (NaN-free input assumed; -Inf for empty).

@@ -38,9 +38,9 @@ func TestMirrorMatchesScipy(t *testing.T) {
 
 func TestUpsampleHalfPixel(t *testing.T) {
 	// 2 → 4: PyTorch gives [a, .75a+.25b, .25a+.75b, b].
-	g, _ := NewGenerator(1, 2, 1, 4, 0)
+	u, _ := NewUpsampler(1, 2, 1, 4)
 	dst := make([]float32, 4)
-	g.Upsampler.Apply([]float32{0, 4}, dst)
+	u.Apply([]float32{0, 4}, dst)
 	want := []float32{0, 1, 3, 4}
 	for i := range want {
 		if dst[i] != want[i] {
@@ -50,7 +50,7 @@ func TestUpsampleHalfPixel(t *testing.T) {
 }
 
 // The whole map (upsample + blur) against the float64 reference, at PaDiM's sizes
-// and at odd ones (smaller than the kernel, non-integer ratios).
+// and at odd ones (smaller than the kernel, non-integer ratios, not square).
 func TestMapMatchesFloat64Reference(t *testing.T) {
 	for _, c := range []struct{ gh, gw, h, w int }{{56, 56, 224, 224}, {7, 5, 20, 13}, {3, 3, 9, 9}, {14, 14, 224, 224}} {
 		r := rand.New(rand.NewPCG(uint64(c.h), 2))
@@ -60,33 +60,78 @@ func TestMapMatchesFloat64Reference(t *testing.T) {
 			grid[i] = float32(10 + 5*r.Float64())
 			g64[i] = float64(grid[i])
 		}
-		g, err := NewGenerator(c.gh, c.gw, c.h, c.w, 4)
-		if err != nil {
-			t.Fatal(err)
+		var px []float32
+		var score float32
+		if c.h == c.w {
+			m, err := NewMaker(c.gh, c.gw, c.h, 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if px, score, err = m.Make(grid, []Rect{{0, 0, c.w, c.h}}, c.w, c.h); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			u, _ := NewUpsampler(c.gh, c.gw, c.h, c.w)
+			b, _ := NewBlur(c.h, c.w, 4)
+			up := make([]float32, c.h*c.w)
+			u.Apply(grid, up)
+			px = make([]float32, c.h*c.w)
+			b.Apply(up, px, make([]float32, c.h*c.w))
+			score = Max(px)
 		}
-		m, _ := g.Make(grid)
 		want := refpadim.Blur(refpadim.Upsample(g64, c.gh, c.gw, c.h, c.w), c.h, c.w, 4)
 		worst, wmax := 0.0, math.Inf(-1)
 		for i, v := range want {
-			worst = max(worst, math.Abs(float64(m.Pixel[i])-v)/math.Abs(v))
+			worst = max(worst, math.Abs(float64(px[i])-v)/math.Abs(v))
 			wmax = max(wmax, v)
 		}
 		if worst > 1e-5 {
 			t.Errorf("%+v: max relative error %.3g", c, worst)
 		}
-		if math.Abs(float64(m.Score)-wmax)/wmax > 1e-5 {
-			t.Errorf("%+v: score %v want %v", c, m.Score, wmax)
+		if math.Abs(float64(score)-wmax)/wmax > 1e-5 {
+			t.Errorf("%+v: score %v want %v", c, score, wmax)
 		}
 	}
 }
 
+// Overlapping tiles are averaged where they overlap; uncovered pixels and
+// rectangles outside the map are errors.
+func TestMakerStitchesTiles(t *testing.T) {
+	m, err := NewMaker(2, 2, 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grids := []float32{1, 1, 1, 1, 3, 3, 3, 3}
+	px, score, err := m.Make(grids, []Rect{{0, 0, 4, 4}, {2, 0, 4, 4}}, 6, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float32{1, 1, 2, 2, 3, 3}
+	for y := 0; y < 4; y++ {
+		for x := 0; x < 6; x++ {
+			if px[y*6+x] != want[x] {
+				t.Fatalf("row %d: %v, want %v", y, px[y*6:(y+1)*6], want)
+			}
+		}
+	}
+	if score != 3 {
+		t.Fatalf("score %v", score)
+	}
+	if _, _, err := m.Make(grids[:4], []Rect{{0, 0, 4, 4}}, 6, 4); err == nil {
+		t.Fatal("uncovered pixels accepted")
+	}
+	if _, _, err := m.Make(grids, []Rect{{0, 0, 4, 4}, {3, 0, 4, 4}}, 6, 4); err == nil {
+		t.Fatal("a tile outside the map accepted")
+	}
+}
+
 func BenchmarkMake224(b *testing.B) {
-	g, _ := NewGenerator(56, 56, 224, 224, 4)
+	m, _ := NewMaker(56, 56, 224, 4)
 	grid := make([]float32, 56*56)
 	for i := range grid {
 		grid[i] = float32(i % 17)
 	}
 	for b.Loop() {
-		g.Make(grid)
+		m.Make(grid, []Rect{{0, 0, 224, 224}}, 224, 224)
 	}
 }

@@ -31,6 +31,7 @@ type Layout struct {
 	H, W     int   // the embedding grid (the finest tap's)
 	Channels []int // kept indices into the concatenated channels, strictly increasing
 	src      []srcChannel
+	index    [][]int32 // per tap, the source position of each patch (nearest upsampling)
 }
 
 type srcChannel struct{ tap, ch int }
@@ -102,7 +103,17 @@ func NewLayout(taps []TapShape, channels []int) (*Layout, error) {
 		}
 		src[i] = srcChannel{t, c}
 	}
-	return &Layout{Taps: slices.Clone(taps), H: h, W: w, Channels: slices.Clone(channels), src: src}, nil
+	index := make([][]int32, len(taps))
+	for i, t := range taps {
+		scale := h / t.H
+		index[i] = make([]int32, h*w)
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				index[i][y*w+x] = int32((y/scale)*t.W + x/scale)
+			}
+		}
+	}
+	return &Layout{Taps: slices.Clone(taps), H: h, W: w, Channels: slices.Clone(channels), src: src, index: index}, nil
 }
 
 // D is the embedding dimension (kept channels).
@@ -134,17 +145,25 @@ func (l *Layout) Embed(taps []Tap, dst []float32) (n int, err error) {
 	if len(dst) < n*P*D {
 		return 0, fmt.Errorf("embed: destination holds %d values, need %d", len(dst), n*P*D)
 	}
+	// Channels go in blocks of 16, so that each patch's 16 outputs fill one
+	// cache line while 16 planes are read in order.
+	const block = 16
+	var planes [block][]float32
+	var index [block][]int32
 	for b := 0; b < n; b++ {
 		out := dst[b*P*D : (b+1)*P*D]
-		for k, s := range l.src {
-			t := &taps[s.tap]
-			scale := l.H / t.H
-			plane := t.Data[(b*t.C+s.ch)*t.H*t.W : (b*t.C+s.ch+1)*t.H*t.W]
-			for y := 0; y < l.H; y++ {
-				row := plane[(y/scale)*t.W : (y/scale+1)*t.W]
-				o := y * l.W * D
-				for x := 0; x < l.W; x++ {
-					out[o+x*D+k] = row[x/scale]
+		for k0 := 0; k0 < D; k0 += block {
+			k1 := min(k0+block, D)
+			for k := k0; k < k1; k++ {
+				s := l.src[k]
+				t := &taps[s.tap]
+				planes[k-k0] = t.Data[(b*t.C+s.ch)*t.H*t.W : (b*t.C+s.ch+1)*t.H*t.W]
+				index[k-k0] = l.index[s.tap]
+			}
+			for p := 0; p < P; p++ {
+				row := out[p*D+k0 : p*D+k1]
+				for i := range row {
+					row[i] = planes[i][index[i][p]]
 				}
 			}
 		}

@@ -45,20 +45,45 @@ func Decode(path string) (*Planes, error) {
 	return p, nil
 }
 
-// DecodeReader decodes an image stream into planes.
-func DecodeReader(r io.Reader) (*Planes, error) {
-	br := bufio.NewReader(r)
-	peek, _ := br.Peek(1 << 16)
+// Header is what an image file says of itself before decoding.
+type Header struct {
+	W, H   int
+	Format string
+}
+
+// ReadHeader reads an image's format and size from its first bytes, refusing
+// empty images and those larger than MaxPixels.
+func ReadHeader(r io.Reader) (Header, error) {
+	peek := make([]byte, 1<<16)
+	n, err := io.ReadFull(r, peek)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return Header{}, err
+	}
+	return header(peek[:n])
+}
+
+func header(peek []byte) (Header, error) {
 	cfg, format, err := image.DecodeConfig(&byteReader{b: peek})
 	if err != nil {
-		return nil, fmt.Errorf("cannot decode image header: %v", err)
+		return Header{}, fmt.Errorf("cannot decode image header: %v", err)
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > MaxPixels {
-		return nil, fmt.Errorf("%s image of %dx%d pixels is empty or larger than the %d-pixel limit", format, cfg.Width, cfg.Height, MaxPixels)
+		return Header{}, fmt.Errorf("%s image of %dx%d pixels is empty or larger than the %d-pixel limit", format, cfg.Width, cfg.Height, MaxPixels)
+	}
+	return Header{cfg.Width, cfg.Height, format}, nil
+}
+
+// DecodeReader decodes an image stream into planes.
+func DecodeReader(r io.Reader) (*Planes, error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	peek, _ := br.Peek(1 << 16)
+	h, err := header(peek)
+	if err != nil {
+		return nil, err
 	}
 	img, _, err := image.Decode(br)
 	if err != nil {
-		return nil, fmt.Errorf("cannot decode %s image: %v", format, err)
+		return nil, fmt.Errorf("cannot decode %s image: %v", h.Format, err)
 	}
 	return FromImage(img), nil
 }
@@ -105,6 +130,34 @@ func FromImage(img image.Image) *Planes {
 			for x := 0; x < w; x++ {
 				o := y*m.Stride + 4*x
 				R[y*w+x], G[y*w+x], B[y*w+x] = float32(m.Pix[o])*s8, float32(m.Pix[o+1])*s8, float32(m.Pix[o+2])*s8
+			}
+		}
+	case *image.RGBA:
+		// premultiplied; PNG decodes opaque truecolour images to RGBA (alpha 255)
+		for y := 0; y < h; y++ {
+			row := m.Pix[y*m.Stride : y*m.Stride+4*w]
+			for x := 0; x < w; x++ {
+				r, g, bb, a := row[4*x], row[4*x+1], row[4*x+2], row[4*x+3]
+				switch a {
+				case 255:
+					R[y*w+x], G[y*w+x], B[y*w+x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
+				case 0:
+				default:
+					s := 1 / float32(a)
+					R[y*w+x], G[y*w+x], B[y*w+x] = min(float32(r)*s, 1), min(float32(g)*s, 1), min(float32(bb)*s, 1)
+				}
+			}
+		}
+	case *image.Paletted:
+		lut := make([][3]float32, 256)
+		for i, c := range m.Palette {
+			n := color.NRGBA64Model.Convert(c).(color.NRGBA64)
+			lut[i] = [3]float32{float32(n.R) * s16, float32(n.G) * s16, float32(n.B) * s16}
+		}
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				c := lut[m.Pix[y*m.Stride+x]]
+				R[y*w+x], G[y*w+x], B[y*w+x] = c[0], c[1], c[2]
 			}
 		}
 	case *image.YCbCr:

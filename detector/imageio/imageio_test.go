@@ -162,3 +162,38 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// The fast conversions (RGBA, opaque or not; paletted) give what the generic
+// NRGBA64 path gives.
+func TestFastPathsMatchGeneric(t *testing.T) {
+	rgba := image.NewRGBA(image.Rect(0, 0, 7, 5))
+	for i := range rgba.Pix {
+		rgba.Pix[i] = uint8(i * 37)
+	}
+	for i := 3; i < len(rgba.Pix); i += 4 { // premultiplied: colour ≤ alpha
+		a := []uint8{255, 0, 128, 1, 200}[i/4%5]
+		rgba.Pix[i] = a
+		for c := 1; c <= 3; c++ {
+			rgba.Pix[i-c] = uint8(int(rgba.Pix[i-c]) * int(a) / 255)
+		}
+	}
+	pal := image.NewPaletted(image.Rect(0, 0, 6, 4), color.Palette{color.RGBA{10, 20, 30, 255}, color.NRGBA{200, 100, 50, 128}, color.Gray{77}})
+	for i := range pal.Pix {
+		pal.Pix[i] = uint8(i % 3)
+	}
+	for name, img := range map[string]image.Image{"rgba": rgba, "paletted": pal} {
+		got := FromImage(img)
+		b := img.Bounds()
+		n := b.Dx() * b.Dy()
+		for y := 0; y < b.Dy(); y++ {
+			for x := 0; x < b.Dx(); x++ {
+				c := color.NRGBA64Model.Convert(img.At(x, y)).(color.NRGBA64)
+				for ch, v := range []uint16{c.R, c.G, c.B} {
+					if g := got.Pix[ch*n+y*b.Dx()+x]; math.Abs(float64(g)-float64(v)/65535) > 2e-3 {
+						t.Fatalf("%s (%d,%d) channel %d: %v, generic %v", name, x, y, ch, g, float64(v)/65535)
+					}
+				}
+			}
+		}
+	}
+}

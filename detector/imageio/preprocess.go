@@ -106,27 +106,8 @@ func (p Preprocess) Tiles(w, h int) ([]Rect, error) {
 
 // Sample is one backbone input cut from an image: the whole image or a tile.
 type Sample struct {
-	Rect  Rect      // where it lies in the original image (after resize/crop when not tiling)
+	Rect  Rect      // where it lies in the map: a tile's place in the image, or the whole fitted image
 	Input []float32 // normalised CHW, InputSize²×3
-}
-
-// Load decodes path and returns its samples and the decoded image (for pictures).
-func (p Preprocess) Load(path string) ([]Sample, *Planes, error) {
-	pl, err := Decode(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := p.Samples(pl)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return s, pl, nil
-}
-
-// Samples cuts decoded planes into backbone inputs.
-func (p Preprocess) Samples(pl *Planes) ([]Sample, error) {
-	s, _, err := p.Prepare(pl)
-	return s, err
 }
 
 // Prepare cuts decoded planes into backbone inputs and also returns the image as
@@ -148,6 +129,7 @@ func (p Preprocess) Prepare(pl *Planes) ([]Sample, *Planes, error) {
 		fitted := p.Fit(src)
 		if p.Tile <= 0 {
 			view = fitted
+			r = Rect{0, 0, fitted.W, fitted.H} // the map's frame is the fitted image
 		}
 		in := make([]float32, 3*s*s)
 		p.Normalize(fitted, in)
