@@ -24,6 +24,8 @@ demo: build
 	$(BIN) demo
 
 test: onnxruntime cuda-emu
+	@unformatted=$$(gofmt -l .); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed on: $$unformatted" >&2; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(GO) vet -tags cudaemu ./gpu

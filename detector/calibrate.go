@@ -38,8 +38,8 @@ func sortedQuantile(s []float32, q float64) float64 {
 	return float64(s[lo]) + (h-float64(lo))*(float64(s[hi])-float64(s[lo]))
 }
 
-// Calibrate derives thresholds from held-out good images' image scores and pixels.
-func Calibrate(imageScores []float32, pixels []float32) (*Calibration, error) {
+// CalibrateScores derives thresholds from held-out good images' image scores and pixels.
+func CalibrateScores(imageScores []float32, pixels []float32) (*Calibration, error) {
 	if len(imageScores) == 0 || len(pixels) == 0 {
 		return nil, fmt.Errorf("calibration needs held-out images")
 	}
@@ -52,12 +52,11 @@ func Calibrate(imageScores []float32, pixels []float32) (*Calibration, error) {
 	ps := slices.Clone(pixels)
 	slices.Sort(ps)
 	c := &Calibration{
-		ImageThreshold: rule(is, ImageQuantile),
-		PixelThreshold: rule(ps, PixelQuantile),
-		Rule:           fmt.Sprintf("q%g+%g*(q%g-median) of held-out image scores; q%g+%g*(q%g-median) of held-out pixel scores", ImageQuantile, Margin, ImageQuantile, PixelQuantile, Margin, PixelQuantile),
-		HoldoutImages:  len(imageScores),
-		ImageScores:    slices.Clone(imageScores),
-		PixelLevels:    PixelLevels,
+		Thresholds:    Thresholds{Image: rule(is, ImageQuantile), Pixel: rule(ps, PixelQuantile)},
+		Rule:          fmt.Sprintf("q%g+%g*(q%g-median) of held-out image scores; q%g+%g*(q%g-median) of held-out pixel scores", ImageQuantile, Margin, ImageQuantile, PixelQuantile, Margin, PixelQuantile),
+		HoldoutImages: len(imageScores),
+		ImageScores:   slices.Clone(imageScores),
+		PixelLevels:   PixelLevels,
 	}
 	for _, l := range PixelLevels {
 		c.PixelQuantiles = append(c.PixelQuantiles, float32(sortedQuantile(ps, l)))

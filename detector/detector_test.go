@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -109,13 +110,15 @@ func testPreprocess() imageio.Preprocess {
 	return imageio.Preprocess{Resize: 32, Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
 }
 
+var ctx = context.Background()
+
 func TestTrainScoreMatchesFloat64Reference(t *testing.T) {
 	dir := t.TempDir()
 	train := writeImages(t, filepath.Join(dir, "train"), 20, 1, false)
 	test := append(writeImages(t, filepath.Join(dir, "good"), 2, 2, false), writeImages(t, filepath.Join(dir, "bad"), 2, 3, true)...)
 	ext := newFake(32)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 12, Seed: 5, Eps: 0.01, Batch: 6, Sigma: 4, BackboneONNX: []byte("fake")}
-	m, rep, err := Train(ext, train, cfg)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 6}, Dim: 12, Seed: 5, Eps: 0.01, Sigma: 4, BackboneONNX: []byte("fake")}
+	m, rep, err := Train(ctx, ext, train, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,18 +131,18 @@ func TestTrainScoreMatchesFloat64Reference(t *testing.T) {
 	}
 	defer sc.Close()
 
-	// reference: same features, float64 PaDiM with the documented semantics
-	layout, _ := embed.NewLayout(ext.Taps(), m.Channels)
+	// reference: same features (the pipeline's embeddings), float64 PaDiM with
+	// the documented semantics
+	layout := sc.Pipeline().Layout()
 	P, D := layout.P(), layout.D()
 	embedFiles := func(files []string) []float32 {
-		out := make([]float32, len(files)*P*D)
-		for i, f := range files {
-			s, _, err := cfg.Preprocess.Load(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			taps, _ := ext.Extract(s[0].Input, 1)
-			layout.Embed(taps, out[i*P*D:])
+		out := make([]float32, 0, len(files)*P*D)
+		err := sc.Pipeline().Embeddings(ctx, FileInputs(files), 3, func(c Chunk) error {
+			out = append(out, c.Emb...)
+			return nil
+		})
+		if err != nil || len(out) != len(files)*P*D {
+			t.Fatalf("embeddings: %d values, %v", len(out), err)
 		}
 		return out
 	}
@@ -150,16 +153,19 @@ func TestTrainScoreMatchesFloat64Reference(t *testing.T) {
 	dists := refpadim.Distances(embedFiles(test), len(test), P, D, mean, inv)
 	var scores []float32
 	i := 0
-	err = sc.ScoreFiles(test, false, func(r *Result, err error) error {
+	err = sc.Score(ctx, FileInputs(test), func(r *Result) error {
+		if r.Err != nil {
+			return r.Err
+		}
 		want := refpadim.Blur(refpadim.Upsample(dists[i*P:(i+1)*P], layout.H, layout.W, 32, 32), 32, 32, 4)
 		worst := 0.0
 		for k, v := range want {
 			worst = max(worst, math.Abs(float64(r.Map[k])-v)/math.Abs(v))
 		}
 		if worst > 1e-3 {
-			t.Errorf("%s: blurred map off the float64 reference by %.3g relative", r.Path, worst)
+			t.Errorf("%s: blurred map off the float64 reference by %.3g relative", r.Name, worst)
 		}
-		t.Logf("%s: score %.3f, max rel err vs float64 %.2g", filepath.Base(r.Path), r.Score, worst)
+		t.Logf("%s: score %.3f, max rel err vs float64 %.2g", filepath.Base(r.Name), r.Score, worst)
 		scores = append(scores, r.Score)
 		i++
 		return nil
@@ -177,8 +183,8 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 	train := writeImages(t, filepath.Join(dir, "train"), 30, 4, false)
 	bad := writeImages(t, filepath.Join(dir, "bad"), 2, 5, true)
 	ext := newFake(32)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 0, Seed: 1, Eps: 0.01, Batch: 8, Holdout: 0.1, Sigma: 4, BackboneName: "fake", BackboneONNX: []byte("fake graph")}
-	m, rep, err := Train(ext, train, cfg)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 8}, Dim: 0, Seed: 1, Eps: 0.01, Holdout: 0.1, Sigma: 4, BackboneName: "fake", BackboneONNX: []byte("fake graph")}
+	m, rep, err := Train(ctx, ext, train, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,8 +195,8 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 		t.Fatalf("dim 0 kept %d channels, want all 16", m.Gaussian.D)
 	}
 	c := m.Calibration
-	if !(float64(c.ImageThreshold) >= Quantile(c.ImageScores, 0.99)) {
-		t.Fatalf("image threshold %v below the held-out q99 %v", c.ImageThreshold, Quantile(c.ImageScores, 0.99))
+	if !(float64(c.Image) >= Quantile(c.ImageScores, 0.99)) {
+		t.Fatalf("image threshold %v below the held-out q99 %v", c.Image, Quantile(c.ImageScores, 0.99))
 	}
 	path := filepath.Join(dir, "m.padim")
 	if err := m.Save(path); err != nil {
@@ -200,7 +206,7 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m2.Calibration.ImageThreshold != c.ImageThreshold || string(m2.BackboneONNX) != "fake graph" || m2.Preprocess != m.Preprocess || m2.NTrain != 30 {
+	if m2.Calibration.Image != c.Image || string(m2.BackboneONNX) != "fake graph" || m2.Preprocess != m.Preprocess || m2.NTrain != 30 {
 		t.Fatalf("round trip changed the model: %+v", m2.Meta)
 	}
 	for i := range m.Gaussian.LInv {
@@ -213,9 +219,9 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sc.Close()
-	sc.ScoreFiles(bad, false, func(r *Result, err error) error {
-		if !r.HasVerdict || !r.Defect || len(r.Boxes) == 0 {
-			t.Errorf("%s: score %v threshold %v defect %v boxes %v", r.Path, r.Score, r.Threshold, r.Defect, r.Boxes)
+	sc.Score(ctx, FileInputs(bad), func(r *Result) error {
+		if r.Thresholds == nil || !r.Defect || len(r.Boxes) == 0 {
+			t.Errorf("%s: score %v thresholds %v defect %v boxes %v", r.Name, r.Score, r.Thresholds, r.Defect, r.Boxes)
 		}
 		return nil
 	})
@@ -249,12 +255,12 @@ func TestBadFilesSkippedOrFatal(t *testing.T) {
 	bad := filepath.Join(dir, "zz_broken.png")
 	os.WriteFile(bad, []byte("nope"), 0o644)
 	files := append(train, bad)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 8, Eps: 0.01, Batch: 4, Sigma: 4}
-	if _, _, err := Train(newFake(32), files, cfg); err == nil || !strings.Contains(err.Error(), "zz_broken.png") {
+	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 4}, Dim: 8, Eps: 0.01, Sigma: 4}
+	if _, _, err := Train(ctx, newFake(32), files, cfg); err == nil || !strings.Contains(err.Error(), "zz_broken.png") {
 		t.Fatalf("got %v", err)
 	}
 	cfg.SkipBadFiles = true
-	m, rep, err := Train(newFake(32), files, cfg)
+	m, rep, err := Train(ctx, newFake(32), files, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +268,7 @@ func TestBadFilesSkippedOrFatal(t *testing.T) {
 		t.Fatalf("skipped %v N %d", rep.Skipped, m.NTrain)
 	}
 	cfg.Holdout = 0.5
-	if _, _, err := Train(newFake(32), train[:4], cfg); err == nil {
+	if _, _, err := Train(ctx, newFake(32), train[:4], cfg); err == nil {
 		t.Fatal("holdout leaving one training image accepted")
 	}
 }
@@ -272,7 +278,7 @@ func TestTilesStitchToImageSize(t *testing.T) {
 	files := writeImages(t, dir, 5, 8, false)
 	pp := testPreprocess()
 	pp.Tile, pp.Overlap = 32, 8
-	m, rep, err := Train(newFake(32), files, TrainConfig{Preprocess: pp, Dim: 8, Eps: 0.01, Sigma: 4, Backend: gauss.CPU{}})
+	m, rep, err := Train(ctx, newFake(32), files, TrainConfig{Preprocess: pp, Dim: 8, Eps: 0.01, Sigma: 4, Backend: gauss.CPU{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +286,7 @@ func TestTilesStitchToImageSize(t *testing.T) {
 		t.Fatalf("%d samples", rep.Samples)
 	}
 	sc, _ := m.NewScorer(newFake(32), ScoreConfig{})
-	sc.ScoreFiles(files[:1], false, func(r *Result, err error) error {
+	sc.Score(ctx, FileInputs(files[:1]), func(r *Result) error {
 		if r.W != 48 || r.H != 48 || len(r.Map) != 48*48 {
 			t.Fatalf("map %dx%d", r.W, r.H)
 		}
@@ -292,19 +298,27 @@ func TestTilesStitchToImageSize(t *testing.T) {
 func TestShardedStatsMergeEqualsSingleFit(t *testing.T) {
 	dir := t.TempDir()
 	files := writeImages(t, filepath.Join(dir, "imgs"), 14, 10, false)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 10, Seed: 2, Eps: 0.01, Batch: 4, Sigma: 4, BackboneONNX: []byte("bb")}
-	all, _, err := Train(newFake(32), files, cfg)
+	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 4}, Dim: 10, Seed: 2, Eps: 0.01, Sigma: 4, BackboneONNX: []byte("bb")}
+	all, _, err := Train(ctx, newFake(32), files, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var shards []string
-	for i, part := range [][]string{files[:5], files[5:]} {
-		c := cfg
-		c.StatsOut = filepath.Join(dir, fmt.Sprintf("s%d.stats", i))
-		if _, _, err := Train(newFake(32), part, c); err != nil {
+	shard := func(c TrainConfig, part []string, path string) {
+		t.Helper()
+		c.KeepStats = true
+		m, rep, err := Train(ctx, newFake(32), part, c)
+		if err != nil {
 			t.Fatal(err)
 		}
-		shards = append(shards, c.StatsOut)
+		if err := SaveStats(path, m, rep.Stats); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var shards []string
+	for i, part := range [][]string{files[:5], files[5:]} {
+		p := filepath.Join(dir, fmt.Sprintf("s%d.stats", i))
+		shard(cfg, part, p)
+		shards = append(shards, p)
 	}
 	merged, err := MergeStats(shards, gauss.CPU{}, -1)
 	if err != nil {
@@ -320,39 +334,75 @@ func TestShardedStatsMergeEqualsSingleFit(t *testing.T) {
 	}
 	// a shard of another channel subset is refused
 	c := cfg
-	c.Seed, c.StatsOut = 99, filepath.Join(dir, "other.stats")
-	Train(newFake(32), files[:3], c)
-	if _, err := MergeStats([]string{shards[0], c.StatsOut}, gauss.CPU{}, -1); err == nil {
+	c.Seed = 99
+	shard(c, files[:3], filepath.Join(dir, "other.stats"))
+	if _, err := MergeStats([]string{shards[0], filepath.Join(dir, "other.stats")}, gauss.CPU{}, -1); err == nil {
 		t.Fatal("mismatched shard merged")
 	}
 }
 
-// ScoreImage (decoded images, for library users) agrees with ScoreFiles.
-func TestScoreImageMatchesScoreFiles(t *testing.T) {
+// In-memory inputs (decoded planes, encoded bytes) score as the files do.
+func TestInMemoryInputsMatchFiles(t *testing.T) {
 	dir := t.TempDir()
 	files := writeImages(t, dir, 8, 11, false)
-	m, _, err := Train(newFake(32), files[:6], TrainConfig{Preprocess: testPreprocess(), Dim: 8, Eps: 0.01, Sigma: 4})
+	m, _, err := Train(ctx, newFake(32), files[:6], TrainConfig{Preprocess: testPreprocess(), Dim: 8, Eps: 0.01, Sigma: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, err := m.NewScorer(newFake(32), ScoreConfig{})
+	sc, err := m.NewScorer(newFake(32), ScoreConfig{KeepImages: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sc.Close()
 	var want []float32
-	sc.ScoreFiles(files[6:], false, func(r *Result, err error) error { want = append(want, r.Score); return err })
-	for i, f := range files[6:] {
+	sc.Score(ctx, FileInputs(files[6:]), func(r *Result) error { want = append(want, r.Score); return r.Err })
+	var in []Input
+	for _, f := range files[6:] {
 		pl, err := imageio.Decode(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := sc.ScoreImage(f, pl)
-		if err != nil {
+		data, _ := os.ReadFile(f)
+		in = append(in, Input{Name: f + " (planes)", Image: pl}, Input{Name: f + " (bytes)", Data: data})
+	}
+	err = sc.Score(ctx, in, func(r *Result) error {
+		if r.Err != nil {
+			return r.Err
+		}
+		if r.Score != want[r.Index/2] || r.Image.W != 32 {
+			t.Fatalf("%s: %v (view %dx%d), from the file %v", r.Name, r.Score, r.Image.W, r.Image.H, want[r.Index/2])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A model whose checksum is right but whose tensors hold NaN or Inf is refused,
+// naming the tensor and the first bad place.
+func TestNonFiniteModelRefused(t *testing.T) {
+	dir := t.TempDir()
+	files := writeImages(t, dir, 6, 12, false)
+	m, _, err := Train(ctx, newFake(32), files, TrainConfig{Preprocess: testPreprocess(), Dim: 8, Eps: 0.01, Sigma: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		v    []float32
+		i    int
+		x    float32
+		want string
+	}{{m.Gaussian.LInv, 3 << 20 % len(m.Gaussian.LInv), float32(math.NaN()), "tensor linv holds NaN"}, {m.Gaussian.Mean, 17, float32(math.Inf(-1)), "tensor mean holds -Inf at 17"}} {
+		old := c.v[c.i]
+		c.v[c.i] = c.x
+		p := filepath.Join(dir, "bad.padim")
+		if err := m.Save(p); err != nil {
 			t.Fatal(err)
 		}
-		if r.Score != want[i] || r.Image.W != 32 {
-			t.Fatalf("%s: ScoreImage %v (view %dx%d), ScoreFiles %v", f, r.Score, r.Image.W, r.Image.H, want[i])
+		c.v[c.i] = old
+		if _, err := Load(p); !errors.Is(err, ErrModel) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("got %v, want %q", err, c.want)
 		}
 	}
 }

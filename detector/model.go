@@ -11,10 +11,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"io/fs"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
@@ -22,8 +24,9 @@ import (
 	"github.com/padim/padim/detector/safetensors"
 )
 
-// FormatVersion is the model file version this code writes and reads.
-const FormatVersion = 1
+// FormatVersion is the model file version this code writes and reads. Version
+// 2 checksums the header as well as the data.
+const FormatVersion = 2
 
 // Meta describes how a model was made.
 type Meta struct {
@@ -42,8 +45,7 @@ type Meta struct {
 
 // Calibration holds the thresholds derived from held-out good images.
 type Calibration struct {
-	ImageThreshold float32   // verdict: defect iff image score > this
-	PixelThreshold float32   // masks: defect pixel iff map value > this
+	Thresholds               // verdict: defect iff image score > Image; masks: defect pixel iff map value > Pixel
 	Rule           string    // how the thresholds were derived
 	HoldoutImages  int       // held-out images (files)
 	ImageScores    []float32 // their image scores under the model fitted without them
@@ -74,7 +76,7 @@ func (m *Model) Save(path string) error {
 		md["holdout_images"] = strconv.Itoa(c.HoldoutImages)
 		md["pixel_quantile_levels"] = joinFloats(c.PixelLevels)
 		ts = append(ts,
-			safetensors.F32("thresholds", []float32{c.ImageThreshold, c.PixelThreshold}, 2),
+			safetensors.F32("thresholds", []float32{c.Image, c.Pixel}, 2),
 			safetensors.F32("holdout_image_scores", c.ImageScores, len(c.ImageScores)),
 			safetensors.F32("holdout_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
 	}
@@ -114,14 +116,57 @@ func (m *Model) sharedTensors() []safetensors.Tensor {
 	return ts
 }
 
+// NewPipeline checks that ext is the backbone the model was trained with and
+// returns the model's pipeline on it.
+func (m *Model) NewPipeline(ext Extractor, opt PipelineOptions) (*Pipeline, error) {
+	if ext.InputSize() != m.Preprocess.InputSize() {
+		return nil, fmt.Errorf("the model expects %d² inputs but the backbone takes %d²", m.Preprocess.InputSize(), ext.InputSize())
+	}
+	got := ext.Taps()
+	if len(got) != len(m.Taps) {
+		return nil, fmt.Errorf("the model was trained on %d taps %v, the backbone gives %d: was it trained with another backbone?", len(m.Taps), m.Taps, len(got))
+	}
+	for i := range got {
+		if got[i] != m.Taps[i] {
+			return nil, fmt.Errorf("backbone tap %v differs from the model's %v: the model was trained with another backbone", got[i], m.Taps[i])
+		}
+	}
+	return NewPipeline(ext, m.Channels, m.Preprocess, opt)
+}
+
+// ScoreConfig says how to score with a model.
+type ScoreConfig struct {
+	Pipeline   PipelineOptions
+	Backend    gauss.Backend // nil: the CPU
+	Thresholds *Thresholds   // overrides the model's calibrated thresholds
+	OpenRadius int           // < 0: DefaultOpenRadius
+	KeepImages bool          // keep each result's Image (for pictures)
+}
+
+// NewScorer prepares scoring with the model on the backbone ext.
+func (m *Model) NewScorer(ext Extractor, cfg ScoreConfig) (*Scorer, error) {
+	p, err := m.NewPipeline(ext, cfg.Pipeline)
+	if err != nil {
+		return nil, err
+	}
+	th := cfg.Thresholds
+	if th == nil && m.Calibration != nil {
+		th = &m.Calibration.Thresholds
+	}
+	return NewScorer(p, m.Gaussian, ScoreSettings{Backend: cfg.Backend, Sigma: m.Sigma, Thresholds: th, OpenRadius: cfg.OpenRadius, KeepImages: cfg.KeepImages})
+}
+
 // ErrModel is wrapped by every error about an unusable model file.
 var ErrModel = errors.New("not a usable padim model")
 
 // Load reads and validates a model file.
 func Load(path string) (*Model, error) {
-	f, err := safetensors.Read(path, true)
+	f, err := safetensors.Map(path, true)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v (retrain it with `padim train`)", ErrModel, err)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrModel, err)
 	}
 	m, err := fromFile(f)
 	if err != nil {
@@ -153,7 +198,7 @@ func fromFile(f *safetensors.File) (*Model, error) {
 	if len(tm.Shape) != 2 || len(tl.Shape) != 2 || tm.Shape[0] != tl.Shape[0] || tl.Shape[1] != gauss.PackedLen(tm.Shape[1]) {
 		return nil, fmt.Errorf("mean %v and linv %v shapes disagree", tm.Shape, tl.Shape)
 	}
-	g := &gauss.Gaussian{P: tm.Shape[0], D: tm.Shape[1]}
+	g := &gauss.Gaussian{P: tm.Shape[0], D: tm.Shape[1], Backing: f.Keep()}
 	if g.Mean, err = tm.Float32s(); err != nil {
 		return nil, err
 	}
@@ -179,7 +224,7 @@ func fromFile(f *safetensors.File) (*Model, error) {
 		if err != nil || len(th) != 2 {
 			return nil, fmt.Errorf("thresholds tensor must be 2 float32 values")
 		}
-		c.ImageThreshold, c.PixelThreshold = th[0], th[1]
+		c.Image, c.Pixel = th[0], th[1]
 		c.HoldoutImages, _ = strconv.Atoi(md["holdout_images"])
 		if t := f.Tensor("holdout_image_scores"); t != nil {
 			c.ImageScores, _ = t.Float32s()
@@ -266,11 +311,30 @@ func parseShared(f *safetensors.File, format string) (*Model, error) {
 	return m, nil
 }
 
+// allFinite reports the first NaN or Inf in v, checking on every core.
 func allFinite(name string, v []float32) error {
-	for i, x := range v {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return fmt.Errorf("tensor %s holds %v at %d", name, x, i)
+	bad := atomic.Int64{}
+	bad.Store(-1)
+	const exp = 0x7f800000 // all exponent bits set: Inf or NaN
+	gauss.ParallelFor(max((len(v)+(1<<20)-1)>>20, 1), func(lo, hi int) {
+		for c := lo; c < hi; c++ {
+			part := v[c<<20 : min((c+1)<<20, len(v))]
+			bits := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(part))), len(part))
+			for i, b := range bits {
+				if b&exp == exp {
+					for {
+						old := bad.Load()
+						if old >= 0 && old <= int64(c<<20+i) || bad.CompareAndSwap(old, int64(c<<20+i)) {
+							break
+						}
+					}
+					return
+				}
+			}
 		}
+	})
+	if i := bad.Load(); i >= 0 {
+		return fmt.Errorf("tensor %s holds %v at %d", name, v[i], i)
 	}
 	return nil
 }

@@ -1,9 +1,17 @@
 package detector
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"os"
 	"runtime"
+	"slices"
 	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/imageio"
@@ -11,121 +19,588 @@ import (
 
 // Extractor runs a backbone: a batch of n normalised images [n][3][S][S] in, one
 // feature map per tap out. package backbone implements it with ONNX Runtime.
+// The pipeline never calls Extract concurrently.
 type Extractor interface {
 	InputSize() int
 	Taps() []embed.TapShape
 	Extract(batch []float32, n int) ([]embed.Tap, error)
 }
 
-// FileError is a file that could not be used, and why.
+// Input is one image for the pipeline: a file, encoded bytes, or decoded planes.
+type Input struct {
+	Name  string          // the file to read, or a label for in-memory inputs (messages, results)
+	Data  []byte          // encoded image (PNG, JPEG, BMP, TIFF, GIF); nil reads the file Name
+	Image *imageio.Planes // already decoded; takes precedence over Data and Name
+}
+
+// FileInputs returns one Input per file path.
+func FileInputs(paths []string) []Input {
+	in := make([]Input, len(paths))
+	for i, p := range paths {
+		in[i] = Input{Name: p}
+	}
+	return in
+}
+
+// FileError is an input that could not be used, and why.
 type FileError struct {
-	Path string
-	Err  error
+	Index int // position in the inputs
+	Path  string
+	Err   error
 }
 
 func (e FileError) Error() string { return e.Err.Error() }
+func (e FileError) Unwrap() error { return e.Err }
 
-// decoded is one file after decoding and cutting into samples.
-type decoded struct {
-	path    string
-	samples []imageio.Sample
-	image   *imageio.Planes // the image as the map sees it: resized/cropped, or native when tiling
+// Pipeline defaults.
+const (
+	DefaultBatch  = 16      // backbone inputs per ONNX Runtime run
+	DefaultGroup  = 32      // embeddings per Gaussian call: each patch's model is read once per group
+	DefaultMemory = 1 << 30 // bytes of decoded images, backbone inputs and maps in flight
+)
+
+// PipelineOptions tune a pipeline; zero values take the defaults.
+type PipelineOptions struct {
+	Batch   int   // backbone inputs per run (DefaultBatch)
+	Workers int   // decode and map workers (GOMAXPROCS)
+	Memory  int64 // bound on decoded images, backbone inputs and maps in flight (DefaultMemory)
+}
+
+// Pipeline is padim's one path from image files to embeddings and, with a
+// Scorer, to maps and verdicts: decode (a bounded pool, in parallel, ahead of
+// use) → resize, crop or tile → backbone on batches gathered across files →
+// embedding (nearest upsampling, concatenation, channel subset). Train, score,
+// evaluation, calibration, bench and serve all run it. It records the busy time
+// of each stage in Timings. Runs may be concurrent; the backbone runs one batch
+// at a time.
+type Pipeline struct {
+	ext     Extractor
+	layout  *embed.Layout
+	pre     imageio.Preprocess
+	opt     PipelineOptions
+	Timings *Timings
+
+	extMu sync.Mutex // the Extractor is not safe for concurrent use
+	bufMu sync.Mutex
+	bufs  [][]float32 // reusable embedding buffers
+}
+
+// NewPipeline prepares the pipeline for a backbone, a channel subset of its
+// concatenated taps, and input settings.
+func NewPipeline(ext Extractor, channels []int, pre imageio.Preprocess, opt PipelineOptions) (*Pipeline, error) {
+	if err := pre.Check(); err != nil {
+		return nil, err
+	}
+	if s := pre.InputSize(); s != ext.InputSize() {
+		return nil, fmt.Errorf("the input settings make %d² images but the backbone takes %d²", s, ext.InputSize())
+	}
+	layout, err := embed.NewLayout(ext.Taps(), channels)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Batch <= 0 {
+		opt.Batch = DefaultBatch
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = runtime.GOMAXPROCS(0)
+	}
+	if opt.Memory <= 0 {
+		opt.Memory = DefaultMemory
+	}
+	return &Pipeline{ext: ext, layout: layout, pre: pre, opt: opt, Timings: NewTimings()}, nil
+}
+
+// Layout is the embedding layout (grid and channels).
+func (p *Pipeline) Layout() *embed.Layout { return p.layout }
+
+// Preprocess is how images become backbone inputs.
+func (p *Pipeline) Preprocess() imageio.Preprocess { return p.pre }
+
+// Batch is the number of backbone inputs per run.
+func (p *Pipeline) Batch() int { return p.opt.Batch }
+
+// Timings accumulates the busy time and item count of each stage. Parallel
+// stages (decode, map) add the time of every worker, so their sum can exceed
+// the wall time. It is safe for concurrent use.
+type Timings struct {
+	mu     sync.Mutex
+	stages map[string]StageTime
+	order  []string
+}
+
+// StageTime is one stage's total busy time and the items it handled.
+type StageTime struct {
+	Name  string
+	Busy  time.Duration
+	Items int
+}
+
+// NewTimings returns empty timings.
+func NewTimings() *Timings { return &Timings{stages: map[string]StageTime{}} }
+
+// Add records d of busy time for n items in a stage.
+func (t *Timings) Add(stage string, d time.Duration, n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.stages[stage]
+	if !ok {
+		t.order = append(t.order, stage)
+		s.Name = stage
+	}
+	s.Busy += d
+	s.Items += n
+	t.stages[stage] = s
+}
+
+// Since records the time since start for n items in a stage.
+func (t *Timings) Since(stage string, start time.Time, n int) { t.Add(stage, time.Since(start), n) }
+
+// Stages returns the stages in the order they first ran.
+func (t *Timings) Stages() []StageTime {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]StageTime, len(t.order))
+	for i, n := range t.order {
+		out[i] = t.stages[n]
+	}
+	return out
+}
+
+// Get returns one stage's time (zero if it never ran).
+func (t *Timings) Get(stage string) StageTime {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stages[stage]
+}
+
+// Reset forgets every stage.
+func (t *Timings) Reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stages, t.order = map[string]StageTime{}, nil
+}
+
+// item is one input on its way through the pipeline.
+type item struct {
+	index   int
+	name    string
 	err     error
+	samples []imageio.Sample // backbone inputs; dropped once copied into a batch
+	rects   []imageio.Rect
+	view    *imageio.Planes // the image as the map sees it (kept only when asked)
+	w, h    int             // map size
+	held    int64           // memory budget held until release
+	state   any             // the consumer's per-item state
 }
 
-func decodeFile(path string, pp imageio.Preprocess) decoded {
-	pl, err := imageio.Decode(path)
-	if err != nil {
-		return decoded{path: path, err: err}
-	}
-	s, view, err := pp.Prepare(pl)
-	if err != nil {
-		return decoded{path: path, err: fmt.Errorf("%s: %w", path, err)}
-	}
-	return decoded{path: path, samples: s, image: view}
+// queue is an unbounded FIFO between two goroutines.
+type queue[T any] struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	items  []T
+	closed bool
 }
 
-// decodeChunks decodes files in chunks, in parallel, the next chunk while fn
-// works on the current one, and calls fn for each chunk in order.
-func decodeChunks(files []string, pp imageio.Preprocess, chunk int, fn func([]decoded) error) error {
-	if len(files) == 0 {
-		return nil
-	}
-	workers := runtime.GOMAXPROCS(0)
-	decodeRange := func(lo, hi int) []decoded {
-		out := make([]decoded, hi-lo)
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, workers)
-		for i := lo; i < hi; i++ {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				out[i-lo] = decodeFile(files[i], pp)
-				<-sem
-			}()
-		}
-		wg.Wait()
-		return out
-	}
-	next := make(chan []decoded, 1)
-	go func() {
-		defer close(next)
-		for lo := 0; lo < len(files); lo += chunk {
-			next <- decodeRange(lo, min(lo+chunk, len(files)))
-		}
-	}()
-	var err error
-	for c := range next {
-		if err == nil {
-			err = fn(c)
-		}
-	}
-	return err
+func newQueue[T any]() *queue[T] {
+	q := &queue[T]{}
+	q.cond = sync.NewCond(&q.mu)
+	return q
 }
 
-// embedder runs the backbone and the embedding on batches of samples.
-type embedder struct {
-	ext    Extractor
-	layout *embed.Layout
-	batch  int
-	in     []float32
-	out    []float32
+func (q *queue[T]) push(v T) {
+	q.mu.Lock()
+	q.items = append(q.items, v)
+	q.mu.Unlock()
+	q.cond.Signal()
 }
 
-func newEmbedder(ext Extractor, layout *embed.Layout, batch int) *embedder {
-	return &embedder{ext: ext, layout: layout, batch: max(batch, 1)}
+func (q *queue[T]) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
 }
 
-// run embeds the samples in batches, calling fn with each batch's embeddings
-// [n][P][D] and the index of its first sample.
-func (e *embedder) run(samples []imageio.Sample, fn func(emb []float32, first, n int) error) error {
-	s := e.ext.InputSize()
-	per := 3 * s * s
-	P, D := e.layout.P(), e.layout.D()
-	for lo := 0; lo < len(samples); lo += e.batch {
-		n := min(e.batch, len(samples)-lo)
-		if cap(e.in) < n*per {
-			e.in = make([]float32, e.batch*per)
-			e.out = make([]float32, e.batch*P*D)
-		}
-		in := e.in[:n*per]
-		for i := 0; i < n; i++ {
-			if len(samples[lo+i].Input) != per {
-				return fmt.Errorf("detector: sample has %d values, backbone input needs %d", len(samples[lo+i].Input), per)
+// pop waits for the next value; false when the queue is closed and empty.
+func (q *queue[T]) pop() (T, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.items) == 0 && !q.closed {
+		q.cond.Wait()
+	}
+	var zero T
+	if len(q.items) == 0 {
+		return zero, false
+	}
+	v := q.items[0]
+	q.items[0] = zero
+	q.items = q.items[1:]
+	return v, true
+}
+
+// stream is one run of inputs through decode, backbone and embedding. Chunks of
+// embeddings come out in input order; every item appears in exactly one chunk's
+// items (the chunk holding its first sample, or, if it failed, the next chunk).
+type stream struct {
+	p      *Pipeline
+	chunks chan *chunk
+	free   chan []float32
+	sem    *semaphore.Weighted
+	budget int64
+}
+
+// chunk is a run of up to group embeddings of consecutive samples.
+type chunk struct {
+	emb   []float32 // [n][P][D]
+	n     int
+	refs  []sampleRef
+	items []*item // items introduced by this chunk, in order
+}
+
+type sampleRef struct {
+	it *item
+	k  int // sample index within the item
+}
+
+// release returns an item's memory to the budget.
+func (s *stream) release(it *item) {
+	if it.held > 0 {
+		s.sem.Release(it.held)
+		it.held = 0
+	}
+}
+
+// recycle returns a chunk's buffer for the next chunk.
+func (s *stream) recycle(c *chunk) {
+	if c.emb != nil {
+		s.free <- c.emb
+	}
+}
+
+// start runs decode and embedding in g's goroutines. group is the most
+// embeddings per chunk (rounded up to a multiple of the batch); keepView keeps
+// each item's resized image for pictures.
+func (p *Pipeline) start(ctx context.Context, g *errgroup.Group, inputs []Input, group int, keepView bool) *stream {
+	B := p.opt.Batch
+	group = max(group, B)
+	group = (group + B - 1) / B * B
+	s := &stream{p: p, chunks: make(chan *chunk, 1), free: make(chan []float32, 2), sem: semaphore.NewWeighted(p.opt.Memory), budget: p.opt.Memory}
+	P, D := p.layout.P(), p.layout.D()
+	for i := 0; i < 2; i++ {
+		s.free <- p.getBuffer(group * P * D)
+	}
+	// Admission: in input order, reserve each input's memory, then hand it to a
+	// decode worker. In-order reservation cannot deadlock: whatever holds memory
+	// is earlier in the stream and finishes without waiting for later inputs.
+	lookahead := max(2*group, 4*p.opt.Workers)
+	ordered := make(chan chan *item, lookahead)
+	jobs := make(chan func(), p.opt.Workers)
+	g.Go(func() error {
+		defer close(ordered)
+		defer close(jobs)
+		for i, in := range inputs {
+			slot := make(chan *item, 1)
+			it := &item{index: i, name: in.Name}
+			hdr, err := p.header(in)
+			if err != nil {
+				it.err = err
+				slot <- it
+			} else {
+				transient, kept := p.memory(hdr)
+				it.held = min(transient+kept, s.budget/2)
+				if err := s.sem.Acquire(ctx, it.held); err != nil {
+					return err
+				}
+				keep := min(kept, it.held)
+				select {
+				case jobs <- func() { p.decode(in, it, keepView); s.sem.Release(it.held - keep); it.held = keep; slot <- it }:
+				case <-ctx.Done():
+					s.sem.Release(it.held)
+					return ctx.Err()
+				}
 			}
-			copy(in[i*per:], samples[lo+i].Input)
+			select {
+			case ordered <- slot:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-		taps, err := e.ext.Extract(in, n)
+		return nil
+	})
+	for w := 0; w < p.opt.Workers; w++ {
+		g.Go(func() error {
+			for job := range jobs {
+				job()
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer close(s.chunks)
+		return p.embedLoop(ctx, s, ordered, group)
+	})
+	return s
+}
+
+// embedLoop gathers samples across items into backbone batches and chunks.
+func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *item, group int) error {
+	B, S := p.opt.Batch, p.ext.InputSize()
+	per := 3 * S * S
+	P, D := p.layout.P(), p.layout.D()
+	in := make([]float32, B*per)
+	var c *chunk
+	nIn := 0 // samples in the backbone batch, not yet embedded
+	var heldInChunk int64
+	newChunk := func() error {
+		select {
+		case buf := <-s.free:
+			c = &chunk{emb: buf}
+			heldInChunk = 0
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	runBatch := func() error {
+		if nIn == 0 {
+			return nil
+		}
+		t := time.Now()
+		p.extMu.Lock()
+		taps, err := p.ext.Extract(in[:nIn*per], nIn)
+		p.extMu.Unlock()
 		if err != nil {
 			return err
 		}
-		if _, err := e.layout.Embed(taps, e.out); err != nil {
+		p.Timings.Since("backbone", t, nIn)
+		t = time.Now()
+		off := (c.n - nIn) * P * D
+		if _, err := p.layout.Embed(taps, c.emb[off:off+nIn*P*D]); err != nil {
 			return err
 		}
-		if err := fn(e.out[:n*P*D], lo, n); err != nil {
+		p.Timings.Since("embed", t, nIn)
+		nIn = 0
+		return nil
+	}
+	// flush sends the chunk on and, unless it is the last, starts the next.
+	flush := func(last bool) error {
+		if err := runBatch(); err != nil {
 			return err
+		}
+		if c.n == 0 && len(c.items) == 0 {
+			return nil
+		}
+		select {
+		case s.chunks <- c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if last {
+			return nil
+		}
+		return newChunk()
+	}
+	if err := newChunk(); err != nil {
+		return err
+	}
+	for slot := range ordered {
+		var it *item
+		select {
+		case it = <-slot:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		c.items = append(c.items, it)
+		if it.err != nil {
+			continue
+		}
+		heldInChunk += it.held
+		for k := range it.samples {
+			if c.n == group {
+				if err := flush(false); err != nil {
+					return err
+				}
+				heldInChunk = it.held // the item goes on in the new chunk, holding its memory
+			}
+			if len(it.samples[k].Input) != per {
+				return fmt.Errorf("%s: sample has %d values, the backbone takes %d", it.name, len(it.samples[k].Input), per)
+			}
+			copy(in[nIn*per:], it.samples[k].Input)
+			it.samples[k].Input = nil
+			c.refs = append(c.refs, sampleRef{it, k})
+			c.n++
+			nIn++
+			if nIn == B {
+				if err := runBatch(); err != nil {
+					return err
+				}
+			}
+		}
+		it.samples = nil
+		// A chunk whose items hold half the memory is sent on, so that the next
+		// input can always be admitted.
+		if c.n == group || heldInChunk >= s.budget/2 {
+			if err := flush(false); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return flush(true)
+}
+
+// header reads an input's image size without decoding it.
+func (p *Pipeline) header(in Input) (imageio.Header, error) {
+	switch {
+	case in.Image != nil:
+		return imageio.Header{W: in.Image.W, H: in.Image.H, Format: "planes"}, nil
+	case in.Data != nil:
+		h, err := imageio.ReadHeader(bytes.NewReader(in.Data))
+		if err != nil {
+			return h, fmt.Errorf("%s: %w", in.Name, err)
+		}
+		return h, nil
+	}
+	f, err := os.Open(in.Name)
+	if err != nil {
+		return imageio.Header{}, err
+	}
+	defer f.Close()
+	h, err := imageio.ReadHeader(f)
+	if err != nil {
+		return h, fmt.Errorf("%s: %w (is it a readable PNG, JPEG, BMP, TIFF or GIF image?)", in.Name, err)
+	}
+	return h, nil
+}
+
+// memory estimates an input's peak memory while it is decoded and cut
+// (transient) and what stays until its result is out (kept: backbone inputs,
+// the map and its buffers, the kept view).
+func (p *Pipeline) memory(h imageio.Header) (transient, kept int64) {
+	px := int64(h.W) * int64(h.H)
+	transient = px * (8 + 12) // the decoder's image (≤ 8 bytes a pixel) and float32 planes
+	S := int64(p.pre.InputSize())
+	n, mapPx := int64(1), S*S
+	if p.pre.Tile > 0 {
+		if rects, err := p.pre.Tiles(h.W, h.H); err == nil {
+			n = int64(len(rects))
+		}
+		mapPx = px
+	}
+	P := int64(p.layout.P())
+	kept = n*3*S*S*4 + n*P*4 + mapPx*4*4 + mapPx*12
+	return transient, kept
+}
+
+// decode reads, decodes and cuts one input into backbone inputs.
+func (p *Pipeline) decode(in Input, it *item, keepView bool) {
+	t := time.Now()
+	pl := in.Image
+	var err error
+	switch {
+	case pl != nil:
+	case in.Data != nil:
+		pl, err = imageio.DecodeReader(bytes.NewReader(in.Data))
+		if err != nil {
+			err = fmt.Errorf("%s: %w", in.Name, err)
+		}
+	default:
+		pl, err = imageio.Decode(in.Name)
+	}
+	if err == nil {
+		var view *imageio.Planes
+		it.samples, view, err = p.pre.Prepare(pl)
+		if err != nil {
+			err = fmt.Errorf("%s: %w", in.Name, err)
+		} else {
+			it.w, it.h = view.W, view.H
+			if keepView {
+				it.view = view
+			}
+			for _, s := range it.samples {
+				it.rects = append(it.rects, s.Rect)
+			}
+		}
+	}
+	it.err = err
+	p.Timings.Since("decode", t, 1)
+}
+
+func (p *Pipeline) getBuffer(n int) []float32 {
+	p.bufMu.Lock()
+	defer p.bufMu.Unlock()
+	for i, b := range p.bufs {
+		if cap(b) >= n {
+			p.bufs = slices.Delete(p.bufs, i, i+1)
+			return b[:n]
+		}
+	}
+	return make([]float32, n)
+}
+
+// putBuffers keeps a stream's buffers for the next run (at most two).
+func (p *Pipeline) putBuffers(s *stream) {
+	p.bufMu.Lock()
+	defer p.bufMu.Unlock()
+	for {
+		select {
+		case b := <-s.free:
+			if len(p.bufs) < 2 {
+				p.bufs = append(p.bufs, b)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// Chunk is a run of embeddings of consecutive samples, in input order.
+type Chunk struct {
+	Emb    []float32   // [N][P][D]; valid only during the callback
+	N      int         // samples (images, or tiles)
+	Source []int       // per sample, the index of its input
+	Failed []FileError // inputs up to this chunk that could not be read
+	Inputs []int       // inputs whose first sample is in this chunk
+}
+
+// Embeddings runs the inputs through decode, backbone and embedding and calls fn
+// with chunks of at most group embeddings (≥ the backbone batch), in input
+// order. Unreadable inputs are reported in Failed; fn decides whether to go on.
+func (p *Pipeline) Embeddings(ctx context.Context, inputs []Input, group int, fn func(Chunk) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	s := p.start(gctx, g, inputs, group, false)
+	defer p.putBuffers(s)
+	var ferr error
+	for c := range s.chunks {
+		if ferr == nil {
+			out := Chunk{Emb: c.emb[:c.n*p.layout.P()*p.layout.D()], N: c.n}
+			for _, r := range c.refs {
+				out.Source = append(out.Source, r.it.index)
+			}
+			for _, it := range c.items {
+				if it.err != nil {
+					out.Failed = append(out.Failed, FileError{it.index, it.name, it.err})
+				} else {
+					out.Inputs = append(out.Inputs, it.index)
+				}
+			}
+			ferr = fn(out)
+			if ferr != nil {
+				cancel()
+			}
+		}
+		for _, it := range c.items {
+			s.release(it)
+		}
+		s.recycle(c)
+	}
+	err := g.Wait()
+	if ferr != nil {
+		return ferr
+	}
+	return err
 }

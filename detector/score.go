@@ -1,11 +1,15 @@
 package detector
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"sync"
+	"math"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/padim/padim/detector/anomalymap"
-	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/postproc"
@@ -15,226 +19,256 @@ import (
 // from defect masks.
 const DefaultOpenRadius = 2
 
-// Result is one image's outcome.
+// Thresholds are the decision values of a model: an image is a defect when its
+// score is above Image; a map pixel is a defect pixel when above Pixel.
+type Thresholds struct {
+	Image float32 `json:"image"`
+	Pixel float32 `json:"pixel"`
+}
+
+// Check reports whether the thresholds are usable numbers.
+func (t Thresholds) Check() error {
+	for _, v := range []float32{t.Image, t.Pixel} {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("threshold %v is not a finite number", v)
+		}
+	}
+	return nil
+}
+
+// Result is one input's outcome.
 type Result struct {
-	Path  string
+	Index int    // position in the inputs
+	Name  string // the input's Name
+	Err   error  // the input could not be read or used; nothing below is set
+
 	W, H  int       // map size: the network input, or the image's own size when tiling
 	Map   []float32 // blurred anomaly map, H×W
-	Raw   []float32 // the same before the blur
-	Grid  []float32 // patch-grid distances (whole-image mode only)
+	Grid  []float32 // patch-grid distances, one GridH×GridW grid per sample
 	Score float32   // max of Map
 	Image *imageio.Planes
 	Verdict
 }
 
-// Verdict is the decision on one image, when a threshold is known.
+// Verdict is the decision on one image, when thresholds are known.
 type Verdict struct {
-	HasVerdict bool
-	Defect     bool
-	Threshold  float32
+	Thresholds *Thresholds    // nil: no verdict
+	Defect     bool           // Score > Thresholds.Image
 	Mask       *postproc.Mask // pixels above the pixel threshold after opening (defects only)
 	Boxes      []postproc.Box
 }
 
-// ScoreConfig says how to score.
-type ScoreConfig struct {
-	Backend    gauss.Backend
-	Batch      int
-	Threshold  float32 // >0 overrides the calibrated thresholds (image and pixel)
-	OpenRadius int     // <0 means DefaultOpenRadius
+// ScoreSettings say how a Gaussian's distances become maps and verdicts.
+type ScoreSettings struct {
+	Backend    gauss.Backend // nil: the CPU
+	Sigma      float64       // blur σ in pixels of the network input
+	Thresholds *Thresholds   // nil: scores and maps only
+	OpenRadius int           // opening radius of defect masks; < 0: DefaultOpenRadius
+	KeepImages bool          // keep each result's Image (for pictures)
+	Group      int           // embeddings per Gaussian call; 0: the backend's preference, at least DefaultGroup
 }
 
-// Scorer scores images under one model.
+// Scorer scores images with one Gaussian model through a pipeline. It is safe
+// for concurrent use; concurrent Score calls share the backbone one batch at a time.
 type Scorer struct {
-	model  *Model
-	emb    *embedder
-	gs     gauss.Scorer
-	up     *anomalymap.Upsampler // grid → network input, or → tile size
-	sigma  float64               // blur σ at the map's resolution
-	blurMu sync.Mutex
-	blurs  map[[2]int]*anomalymap.Blur
-	cfg    ScoreConfig
-	imgT   float32
-	pixT   float32
-	hasT   bool
+	pipe *Pipeline
+	gs   gauss.Scorer
+	maps *anomalymap.Maker
+	set  ScoreSettings
 }
 
-// NewScorer prepares scoring with the given backbone.
-func (m *Model) NewScorer(ext Extractor, cfg ScoreConfig) (*Scorer, error) {
-	if ext.InputSize() != m.Preprocess.InputSize() {
-		return nil, fmt.Errorf("the model expects %d² inputs but the backbone takes %d²", m.Preprocess.InputSize(), ext.InputSize())
+// GroupHinter is a gauss.Backend that wants at least this many embeddings per
+// call (a GPU amortises its model reads over larger batches).
+type GroupHinter interface{ PreferredGroup() int }
+
+// NewScorer prepares scoring of the pipeline's embeddings with the Gaussian g.
+func NewScorer(p *Pipeline, g *gauss.Gaussian, set ScoreSettings) (*Scorer, error) {
+	l := p.Layout()
+	if g.P != l.P() || g.D != l.D() {
+		return nil, fmt.Errorf("the Gaussian has P=%d D=%d but the pipeline embeds P=%d D=%d", g.P, g.D, l.P(), l.D())
 	}
-	got := ext.Taps()
-	if len(got) != len(m.Taps) {
-		return nil, fmt.Errorf("the model was trained on %d taps %v, the backbone gives %d: was it trained with another backbone?", len(m.Taps), m.Taps, len(got))
-	}
-	for i := range got {
-		if got[i] != m.Taps[i] {
-			return nil, fmt.Errorf("backbone tap %v differs from the model's %v: the model was trained with another backbone", got[i], m.Taps[i])
+	if set.Thresholds != nil {
+		if err := set.Thresholds.Check(); err != nil {
+			return nil, err
 		}
 	}
-	layout, err := embed.NewLayout(m.Taps, m.Channels)
-	if err != nil {
-		return nil, err
+	if set.Backend == nil {
+		set.Backend = gauss.CPU{}
 	}
-	if cfg.Backend == nil {
-		cfg.Backend = gauss.CPU{}
+	if set.OpenRadius < 0 {
+		set.OpenRadius = DefaultOpenRadius
 	}
-	s, err := newScorer(m, ext, layout, cfg.Backend, cfg.Batch)
-	if err != nil {
-		return nil, err
+	if set.Group <= 0 {
+		set.Group = DefaultGroup
+		if h, ok := set.Backend.(GroupHinter); ok {
+			set.Group = max(set.Group, h.PreferredGroup())
+		}
 	}
-	s.cfg = cfg
-	if cfg.OpenRadius < 0 {
-		s.cfg.OpenRadius = DefaultOpenRadius
-	}
-	switch {
-	case cfg.Threshold > 0:
-		s.imgT, s.pixT, s.hasT = cfg.Threshold, cfg.Threshold, true
-	case m.Calibration != nil:
-		s.imgT, s.pixT, s.hasT = m.Calibration.ImageThreshold, m.Calibration.PixelThreshold, true
-	}
-	return s, nil
-}
-
-func newScorer(m *Model, ext Extractor, layout *embed.Layout, b gauss.Backend, batch int) (*Scorer, error) {
-	if batch <= 0 {
-		batch = DefaultBatch
-	}
-	gs, err := b.NewScorer(m.Gaussian)
-	if err != nil {
-		return nil, err
-	}
-	pp := m.Preprocess
-	side, sigma := pp.InputSize(), m.Sigma
-	if pp.Tile > 0 {
+	pre := p.Preprocess()
+	side, sigma := pre.InputSize(), set.Sigma
+	if pre.Tile > 0 {
 		// maps live at native resolution: scale the blur with the tile's resize
-		side = pp.Tile
-		sigma = m.Sigma * float64(pp.Tile) / float64(pp.InputSize())
+		side = pre.Tile
+		sigma = set.Sigma * float64(pre.Tile) / float64(pre.InputSize())
 	}
-	up, err := anomalymap.NewUpsampler(layout.H, layout.W, side, side)
+	maps, err := anomalymap.NewMaker(l.H, l.W, side, sigma)
 	if err != nil {
-		gs.Close()
 		return nil, err
 	}
-	return &Scorer{model: m, emb: newEmbedder(ext, layout, batch), gs: gs, up: up, sigma: sigma, blurs: map[[2]int]*anomalymap.Blur{}}, nil
+	gs, err := set.Backend.NewScorer(g)
+	if err != nil {
+		return nil, err
+	}
+	return &Scorer{pipe: p, gs: gs, maps: maps, set: set}, nil
 }
 
 // Close releases the backend's resources.
 func (s *Scorer) Close() error { return s.gs.Close() }
 
-// Preprocess is how the scorer prepares images (the model's settings).
-func (s *Scorer) Preprocess() imageio.Preprocess { return s.model.Preprocess }
+// Pipeline is the pipeline the scorer runs.
+func (s *Scorer) Pipeline() *Pipeline { return s.pipe }
 
-// Thresholds returns the image and pixel thresholds in force, if any.
-func (s *Scorer) Thresholds() (image, pixel float32, ok bool) { return s.imgT, s.pixT, s.hasT }
+// Thresholds returns the thresholds in force, nil if none.
+func (s *Scorer) Thresholds() *Thresholds { return s.set.Thresholds }
 
-// HasThreshold reports whether verdicts are available.
-func (s *Scorer) HasThreshold() bool { return s.hasT }
-
-func (s *Scorer) blur(h, w int) (*anomalymap.Blur, error) {
-	s.blurMu.Lock()
-	defer s.blurMu.Unlock()
-	if b := s.blurs[[2]int{h, w}]; b != nil {
-		return b, nil
-	}
-	b, err := anomalymap.NewBlur(h, w, s.sigma)
-	if err == nil {
-		s.blurs[[2]int{h, w}] = b
-	}
-	return b, err
+// scoreState collects one item's distances until all its samples are scored.
+type scoreState struct {
+	it     *item
+	grid   []float32
+	left   int
+	result chan *Result
 }
 
-// ScoreFiles scores files in order, calling fn with each result. A file that
-// cannot be read gives a result with Err set when skipBad, else stops the run.
-func (s *Scorer) ScoreFiles(files []string, skipBad bool, fn func(*Result, error) error) error {
-	return decodeChunks(files, s.model.Preprocess, s.emb.batch, func(chunk []decoded) error {
-		for _, d := range chunk {
-			if d.err != nil {
-				if !skipBad {
-					return d.err
+// Score runs the inputs through the pipeline and calls fn with each result, in
+// input order, from the calling goroutine. An unreadable input gives a result
+// with Err set; fn decides whether to go on (returning an error stops the run).
+// tap, when set, also receives every chunk of embeddings (for calibration).
+func (s *Scorer) Score(ctx context.Context, inputs []Input, fn func(*Result) error) error {
+	return s.score(ctx, inputs, nil, fn)
+}
+
+func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(emb []float32, n int) error, fn func(*Result) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	p := s.pipe
+	st := p.start(gctx, g, inputs, s.set.Group, s.set.KeepImages)
+	defer p.putBuffers(st)
+	P := p.Layout().P()
+	emit := newQueue[*scoreState]() // unbounded: failed inputs take no memory and must never block the stage
+	mapJobs := make(chan *scoreState, 2*p.opt.Workers)
+
+	// Gaussian stage: distances per chunk, assembled per item.
+	g.Go(func() error {
+		defer emit.close()
+		defer close(mapJobs)
+		var dist []float32
+		for c := range st.chunks {
+			for _, it := range c.items {
+				ss := &scoreState{it: it, result: make(chan *Result, 1), left: len(it.rects)}
+				if it.err != nil {
+					ss.result <- &Result{Index: it.index, Name: it.name, Err: it.err}
+				} else {
+					ss.grid = make([]float32, len(it.rects)*P)
 				}
-				if err := fn(&Result{Path: d.path}, d.err); err != nil {
+				emit.push(ss)
+				it.state = ss
+			}
+			if c.n > 0 {
+				if tap != nil {
+					if err := tap(c.emb[:c.n*P*p.Layout().D()], c.n); err != nil {
+						return err
+					}
+				}
+				if cap(dist) < c.n*P {
+					dist = make([]float32, c.n*P)
+				}
+				t := time.Now()
+				if err := s.gs.Score(c.emb, c.n, dist[:c.n*P]); err != nil {
 					return err
 				}
-				continue
+				p.Timings.Since("score", t, c.n)
+				for i, r := range c.refs {
+					ss := r.it.state.(*scoreState)
+					copy(ss.grid[r.k*P:(r.k+1)*P], dist[i*P:(i+1)*P])
+					if ss.left--; ss.left == 0 {
+						select {
+						case mapJobs <- ss:
+						case <-gctx.Done():
+							return gctx.Err()
+						}
+					}
+				}
 			}
-			r, err := s.scoreDecoded(d, nil)
-			if err != nil {
-				return fmt.Errorf("%s: %w", d.path, err)
-			}
-			if err := fn(r, nil); err != nil {
-				return err
-			}
+			st.recycle(c)
 		}
 		return nil
 	})
-}
-
-// ScoreImage scores one decoded image.
-func (s *Scorer) ScoreImage(name string, pl *imageio.Planes) (*Result, error) {
-	smp, view, err := s.model.Preprocess.Prepare(pl)
-	if err != nil {
-		return nil, err
-	}
-	return s.scoreDecoded(decoded{path: name, samples: smp, image: view}, nil)
-}
-
-// scoreDecoded embeds and scores one file's samples, stitches tiles, blurs, and
-// decides. tap, when set, also receives the embeddings (for calibration).
-func (s *Scorer) scoreDecoded(d decoded, tap func(emb []float32, n int) error) (*Result, error) {
-	m := s.model
-	P := m.GridH * m.GridW
-	dist := make([]float32, len(d.samples)*P)
-	err := s.emb.run(d.samples, func(emb []float32, first, n int) error {
-		if tap != nil {
-			if err := tap(emb, n); err != nil {
-				return err
-			}
-		}
-		return s.gs.Score(emb, n, dist[first*P:(first+n)*P])
-	})
-	if err != nil {
-		return nil, err
-	}
-	r := &Result{Path: d.path, Image: d.image}
-	if m.Preprocess.Tile <= 0 {
-		r.W, r.H = s.up.W, s.up.H
-		r.Grid = dist
-		r.Raw = make([]float32, r.W*r.H)
-		s.up.Apply(dist, r.Raw)
-	} else {
-		r.W, r.H = d.image.W, d.image.H
-		r.Raw = make([]float32, r.W*r.H)
-		count := make([]float32, r.W*r.H)
-		tile := make([]float32, s.up.W*s.up.H)
-		for i, smp := range d.samples {
-			s.up.Apply(dist[i*P:(i+1)*P], tile)
-			rc := smp.Rect
-			for y := 0; y < rc.H; y++ {
-				for x := 0; x < rc.W; x++ {
-					o := (rc.Y+y)*r.W + rc.X + x
-					r.Raw[o] += tile[y*rc.W+x]
-					count[o]++
+	// Map stage: upsample, stitch, blur, decide; in parallel.
+	for w := 0; w < p.opt.Workers; w++ {
+		g.Go(func() error {
+			for ss := range mapJobs {
+				t := time.Now()
+				r, err := s.finish(ss)
+				if err != nil {
+					return err
 				}
+				p.Timings.Since("map", t, 1)
+				ss.result <- r
 			}
+			return nil
+		})
+	}
+	// Emission, in input order, on the caller's goroutine.
+	var ferr error
+	for {
+		ss, ok := emit.pop()
+		if !ok {
+			break
 		}
-		for i, c := range count {
-			r.Raw[i] /= c
+		if ferr != nil {
+			st.release(ss.it)
+			continue
+		}
+		var r *Result
+		select {
+		case r = <-ss.result:
+		case <-gctx.Done():
+			ferr = gctx.Err()
+			continue
+		}
+		st.release(ss.it)
+		if ferr = fn(r); ferr != nil {
+			cancel()
 		}
 	}
-	b, err := s.blur(r.H, r.W)
+	err := g.Wait()
+	if ferr != nil && !errors.Is(ferr, context.Canceled) {
+		return ferr
+	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	r.Map = make([]float32, r.W*r.H)
-	b.Apply(r.Raw, r.Map, make([]float32, r.W*r.H))
-	r.Score = anomalymap.Max(r.Map)
-	if s.hasT {
-		r.HasVerdict, r.Threshold = true, s.imgT
-		r.Defect = r.Score > s.imgT
+	return ferr
+}
+
+// finish turns one image's patch distances into its map, score and verdict.
+func (s *Scorer) finish(ss *scoreState) (*Result, error) {
+	it := ss.it
+	rects := make([]anomalymap.Rect, len(it.rects))
+	for i, r := range it.rects {
+		rects[i] = anomalymap.Rect(r)
+	}
+	m, score, err := s.maps.Make(ss.grid, rects, it.w, it.h)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", it.name, err)
+	}
+	r := &Result{Index: it.index, Name: it.name, W: it.w, H: it.h, Map: m, Grid: ss.grid, Score: score, Image: it.view}
+	if th := s.set.Thresholds; th != nil {
+		r.Thresholds = th
+		r.Defect = score > th.Image
 		if r.Defect {
-			r.Mask, r.Boxes = postproc.Detect(r.Map, r.W, r.H, s.pixT, s.cfg.OpenRadius)
+			r.Mask, r.Boxes = postproc.Detect(m, r.W, r.H, th.Pixel, s.set.OpenRadius)
 		}
 	}
 	return r, nil

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -19,27 +20,100 @@ const (
 	DefaultDim     = 550
 	DefaultSeed    = 1024
 	DefaultEps     = 0.01
-	DefaultBatch   = 16
 	DefaultHoldout = 0.1
-	MinHoldout     = 3 // held-out images when --holdout > 0, at least
+	MinHoldout     = 3 // held-out images when the hold-out fraction is > 0, at least
 )
+
+// Progress is told how many of a stage's inputs are done.
+type Progress func(stage string, done, total int)
+
+// FitOptions say how to stream images into statistics.
+type FitOptions struct {
+	SkipBad  bool     // record unreadable inputs and go on (else the first one stops the fit)
+	Progress Progress // optional
+	Stage    string   // the progress stage name (default "fit")
+}
+
+// FitReport says what a fit used and skipped.
+type FitReport struct {
+	Files   int // inputs that were read
+	Samples int // backbone inputs (tiles count one each)
+	Skipped []FileError
+}
+
+// Fit streams good images through the pipeline into statistics on the backend.
+func Fit(ctx context.Context, p *Pipeline, inputs []Input, b gauss.Backend, opt FitOptions) (*gauss.Stats, *FitReport, error) {
+	acc, err := b.NewAccumulator(p.Layout().P(), p.Layout().D())
+	if err != nil {
+		return nil, nil, err
+	}
+	defer acc.Close()
+	rep, err := fitInto(ctx, p, inputs, acc, opt, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := acc.Stats()
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, rep, nil
+}
+
+// fitInto streams inputs into acc; tap, when set, sees every chunk too.
+func fitInto(ctx context.Context, p *Pipeline, inputs []Input, acc gauss.Accumulator, opt FitOptions, tap func(Chunk) error) (*FitReport, error) {
+	stage := opt.Stage
+	if stage == "" {
+		stage = "fit"
+	}
+	rep := &FitReport{}
+	done := 0
+	group := DefaultGroup
+	err := p.Embeddings(ctx, inputs, group, func(c Chunk) error {
+		for _, f := range c.Failed {
+			if !opt.SkipBad {
+				return f
+			}
+			rep.Skipped = append(rep.Skipped, f)
+		}
+		rep.Files += len(c.Inputs)
+		done += len(c.Inputs) + len(c.Failed)
+		if c.N > 0 {
+			t := time.Now()
+			if err := acc.Add(c.Emb, c.N); err != nil {
+				return err
+			}
+			p.Timings.Since(stage, t, c.N)
+			rep.Samples += c.N
+		}
+		if tap != nil {
+			if err := tap(c); err != nil {
+				return err
+			}
+		}
+		if opt.Progress != nil {
+			opt.Progress(stage, done, len(inputs))
+		}
+		return nil
+	})
+	return rep, err
+}
 
 // TrainConfig says how to train.
 type TrainConfig struct {
 	Preprocess   imageio.Preprocess
+	Pipeline     PipelineOptions
 	Dim          int    // channels kept at random; ≤0 or ≥ total keeps all
 	Seed         uint64 // seed of the channel subset and of the hold-out split
 	Channels     []int  // explicit channel indices; overrides Dim and Seed
 	Eps          float64
-	Batch        int
-	Holdout      float64 // fraction of files held out for calibration; 0 disables
+	Holdout      float64 // fraction of the images held out for calibration; 0 disables
 	Sigma        float64
 	Backend      gauss.Backend
 	BackboneName string
 	BackboneONNX []byte
-	SkipBadFiles bool                                // report unreadable files and go on
-	StatsOut     string                              // if set, also save the final statistics there
-	Progress     func(stage string, done, total int) // optional
+	SkipBadFiles bool // report unreadable files and go on
+	KeepStats    bool // return the final statistics in the report (to save a shard)
+	Progress     Progress
 }
 
 // TrainReport says what training used and skipped.
@@ -47,184 +121,170 @@ type TrainReport struct {
 	Trained, HeldOut int // files
 	Samples          int // backbone inputs in the final fit (tiles count one each)
 	Skipped          []FileError
-	Timings          map[string]time.Duration
+	Timings          *Timings     // per stage, from the pipeline
+	Stats            *gauss.Stats // the final statistics, when asked (KeepStats)
 }
 
-// Train fits a model on the good images in files.
-func Train(ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport, error) {
-	if err := cfg.Preprocess.Check(); err != nil {
-		return nil, nil, err
-	}
+// Train fits a model on the good images in files: Fit on all but a held-out
+// part, Calibrate thresholds on the held-out part, then Finalize on everything.
+func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport, error) {
 	if cfg.Backend == nil {
 		cfg.Backend = gauss.CPU{}
 	}
-	if cfg.Batch <= 0 {
-		cfg.Batch = DefaultBatch
-	}
 	if !(cfg.Holdout >= 0 && cfg.Holdout < 1) {
-		return nil, nil, fmt.Errorf("holdout fraction must be in [0,1), got %v", cfg.Holdout)
-	}
-	if s := cfg.Preprocess.InputSize(); s != ext.InputSize() {
-		return nil, nil, fmt.Errorf("preprocessing makes %d² inputs but the backbone takes %d²", s, ext.InputSize())
+		return nil, nil, fmt.Errorf("the hold-out fraction must be in [0,1), got %v", cfg.Holdout)
 	}
 	taps := ext.Taps()
 	total := embed.TotalChannels(taps)
-	channels := cfg.Channels
-	seed := cfg.Seed
+	channels, seed := cfg.Channels, cfg.Seed
 	if channels == nil {
 		channels = embed.RandomChannels(total, cfg.Dim, cfg.Seed)
 	} else {
 		seed = 0
 	}
-	layout, err := embed.NewLayout(taps, channels)
+	p, err := NewPipeline(ext, channels, cfg.Preprocess, cfg.Pipeline)
 	if err != nil {
 		return nil, nil, err
 	}
-	rep := &TrainReport{Timings: map[string]time.Duration{}}
+	rep := &TrainReport{Timings: p.Timings}
 	train, hold := splitHoldout(files, cfg.Holdout, cfg.Seed)
 	if len(hold) > 0 && len(train) < 2 {
-		return nil, nil, fmt.Errorf("%d images are too few to hold %d out for calibration: add images or use --holdout 0", len(files), len(hold))
-	}
-	P, D := layout.P(), layout.D()
-	em := newEmbedder(ext, layout, cfg.Batch)
-	progress := func(stage string, done, total int) {
-		if cfg.Progress != nil {
-			cfg.Progress(stage, done, total)
-		}
+		return nil, nil, fmt.Errorf("%d images are too few to hold %d out for calibration and fit on the rest: add images or train without a hold-out", len(files), len(hold))
 	}
 
-	// 1. Stream the training files into the accumulator.
-	t0 := time.Now()
-	acc, err := cfg.Backend.NewAccumulator(P, D)
+	// 1. Fit on the training part.
+	fopt := FitOptions{SkipBad: cfg.SkipBadFiles, Progress: cfg.Progress}
+	stats, frep, err := Fit(ctx, p, FileInputs(train), cfg.Backend, fopt)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer acc.Close()
-	done := 0
-	err = decodeChunks(train, cfg.Preprocess, cfg.Batch, func(chunk []decoded) error {
-		samples, err := usable(chunk, cfg.SkipBadFiles, &rep.Skipped)
-		if err != nil {
-			return err
-		}
-		rep.Trained += countOK(chunk)
-		err = em.run(samples, func(emb []float32, _, n int) error {
-			rep.Samples += n
-			return acc.Add(emb, n)
-		})
-		done += len(chunk)
-		progress("fit", done, len(train))
-		return err
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	rep.Timings["fit"] = time.Since(t0)
-	stats, err := acc.Stats()
-	if err != nil {
-		return nil, nil, err
-	}
+	rep.Trained, rep.Samples, rep.Skipped = frep.Files, frep.Samples, frep.Skipped
 	if stats.N < 2 {
 		return nil, nil, fmt.Errorf("need at least 2 readable training images, got %d", stats.N)
 	}
 
-	// 2. Calibrate on held-out files under the model fitted without them, then
-	//    merge their statistics in for the final model.
+	// 2. Calibrate on the held-out part under the model fitted without it.
 	var calib *Calibration
 	if len(hold) > 0 {
-		t1 := time.Now()
-		gRest, err := cfg.Backend.Factorize(stats, cfg.Eps)
+		t := time.Now()
+		g, err := cfg.Backend.Factorize(stats, cfg.Eps)
 		if err != nil {
 			return nil, nil, err
 		}
-		sc, err := newScorer(&Model{Meta: Meta{Preprocess: cfg.Preprocess, Sigma: cfg.Sigma, GridH: layout.H, GridW: layout.W}, Gaussian: gRest}, ext, layout, cfg.Backend, cfg.Batch)
+		p.Timings.Since("factorize", t, 1)
+		set := ScoreSettings{Backend: cfg.Backend, Sigma: cfg.Sigma}
+		c, hs, crep, err := Calibrate(ctx, p, g, FileInputs(hold), set, fopt)
 		if err != nil {
 			return nil, nil, err
 		}
-		holdAcc, err := cfg.Backend.NewAccumulator(P, D)
-		if err != nil {
-			sc.Close()
+		rep.HeldOut, rep.Skipped = crep.Files, append(rep.Skipped, crep.Skipped...)
+		rep.Samples += crep.Samples
+		if err := stats.Merge(hs); err != nil {
 			return nil, nil, err
 		}
-		var imgScores, pixels []float32
-		hdone := 0
-		err = decodeChunks(hold, cfg.Preprocess, cfg.Batch, func(chunk []decoded) error {
-			if _, err := usable(chunk, cfg.SkipBadFiles, &rep.Skipped); err != nil {
-				return err
-			}
-			for _, d := range chunk {
-				if d.err != nil {
-					continue
-				}
-				r, err := sc.scoreDecoded(d, func(emb []float32, n int) error { return holdAcc.Add(emb, n) })
-				if err != nil {
-					return err
-				}
-				rep.HeldOut++
-				rep.Samples += len(d.samples)
-				imgScores = append(imgScores, r.Score)
-				pixels = append(pixels, r.Map...)
-			}
-			hdone += len(chunk)
-			progress("calibrate", hdone, len(hold))
-			return nil
-		})
-		sc.Close()
-		if err == nil && rep.HeldOut == 0 {
-			err = errors.New("no held-out image could be read")
-		}
-		var hs *gauss.Stats
-		if err == nil {
-			hs, err = holdAcc.Stats()
-		}
-		if err == nil {
-			calib, err = Calibrate(imgScores, pixels)
-		}
-		if err == nil {
-			err = stats.Merge(hs)
-		}
-		holdAcc.Close()
-		if err != nil {
-			return nil, nil, err
-		}
-		rep.Timings["calibrate"] = time.Since(t1)
+		calib = c
 	}
 
 	// 3. The final model on every usable image.
-	t2 := time.Now()
-	progress("factorize", 0, 1)
-	g, err := cfg.Backend.Factorize(stats, cfg.Eps)
+	sum := sha256.Sum256(cfg.BackboneONNX)
+	meta := Meta{
+		Created:        time.Now().UTC().Truncate(time.Second),
+		BackboneName:   cfg.BackboneName,
+		BackboneSHA256: hex.EncodeToString(sum[:]),
+		Taps:           taps,
+		Preprocess:     cfg.Preprocess,
+		Eps:            cfg.Eps,
+		Seed:           seed,
+		TotalChannels:  total,
+		Sigma:          cfg.Sigma,
+		GridH:          p.Layout().H,
+		GridW:          p.Layout().W,
+	}
+	if cfg.Progress != nil {
+		cfg.Progress("factorize", 0, 1)
+	}
+	m, err := Finalize(meta, channels, stats, cfg.Backend, calib, cfg.BackboneONNX, p.Timings)
 	if err != nil {
 		return nil, nil, err
 	}
-	progress("factorize", 1, 1)
-	rep.Timings["factorize"] = time.Since(t2)
-	sum := sha256.Sum256(cfg.BackboneONNX)
-	m := &Model{
-		Meta: Meta{
-			Created:        time.Now().UTC().Truncate(time.Second),
-			BackboneName:   cfg.BackboneName,
-			BackboneSHA256: hex.EncodeToString(sum[:]),
-			Taps:           taps,
-			Preprocess:     cfg.Preprocess,
-			Eps:            cfg.Eps,
-			NTrain:         int(stats.N),
-			Seed:           seed,
-			TotalChannels:  total,
-			Sigma:          cfg.Sigma,
-			GridH:          layout.H,
-			GridW:          layout.W,
-		},
-		Channels:     channels,
-		Gaussian:     g,
-		Calibration:  calib,
-		BackboneONNX: cfg.BackboneONNX,
+	if cfg.Progress != nil {
+		cfg.Progress("factorize", 1, 1)
 	}
-	if cfg.StatsOut != "" {
-		if err := SaveStats(cfg.StatsOut, m, stats); err != nil {
-			return nil, nil, err
-		}
+	if cfg.KeepStats {
+		rep.Stats = stats
 	}
 	return m, rep, nil
+}
+
+// Calibrate scores held-out good images with the Gaussian g (fitted without
+// them), derives thresholds from their scores, and returns their statistics so
+// that they can be merged into the final fit.
+func Calibrate(ctx context.Context, p *Pipeline, g *gauss.Gaussian, inputs []Input, set ScoreSettings, opt FitOptions) (*Calibration, *gauss.Stats, *FitReport, error) {
+	set.Thresholds, set.KeepImages = nil, false
+	sc, err := NewScorer(p, g, set)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer sc.Close()
+	acc, err := set.Backend.NewAccumulator(g.P, g.D)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer acc.Close()
+	rep := &FitReport{}
+	var imgScores, pixels []float32
+	done := 0
+	err = sc.score(ctx, inputs, func(emb []float32, n int) error {
+		t := time.Now()
+		defer p.Timings.Since("calibrate-fit", t, n)
+		rep.Samples += n
+		return acc.Add(emb, n)
+	}, func(r *Result) error {
+		done++
+		if opt.Progress != nil {
+			opt.Progress("calibrate", done, len(inputs))
+		}
+		if r.Err != nil {
+			if !opt.SkipBad {
+				return FileError{r.Index, r.Name, r.Err}
+			}
+			rep.Skipped = append(rep.Skipped, FileError{r.Index, r.Name, r.Err})
+			return nil
+		}
+		rep.Files++
+		imgScores = append(imgScores, r.Score)
+		pixels = append(pixels, r.Map...)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if rep.Files == 0 {
+		return nil, nil, nil, errors.New("no held-out image could be read")
+	}
+	hs, err := acc.Stats()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := CalibrateScores(imgScores, pixels)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, hs, rep, nil
+}
+
+// Finalize factorises statistics into a model with its settings and thresholds.
+func Finalize(meta Meta, channels []int, s *gauss.Stats, b gauss.Backend, calib *Calibration, backboneONNX []byte, tm *Timings) (*Model, error) {
+	t := time.Now()
+	g, err := b.Factorize(s, meta.Eps)
+	if err != nil {
+		return nil, err
+	}
+	if tm != nil {
+		tm.Since("factorize", t, 1)
+	}
+	meta.NTrain = int(s.N)
+	return &Model{Meta: meta, Channels: channels, Gaussian: g, Calibration: calib, BackboneONNX: backboneONNX}, nil
 }
 
 // splitHoldout picks round(frac·N) files (at least MinHoldout) by a seeded shuffle.
@@ -247,30 +307,4 @@ func splitHoldout(files []string, frac float64, seed uint64) (train, hold []stri
 		}
 	}
 	return train, hold
-}
-
-// usable returns the samples of the readable files, recording or failing on the others.
-func usable(chunk []decoded, skip bool, skipped *[]FileError) ([]imageio.Sample, error) {
-	var s []imageio.Sample
-	for _, d := range chunk {
-		if d.err != nil {
-			if !skip {
-				return nil, d.err
-			}
-			*skipped = append(*skipped, FileError{d.path, d.err})
-			continue
-		}
-		s = append(s, d.samples...)
-	}
-	return s, nil
-}
-
-func countOK(chunk []decoded) int {
-	n := 0
-	for _, d := range chunk {
-		if d.err == nil {
-			n++
-		}
-	}
-	return n
 }

@@ -83,6 +83,9 @@ func New(device int) (gauss.Backend, error) {
 // Name implements gauss.Backend.
 func (b *Backend) Name() string { return b.name }
 
+// Close implements gauss.Backend.
+func (b *Backend) Close() error { return nil }
+
 // NewAccumulator implements gauss.Backend.
 func (b *Backend) NewAccumulator(p, d int) (gauss.Accumulator, error) {
 	a := &accumulator{b: b, p: p, d: d}

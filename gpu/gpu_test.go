@@ -3,6 +3,7 @@
 package gpu
 
 import (
+	"context"
 	"errors"
 	"math"
 	"os"
@@ -10,12 +11,12 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/gauss/gausstest"
-	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -129,21 +130,22 @@ func TestParityRealFeatures(t *testing.T) {
 	if err := synth.Generate(dir, synth.Config{Seed: 5, Train: 24, TestDefect: 6, Size: 224}, nil); err != nil {
 		t.Fatal(err)
 	}
-	layout, _ := embed.NewLayout(ext.Taps(), embed.AllChannels(embed.TotalChannels(ext.Taps())))
-	P, D := layout.P(), layout.D()
+	pipe, err := detector.NewPipeline(ext, embed.AllChannels(embed.TotalChannels(ext.Taps())), ext.DefaultPreprocess(), detector.PipelineOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	P, D := pipe.Layout().P(), pipe.Layout().D()
 	embedAll := func(files []string) []float32 {
-		out := make([]float32, len(files)*P*D)
-		pp := imageio.Preprocess{Resize: 224, Mean: ext.Norm.Mean, Std: ext.Norm.Std}
-		for i, f := range files {
-			s, _, err := pp.Load(f)
-			if err != nil {
-				t.Fatal(err)
+		out := make([]float32, 0, len(files)*P*D)
+		err := pipe.Embeddings(context.Background(), detector.FileInputs(files), detector.DefaultGroup, func(c detector.Chunk) error {
+			if len(c.Failed) > 0 {
+				return c.Failed[0]
 			}
-			taps, err := ext.Extract(s[0].Input, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			layout.Embed(taps, out[i*P*D:])
+			out = append(out, c.Emb...)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 		return out
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -20,7 +19,8 @@ func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
 		Usage: "measure every stage: images/s, GFLOP/s, GB/s, peak memory",
-		Description: "Fits on --n images and scores --score images, streaming in batches as train and score do.\n" +
+		Description: "Trains on --n images, writes and reads the model, and scores --score images, through the\n" +
+			"library calls padim train and padim score make, with the pipeline's per-stage busy times.\n" +
 			"Images come from --data (cycled if there are fewer), else a synthetic wood set made on the fly.\n" +
 			"Compare with bench/torch_padim.py (anomalib's PaDiM in PyTorch) on the same backbone and images.",
 		Flags: []cli.Flag{
@@ -33,6 +33,7 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "size", Value: 224, Usage: "network input side"},
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim},
 			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default layer1,layer2,layer3)"},
+			&cli.Float64Flag{Name: "holdout", Usage: "as train --holdout (default 0: no calibration, like the PyTorch comparator)"},
 			&cli.BoolFlag{Name: "peak", Value: true, Usage: "measure the machine's fp32 SGEMM peak first"},
 			&cli.BoolFlag{Name: "json"},
 			batchFlag, deviceFlag, threadsFlag,
@@ -86,17 +87,16 @@ func benchAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	pp := imageio.Preprocess{Resize: ext.InputSize(), Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
-	if ext.Norm != nil {
-		pp.Mean, pp.Std = ext.Norm.Mean, ext.Norm.Std
-	}
+	defer be.Close()
 	peak := 0.0
 	if c.Bool("peak") {
 		notef(c, "measuring fp32 SGEMM peak (%s)…", gauss.KernelLibrary)
 		peak = gauss.PeakGFLOPS(1024, 2*time.Second)
 	}
-	rep, err := bench.Run(bench.Config{Extractor: ext, Backbone: name, Train: pick(0, c.Int("n")), Score: pick(c.Int("n"), c.Int("score")),
-		Preprocess: pp, Dim: c.Int("dim"), Seed: detector.DefaultSeed, Eps: detector.DefaultEps, Batch: c.Int("batch"), Backend: be, PeakGFLOPS: peak})
+	rep, err := bench.Run(c.Context, bench.Config{Extractor: ext, Backbone: name, BackboneONNX: ext.Data,
+		Train: pick(0, c.Int("n")), Score: pick(c.Int("n"), c.Int("score")),
+		Preprocess: ext.DefaultPreprocess(), Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: detector.DefaultSeed,
+		Eps: detector.DefaultEps, Holdout: c.Float64("holdout"), Backend: be, PeakGFLOPS: peak})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
@@ -23,57 +25,82 @@ func notef(c *cli.Context, format string, a ...any) {
 	}
 }
 
-// progress draws a bar on stderr when it is a terminal and not --quiet.
+// progress draws one bar per stage on stderr (vbauerster/mpb) when stderr is a
+// terminal and not --quiet.
 type progress struct {
 	mu    sync.Mutex
-	on    bool
+	p     *mpb.Progress
+	bar   *mpb.Bar
 	stage string
-	start time.Time
-	drawn bool
 }
 
 func newProgress(c *cli.Context) *progress {
 	st, err := os.Stderr.Stat()
-	on := err == nil && st.Mode()&os.ModeCharDevice != 0 && !c.Bool("quiet")
-	return &progress{on: on}
+	if err != nil || st.Mode()&os.ModeCharDevice == 0 || c.Bool("quiet") {
+		return &progress{}
+	}
+	return &progress{p: mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(40))}
 }
 
+// update implements detector.Progress.
 func (p *progress) update(stage string, done, total int) {
-	if !p.on || total <= 0 {
+	if p.p == nil || total <= 0 {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if stage != p.stage {
-		if p.drawn {
-			fmt.Fprintln(os.Stderr)
+	if stage != p.stage || p.bar == nil {
+		if p.bar != nil && !p.bar.Completed() {
+			p.bar.Abort(false)
 		}
-		p.stage, p.start = stage, time.Now()
+		p.stage = stage
+		p.bar = p.p.AddBar(int64(total),
+			mpb.PrependDecorators(decor.Name(fmt.Sprintf("%-10s", stage)), decor.CountersNoUnit("%d/%d", decor.WCSyncSpace)),
+			mpb.AppendDecorators(decor.Elapsed(decor.ET_STYLE_GO, decor.WCSyncSpace)))
 	}
-	const width = 30
-	fill := width * done / total
-	fmt.Fprintf(os.Stderr, "\r%-10s [%s%s] %d/%d %s", stage, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), done, total, time.Since(p.start).Round(time.Second))
-	p.drawn = true
-	if done >= total {
-		fmt.Fprintln(os.Stderr)
-		p.drawn = false
-		p.stage = ""
-	}
+	p.bar.SetTotal(int64(total), false)
+	p.bar.SetCurrent(int64(done))
 }
 
+// done finishes the bars (an unfinished one is left as it stood).
 func (p *progress) done() {
+	if p.p == nil {
+		return
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.drawn {
-		fmt.Fprintln(os.Stderr)
-		p.drawn = false
+	if p.bar != nil && !p.bar.Completed() {
+		p.bar.Abort(false)
+	}
+	p.mu.Unlock()
+	p.p.Wait()
+}
+
+// printTimings writes the pipeline's per-stage busy times on stderr (-v).
+func printTimings(c *cli.Context, what string, wall time.Duration, tms ...*detector.Timings) {
+	if !c.Bool("verbose") {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%s: %.2fs wall; busy time per stage (parallel stages add their workers):\n", what, wall.Seconds())
+	for _, tm := range tms {
+		for _, s := range tm.Stages() {
+			rate := ""
+			if s.Busy > 0 && s.Items > 0 {
+				rate = fmt.Sprintf("%8.1f items/s", float64(s.Items)/s.Busy.Seconds())
+			}
+			fmt.Fprintf(os.Stderr, "  %-14s %8.2fs %6d items %s\n", s.Name, s.Busy.Seconds(), s.Items, rate)
+		}
 	}
 }
 
 var deviceFlag = &cli.StringFlag{Name: "device", Value: "auto", Usage: "where the Gaussian stages run: auto (CUDA when built with it and a GPU is present), cpu, cuda; " +
 	"the backbone uses ONNX Runtime's CUDA provider when its library has one, else the CPU"}
 var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "ONNX Runtime intra-op threads (0: its default)"}
-var batchFlag = &cli.IntFlag{Name: "batch", Value: detector.DefaultBatch, Usage: "images per backbone batch"}
+var batchFlag = &cli.IntFlag{Name: "batch", Value: detector.DefaultBatch, Usage: "backbone inputs per ONNX Runtime run (images are batched across files)"}
+
+// pipelineOptions reads the pipeline flags.
+func pipelineOptions(c *cli.Context) detector.PipelineOptions {
+	return detector.PipelineOptions{Batch: c.Int("batch")}
+}
 
 // gaussBackend picks the backend for --device and says which.
 func gaussBackend(c *cli.Context) (gauss.Backend, error) {

@@ -13,7 +13,6 @@ import (
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -85,14 +84,14 @@ func demoAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	defer be.Close()
 	files, err := dataset.TrainImages(data)
 	if err != nil {
 		return err
 	}
-	pp := imageio.Preprocess{Resize: ext.InputSize(), Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
 	prog := newProgress(c)
-	m, rep, err := detector.Train(ext, files, detector.TrainConfig{Preprocess: pp, Dim: c.Int("dim"), Seed: detector.DefaultSeed,
-		Eps: detector.DefaultEps, Batch: c.Int("batch"), Holdout: detector.DefaultHoldout, Sigma: anomalymap.DefaultSigma,
+	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{Preprocess: ext.DefaultPreprocess(), Pipeline: pipelineOptions(c),
+		Dim: c.Int("dim"), Seed: detector.DefaultSeed, Eps: detector.DefaultEps, Holdout: detector.DefaultHoldout, Sigma: anomalymap.DefaultSigma,
 		Backend: be, BackboneName: bbPath, BackboneONNX: graph, Progress: prog.update})
 	prog.done()
 	if err != nil {
@@ -103,14 +102,14 @@ func demoAction(c *cli.Context) error {
 		return err
 	}
 	step("trained on %d images (%d held out for thresholds; fit %s, factorisation %s) → %s", rep.Trained, rep.HeldOut,
-		rep.Timings["fit"].Round(time.Millisecond), rep.Timings["factorize"].Round(time.Millisecond), modelPath)
+		rep.Timings.Get("fit").Busy.Round(time.Millisecond), rep.Timings.Get("factorize").Busy.Round(time.Millisecond), modelPath)
 
 	// 4. evaluate with a report
 	items, err := dataset.TestSet(data)
 	if err != nil {
 		return err
 	}
-	sc, err := m.NewScorer(ext, detector.ScoreConfig{Backend: be, Batch: c.Int("batch"), OpenRadius: detector.DefaultOpenRadius})
+	sc, err := m.NewScorer(ext, detector.ScoreConfig{Backend: be, Pipeline: pipelineOptions(c), OpenRadius: detector.DefaultOpenRadius, KeepImages: true})
 	if err != nil {
 		return err
 	}

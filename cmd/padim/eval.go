@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/evaluate"
-	"github.com/padim/padim/detector/report"
+	"github.com/padim/padim/evaluate"
+	"github.com/padim/padim/report"
 )
 
 func evalCommand() *cli.Command {
@@ -33,7 +34,8 @@ func evalAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	m, sc, closeAll, err := loadScorer(c, float32(c.Float64("threshold")), c.Int("open-radius"))
+	start := time.Now()
+	m, sc, closeAll, err := loadScorer(c, thresholdFlag(c), c.Int("open-radius"), c.String("report") != "")
 	if err != nil {
 		return err
 	}
@@ -42,6 +44,7 @@ func evalAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	printTimings(c, "eval", time.Since(start), sc.Pipeline().Timings)
 	if c.Bool("json") {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -62,8 +65,6 @@ func evalAction(c *cli.Context) error {
 
 // evaluateWithReport runs the evaluation, writing the report when dir is set.
 func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, items []dataset.Item, modelPath, dataPath, dir string) (*evaluate.Evaluation, string, error) {
-	img, pix, ok := sc.Thresholds()
-	th := evaluate.Thresholds{Image: img, Pixel: pix, Known: ok}
 	var rb *report.Builder
 	var err error
 	if dir != "" {
@@ -73,7 +74,7 @@ func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, 
 	}
 	prog := newProgress(c)
 	n := 0
-	ev, err := evaluate.Run(sc, items, th, true, func(r *detector.Result, it dataset.Item, gt []bool) error {
+	ev, err := evaluate.Run(c.Context, sc, items, true, func(r *detector.Result, it dataset.Item, gt []bool) error {
 		n++
 		prog.update("evaluate", n, len(items))
 		if rb != nil {

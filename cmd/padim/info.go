@@ -48,7 +48,7 @@ func infoCommand() *cli.Command {
 			fmt.Printf("fit              %d samples, eps %g, blur sigma %g\n", m.NTrain, m.Eps, m.Sigma)
 			fmt.Printf("channels         %d of %d (seed %d): %v\n", len(m.Channels), m.TotalChannels, m.Seed, m.Channels)
 			if cal := m.Calibration; cal != nil {
-				fmt.Printf("thresholds       image %.6g, pixel %.6g (%s)\n", cal.ImageThreshold, cal.PixelThreshold, cal.Rule)
+				fmt.Printf("thresholds       image %.6g, pixel %.6g (%s)\n", cal.Image, cal.Pixel, cal.Rule)
 				fmt.Printf("held-out images  %d, scores %v\n", cal.HoldoutImages, cal.ImageScores)
 				fmt.Printf("held-out pixels  quantiles %v at %v\n", cal.PixelQuantiles, cal.PixelLevels)
 			} else {

@@ -16,6 +16,10 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/gauss"
 )
 
 // Exit codes.
@@ -50,7 +54,7 @@ func run(args []string) int {
 		}
 		return ec.ExitCode()
 	}
-	fmt.Fprintln(os.Stderr, "padim:", err)
+	fmt.Fprintln(os.Stderr, "padim:", withHint(err))
 	if strings.HasPrefix(err.Error(), "Required flag") {
 		return exitUsage // urfave/cli reports missing required flags as plain errors
 	}
@@ -65,7 +69,8 @@ func newApp() *cli.App {
 			"Exit codes: 0 ok, 1 error, 2 usage, 3 defect found (score --fail-on-defect), 4 unreadable inputs skipped.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bars or notes on stderr"},
-			&cli.StringFlag{Name: "onnxruntime", Usage: "path to libonnxruntime.so.1 (else $ONNXRUNTIME_LIB, else .cache/onnxruntime)", EnvVars: []string{"ONNXRUNTIME_LIB"}},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print each pipeline stage's busy time on stderr (train, score, eval)"},
+			&cli.StringFlag{Name: "onnxruntime", Usage: "path to libonnxruntime.so.1 (else $ONNXRUNTIME_LIB, else .cache/onnxruntime)"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a Go CPU profile of the run to this file", Hidden: true},
 		},
 		Before: func(c *cli.Context) error {
@@ -97,6 +102,22 @@ func newApp() *cli.App {
 		},
 		HideHelpCommand: true,
 	}
+}
+
+// withHint adds to a library error the flag or setting that changes it.
+func withHint(err error) error {
+	var npd *gauss.NotPositiveDefiniteError
+	switch {
+	case errors.As(err, &npd):
+		return fmt.Errorf("%w (train --eps)", err)
+	case errors.Is(err, backbone.ErrUnknownTap):
+		return fmt.Errorf("%w; choose the backbone outputs with --layers", err)
+	case errors.Is(err, backbone.ErrNoRuntime):
+		return fmt.Errorf("%w (give the library with --onnxruntime or $%s)", err, backbone.LibraryEnv)
+	case errors.Is(err, detector.ErrModel):
+		return fmt.Errorf("%w (retrain it with padim train)", err)
+	}
+	return err
 }
 
 // usageError reports a bad flag combination with exit code 2.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -96,8 +97,9 @@ func scoringFlags() []cli.Flag {
 	}
 }
 
-// loadScorer loads a model and its backbone, ready to score.
-func loadScorer(c *cli.Context, threshold float32, openRadius int) (*detector.Model, *detector.Scorer, func(), error) {
+// loadScorer loads a model and its backbone, ready to score. th overrides the
+// model's thresholds when not nil.
+func loadScorer(c *cli.Context, th *detector.Thresholds, openRadius int, keepImages bool) (*detector.Model, *detector.Scorer, func(), error) {
 	m, err := detector.Load(c.String("model"))
 	if err != nil {
 		return nil, nil, nil, err
@@ -133,12 +135,22 @@ func loadScorer(c *cli.Context, threshold float32, openRadius int) (*detector.Mo
 		ext.Close()
 		return nil, nil, nil, err
 	}
-	sc, err := m.NewScorer(ext, detector.ScoreConfig{Backend: be, Batch: c.Int("batch"), Threshold: threshold, OpenRadius: openRadius})
+	sc, err := m.NewScorer(ext, detector.ScoreConfig{Backend: be, Pipeline: pipelineOptions(c), Thresholds: th, OpenRadius: openRadius, KeepImages: keepImages})
 	if err != nil {
 		ext.Close()
-		return nil, nil, nil, err
+		be.Close()
+		return nil, nil, nil, fmt.Errorf("%s: %w", c.String("model"), err)
 	}
-	return m, sc, func() { sc.Close(); ext.Close() }, nil
+	return m, sc, func() { sc.Close(); ext.Close(); be.Close() }, nil
+}
+
+// thresholdFlag returns --threshold as an override of both thresholds, nil when not given.
+func thresholdFlag(c *cli.Context) *detector.Thresholds {
+	if !c.IsSet("threshold") {
+		return nil
+	}
+	t := float32(c.Float64("threshold"))
+	return &detector.Thresholds{Image: t, Pixel: t}
 }
 
 type scoredImage struct {
@@ -172,47 +184,52 @@ func scoreAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	m, sc, closeAll, err := loadScorer(c, float32(c.Float64("threshold")), c.Int("open-radius"))
+	start := time.Now()
+	m, sc, closeAll, err := loadScorer(c, thresholdFlag(c), c.Int("open-radius"), maps == "png")
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	if !sc.HasThreshold() {
+	if sc.Thresholds() == nil {
 		notef(c, "note: %s has no calibrated thresholds (trained with --holdout 0): scores only; give --threshold for verdicts", c.String("model"))
 	}
 	rg := heatRange(m)
-	byPath := map[string]target{}
 	paths := make([]string, len(ts))
 	for i, t := range ts {
-		byPath[t.path], paths[i] = t, t.path
+		paths[i] = t.path
 	}
 	var out []scoredImage
 	nDefect, nBad := 0, 0
 	prog := newProgress(c)
-	err = sc.ScoreFiles(paths, true, func(r *detector.Result, ferr error) error {
-		t := byPath[r.Path]
-		s := scoredImage{Path: r.Path}
-		if ferr != nil {
-			s.Error = ferr.Error()
+	err = sc.Score(c.Context, detector.FileInputs(paths), func(r *detector.Result) error {
+		t := ts[r.Index]
+		s := scoredImage{Path: r.Name}
+		if r.Err != nil {
+			s.Error = r.Err.Error()
 			nBad++
 		} else {
 			s.Score = &r.Score
-			if r.HasVerdict {
-				s.Defect, s.Threshold = &r.Defect, &r.Threshold
+			if r.Thresholds != nil {
+				s.Defect, s.Threshold = &r.Defect, &r.Thresholds.Image
 				if r.Defect {
 					nDefect++
 				}
 			}
 			s.Boxes = r.Boxes
+			t0 := time.Now()
 			files, err := writeMaps(c.String("out"), t.rel, maps, r, rg)
 			if err != nil {
 				return err
 			}
+			if maps != "none" {
+				sc.Pipeline().Timings.Since("write-maps", t0, 1)
+			}
 			s.Maps = files
 		}
-		out = append(out, s)
-		prog.update("score", len(out), len(ts))
-		if !c.Bool("json") {
+		prog.update("score", r.Index+1, len(ts))
+		if c.Bool("json") {
+			out = append(out, s)
+		} else {
 			printScore(s)
 		}
 		return nil
@@ -221,8 +238,9 @@ func scoreAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	printTimings(c, "score", time.Since(start), sc.Pipeline().Timings)
 	if c.Bool("json") {
-		doc := map[string]any{"model": c.String("model"), "images": out, "n_images": len(out), "n_defect": nDefect, "n_unreadable": nBad}
+		doc := map[string]any{"model": c.String("model"), "images": out, "n_images": len(ts), "n_defect": nDefect, "n_unreadable": nBad}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(doc); err != nil {
@@ -261,7 +279,7 @@ func printScore(s scoredImage) {
 // median to 1.5× the image threshold, or the typical range of the map otherwise.
 func heatRange(m *detector.Model) picture.Range {
 	if c := m.Calibration; c != nil && len(c.PixelQuantiles) > 0 {
-		return picture.Range{Lo: c.PixelQuantiles[0], Hi: 1.5 * c.ImageThreshold}
+		return picture.Range{Lo: c.PixelQuantiles[0], Hi: 1.5 * c.Image}
 	}
 	return picture.Range{}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -27,11 +28,8 @@ func inputFlags() []cli.Flag {
 
 // preprocessFor builds the input settings from flags and the backbone.
 func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess, error) {
-	pp := imageio.Preprocess{Resize: c.Int("resize"), Crop: c.Int("crop"), Tile: c.Int("tile"), Overlap: c.Int("overlap"),
-		Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
-	if ext.Norm != nil {
-		pp.Mean, pp.Std = ext.Norm.Mean, ext.Norm.Std
-	}
+	pp := ext.DefaultPreprocess()
+	pp.Resize, pp.Crop, pp.Tile, pp.Overlap = c.Int("resize"), c.Int("crop"), c.Int("tile"), c.Int("overlap")
 	if pp.Resize == 0 {
 		pp.Resize = ext.InputSize()
 	}
@@ -110,27 +108,40 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	defer be.Close()
 	prog := newProgress(c)
 	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), c.String("backbone"), ext.Provider)
-	m, rep, err := detector.Train(ext, files, detector.TrainConfig{
-		Preprocess: pp, Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Batch: c.Int("batch"), Holdout: c.Float64("holdout"), Sigma: c.Float64("sigma"), Backend: be,
+	start := time.Now()
+	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
+		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
+		Holdout: c.Float64("holdout"), Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: c.String("backbone"), BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
-		Progress: prog.update, StatsOut: c.String("stats-out"),
+		Progress: prog.update, KeepStats: c.String("stats-out") != "",
 	})
 	prog.done()
 	if err != nil {
 		return err
 	}
+	if p := c.String("stats-out"); p != "" {
+		t := time.Now()
+		if err := detector.SaveStats(p, m, rep.Stats); err != nil {
+			return err
+		}
+		rep.Timings.Since("save-stats", t, 1)
+		rep.Stats = nil
+	}
+	t := time.Now()
 	if err := m.Save(c.String("out")); err != nil {
 		return err
 	}
+	rep.Timings.Since("save", t, 1)
+	printTimings(c, "train", time.Since(start), rep.Timings)
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
 	}
 	fmt.Printf("wrote %s: %d samples, %d patches × %d channels", c.String("out"), m.NTrain, m.Gaussian.P, m.Gaussian.D)
 	if cal := m.Calibration; cal != nil {
-		fmt.Printf(", thresholds image %.4g pixel %.4g from %d held-out images", cal.ImageThreshold, cal.PixelThreshold, cal.HoldoutImages)
+		fmt.Printf(", thresholds image %.4g pixel %.4g from %d held-out images", cal.Image, cal.Pixel, cal.HoldoutImages)
 	} else {
 		fmt.Printf(", no thresholds (--holdout 0: give score --threshold)")
 	}

@@ -13,6 +13,7 @@ import (
 	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/imageio"
 )
 
 // Options configure an extractor. Zero values take the model's metadata_props
@@ -106,7 +107,7 @@ func Open(data []byte, name string, o Options) (*Extractor, error) {
 	}
 	for _, t := range taps {
 		if !known[t] {
-			return nil, fmt.Errorf("the model has no output %q (its outputs: %s); pick taps with --layers", t, strings.Join(names, ", "))
+			return nil, fmt.Errorf("%w %q (its outputs: %s)", ErrUnknownTap, t, strings.Join(names, ", "))
 		}
 	}
 	e.size = o.InputSize
@@ -146,7 +147,7 @@ func Open(data []byte, name string, o Options) (*Extractor, error) {
 		if cerr == nil {
 			e.Provider = "CUDA"
 		} else if o.Device == "cuda" {
-			return nil, fmt.Errorf("--device cuda: ONNX Runtime at %s has no usable CUDA execution provider (%v); use --device cpu or an ONNX Runtime GPU build via %s", LibraryPath(), cerr, LibraryEnv)
+			return nil, fmt.Errorf("ONNX Runtime at %s has no usable CUDA execution provider (%v); run the backbone on the CPU or use an ONNX Runtime GPU build via %s", LibraryPath(), cerr, LibraryEnv)
 		} else {
 			logf("backbone: ONNX Runtime CUDA execution provider unavailable, running the backbone on the CPU")
 		}
@@ -173,6 +174,9 @@ func Open(data []byte, name string, o Options) (*Extractor, error) {
 	}
 	return e, nil
 }
+
+// ErrUnknownTap is wrapped by errors about a tap the ONNX model does not output.
+var ErrUnknownTap = errors.New("the ONNX model has no output")
 
 var errNoCUDAProvider = errors.New("libonnxruntime_providers_cuda.so is not beside the library (the pinned npm build is CPU-only)")
 
@@ -233,6 +237,17 @@ func layersFromMetadata(s string) []string {
 		taps = strings.Split(strings.ReplaceAll(s, " ", ""), ",")
 	}
 	return taps
+}
+
+// DefaultPreprocess is how images become this backbone's input unless told
+// otherwise: resized to its input size, normalised as its metadata says (else
+// with ImageNet's mean and std).
+func (e *Extractor) DefaultPreprocess() imageio.Preprocess {
+	pp := imageio.Preprocess{Resize: e.size, Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
+	if e.Norm != nil {
+		pp.Mean, pp.Std = e.Norm.Mean, e.Norm.Std
+	}
+	return pp
 }
 
 // InputSize implements detector.Extractor.

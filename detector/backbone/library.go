@@ -40,7 +40,7 @@ func FindLibrary(explicit string) (string, error) {
 		if check(explicit) {
 			return explicit, nil
 		}
-		return "", fmt.Errorf("%w: --onnxruntime %s does not exist", ErrNoRuntime, explicit)
+		return "", fmt.Errorf("%w: the library %s given does not exist", ErrNoRuntime, explicit)
 	}
 	if env := os.Getenv(LibraryEnv); env != "" {
 		if check(env) {

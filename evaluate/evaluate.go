@@ -4,6 +4,7 @@
 package evaluate
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"math"
@@ -69,20 +70,14 @@ type Evaluation struct {
 	ImageROC, PixelROC [2][]float64 `json:"-"`
 }
 
-// Thresholds are the calibrated decision values, if any.
-type Thresholds struct {
-	Image, Pixel float32
-	Known        bool
-}
-
-// Run scores the items. onImage, if set, sees every result with its ground-truth
-// mask (for pictures); a nil result means the file was skipped.
-func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool, onImage func(*detector.Result, dataset.Item, []bool) error) (*Evaluation, error) {
+// Run scores the items with the scorer's thresholds (if any). onImage, if set,
+// sees every result with its ground-truth mask (for pictures); a nil result
+// means the file was skipped.
+func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad bool, onImage func(*detector.Result, dataset.Item, []bool) error) (*Evaluation, error) {
 	ev := &Evaluation{}
-	byPath := map[string]dataset.Item{}
+	th := sc.Thresholds()
 	paths := make([]string, len(items))
 	for i, it := range items {
-		byPath[it.Path] = it
 		paths[i] = it.Path
 	}
 	var (
@@ -92,10 +87,14 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 		masks  [][]bool
 		w, h   int
 	)
-	err := sc.ScoreFiles(paths, skipBad, func(r *detector.Result, ferr error) error {
-		it := byPath[r.Path]
-		if ferr != nil {
-			ev.Skipped = append(ev.Skipped, Skipped{r.Path, ferr.Error()})
+	pre := sc.Pipeline().Preprocess()
+	err := sc.Score(ctx, detector.FileInputs(paths), func(r *detector.Result) error {
+		it := items[r.Index]
+		if r.Err != nil {
+			if !skipBad {
+				return r.Err
+			}
+			ev.Skipped = append(ev.Skipped, Skipped{r.Name, r.Err.Error()})
 			if onImage != nil {
 				return onImage(nil, it, nil)
 			}
@@ -103,7 +102,7 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 		}
 		var mask []bool
 		if it.Defective {
-			m, err := dataset.LoadMask(it.MaskPath, sc.Preprocess(), r.W, r.H)
+			m, err := dataset.LoadMask(it.MaskPath, pre, r.W, r.H)
 			if err != nil {
 				return err
 			}
@@ -121,7 +120,7 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 		if it.Defective {
 			img.Label = 1
 		}
-		if r.HasVerdict {
+		if r.Thresholds != nil {
 			d := r.Defect
 			img.Defect = &d
 		}
@@ -161,7 +160,7 @@ func Run(sc *detector.Scorer, items []dataset.Item, th Thresholds, skipBad bool,
 
 	ev.ImageF1Calibrated, ev.PixelF1Calibrated, ev.ImageTPR, ev.ImageFPR, ev.PixelTPR, ev.PixelFPR = nan, nan, nan, nan, nan, nan
 	ev.ImageThreshold, ev.PixelThreshold = nan, nan
-	if th.Known {
+	if th != nil {
 		ev.ImageThreshold, ev.PixelThreshold = Metric(th.Image), Metric(th.Pixel)
 		c := metrics.At(scores, labels, th.Image)
 		ev.ImageF1Calibrated, ev.ImageTPR, ev.ImageFPR = Metric(c.F1()), Metric(c.TPR()), Metric(c.FPR())

@@ -22,10 +22,10 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/evaluate"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
+	"github.com/padim/padim/evaluate"
 )
 
 // Thumb is the largest side of the per-image pictures in the report.
@@ -83,7 +83,7 @@ func (b *Builder) Add(r *detector.Result, it dataset.Item, gt []bool) error {
 		names[k] = name
 	}
 	verdict := "—"
-	if r.HasVerdict {
+	if r.Thresholds != nil {
 		verdict = "good"
 		if r.Defect {
 			verdict = "DEFECT"

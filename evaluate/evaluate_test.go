@@ -1,6 +1,7 @@
 package evaluate_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -9,15 +10,16 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/evaluate"
-	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/synth"
+	"github.com/padim/padim/evaluate"
 )
+
+var ctx = context.Background()
 
 // sharedModel is ../shared/models/mobilenet_v2_imagenet.onnx from the repository root.
 func sharedModel(t *testing.T) string {
 	_, file, _, _ := runtime.Caller(0)
-	p := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "models", "mobilenet_v2_imagenet.onnx")
+	p := filepath.Join(filepath.Dir(file), "..", "..", "shared", "models", "mobilenet_v2_imagenet.onnx")
 	if _, err := os.Stat(p); err != nil {
 		t.Skip("../shared/models/mobilenet_v2_imagenet.onnx not present")
 	}
@@ -41,8 +43,8 @@ func TestRealFeaturesFindSyntheticDefects(t *testing.T) {
 		t.Fatal(err)
 	}
 	files, _ := dataset.TrainImages(data)
-	pp := imageio.Preprocess{Resize: 224, Mean: ext.Norm.Mean, Std: ext.Norm.Std}
-	m, _, err := detector.Train(ext, files, detector.TrainConfig{Preprocess: pp, Dim: 100, Seed: 1024, Eps: 0.01, Batch: 8, Holdout: 0.15, Sigma: 4, BackboneONNX: ext.Data})
+	m, _, err := detector.Train(ctx, ext, files, detector.TrainConfig{Preprocess: ext.DefaultPreprocess(), Pipeline: detector.PipelineOptions{Batch: 8},
+		Dim: 100, Seed: 1024, Eps: 0.01, Holdout: 0.15, Sigma: 4, BackboneONNX: ext.Data})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +54,7 @@ func TestRealFeaturesFindSyntheticDefects(t *testing.T) {
 	}
 	defer sc.Close()
 	items, _ := dataset.TestSet(data)
-	img, pix, ok := sc.Thresholds()
-	ev, err := evaluate.Run(sc, items, evaluate.Thresholds{Image: img, Pixel: pix, Known: ok}, false, nil)
+	ev, err := evaluate.Run(ctx, sc, items, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
