@@ -19,7 +19,8 @@ import (
 
 // Extractor runs a backbone: a batch of n normalised images [n][3][S][S] in, one
 // feature map per tap out. package backbone implements it with ONNX Runtime.
-// The pipeline never calls Extract concurrently.
+// The pipeline never calls Extract concurrently, and uses the taps before the
+// next call (an Extractor may reuse their memory).
 type Extractor interface {
 	InputSize() int
 	Taps() []embed.TapShape
@@ -366,9 +367,9 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 			return nil
 		}
 		t := time.Now()
-		p.extMu.Lock()
+		p.extMu.Lock() // held until the taps are embedded: the extractor may reuse them
+		defer p.extMu.Unlock()
 		taps, err := p.ext.Extract(in[:nIn*per], nIn)
-		p.extMu.Unlock()
 		if err != nil {
 			return err
 		}

@@ -28,7 +28,8 @@ type Options struct {
 	Log       func(format string, args ...any)
 }
 
-// Extractor runs one ONNX backbone. It is not safe for concurrent Extract calls.
+// Extractor runs one ONNX backbone. It is not safe for concurrent Extract calls;
+// the taps Extract returns are valid until its next call.
 type Extractor struct {
 	Name     string
 	SHA256   string
@@ -40,6 +41,8 @@ type Extractor struct {
 	taps     []embed.TapShape
 	size     int
 	session  *ort.DynamicAdvancedSession
+	outs     []ort.Value // reused output tensors for batches of outN
+	outN     int
 }
 
 // Normalisation is the input scaling a backbone expects.
@@ -274,6 +277,32 @@ func (e *Extractor) Extract(batch []float32, n int) ([]embed.Tap, error) {
 	return taps, nil
 }
 
+// outputs returns output tensors for a batch of n, reused from run to run
+// (ONNX Runtime writes into them: no allocation or copy per batch).
+func (e *Extractor) outputs(n int) ([]ort.Value, error) {
+	if e.outs != nil && e.outN == n {
+		return e.outs, nil
+	}
+	e.destroyOutputs()
+	for _, t := range e.taps {
+		v, err := ort.NewEmptyTensor[float32](ort.NewShape(int64(n), int64(t.C), int64(t.H), int64(t.W)))
+		if err != nil {
+			e.destroyOutputs()
+			return nil, err
+		}
+		e.outs = append(e.outs, v)
+	}
+	e.outN = n
+	return e.outs, nil
+}
+
+func (e *Extractor) destroyOutputs() {
+	for _, v := range e.outs {
+		v.Destroy()
+	}
+	e.outs, e.outN = nil, 0
+}
+
 func (e *Extractor) run(batch []float32, n int, names []string) ([]embed.Tap, error) {
 	per := 3 * e.size * e.size
 	if len(batch) < n*per {
@@ -284,6 +313,21 @@ func (e *Extractor) run(batch []float32, n int, names []string) ([]embed.Tap, er
 		return nil, err
 	}
 	defer in.Destroy()
+	if e.taps != nil && len(names) == len(e.taps) {
+		outs, err := e.outputs(n)
+		if err != nil {
+			return nil, err
+		}
+		if err := e.session.Run([]ort.Value{in}, outs); err != nil {
+			return nil, fmt.Errorf("backbone: ONNX Runtime run failed: %v", err)
+		}
+		taps := make([]embed.Tap, len(outs))
+		for i, v := range outs {
+			taps[i] = embed.Tap{TapShape: e.taps[i], N: n, Data: v.(*ort.Tensor[float32]).GetData()}
+		}
+		return taps, nil
+	}
+	// the probe: ONNX Runtime allocates, shapes are learnt
 	outs := make([]ort.Value, len(names))
 	if err := e.session.Run([]ort.Value{in}, outs); err != nil {
 		return nil, fmt.Errorf("backbone: ONNX Runtime run failed: %v", err)
@@ -307,6 +351,7 @@ func (e *Extractor) run(batch []float32, n int, names []string) ([]embed.Tap, er
 
 // Close releases the session.
 func (e *Extractor) Close() error {
+	e.destroyOutputs()
 	if e.session != nil {
 		err := e.session.Destroy()
 		e.session = nil

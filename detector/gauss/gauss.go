@@ -237,8 +237,9 @@ func CheckBatch(x []float32, n, p, d int) error {
 // CheckFinite reports the first NaN or Inf of a batch [n][P][D], naming image and
 // patch (wrapping ErrNonFinite). Backends check before touching their statistics.
 func CheckFinite(x []float32, p, d int) error {
+	const exp = 0x7f800000 // all exponent bits set: Inf or NaN
 	for i, v := range x {
-		if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+		if math.Float32bits(v)&exp == exp {
 			return fmt.Errorf("gauss: embedding of image %d in the batch has %v at patch %d, channel %d: %w",
 				i/(p*d), v, (i/d)%p, i%d, ErrNonFinite)
 		}

@@ -69,9 +69,12 @@ func morph(m *Mask, se [][2]int, erode bool) *Mask {
 
 // Box is one connected defect region.
 type Box struct {
-	X, Y, W, H int     // bounding box in pixels
-	Area       int     // pixels in the region
-	MaxScore   float32 // highest map value in the region
+	X        int     `json:"x"` // bounding box in pixels of the map
+	Y        int     `json:"y"`
+	W        int     `json:"w"`
+	H        int     `json:"h"`
+	Area     int     `json:"area"`      // pixels in the region
+	MaxScore float32 `json:"max_score"` // highest map value in the region
 }
 
 // Label numbers the 8-connected components of m: 0 is background, 1..n regions in
