@@ -108,7 +108,10 @@ func mergeM2(dst, src []float64, delta []float64, f float64) {
 func (s *Stats) Covariance(p int, eps float64, dst []float64) {
 	D := s.D
 	m2 := s.M2[p*PackedLen(D) : (p+1)*PackedLen(D)]
-	inv := 1 / float64(s.N-1)
+	inv := 0.0 // one sample: no spread, Σ = εI
+	if s.N > 1 {
+		inv = 1 / float64(s.N-1)
+	}
 	k := 0
 	for i := 0; i < D; i++ {
 		for j := 0; j <= i; j++ {
@@ -127,11 +130,14 @@ func (s *Stats) CheckFittable(eps float64) error {
 	if err := s.Check(); err != nil {
 		return err
 	}
-	if s.N < 2 {
-		return fmt.Errorf("gauss: need at least 2 training images for a covariance, got %d", s.N)
+	if s.N < 1 {
+		return errors.New("gauss: no training samples")
 	}
 	if !(eps >= 0) || math.IsInf(eps, 0) {
 		return fmt.Errorf("gauss: regularisation eps must be a finite number >= 0, got %v", eps)
+	}
+	if s.N == 1 && eps == 0 {
+		return errors.New("gauss: one training sample has no spread: its covariance is eps·I, and eps is 0")
 	}
 	return nil
 }

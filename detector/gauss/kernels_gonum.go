@@ -43,3 +43,23 @@ func sgemm(n int, a, b, c []float32) {
 	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: n, Cols: n, Stride: n, Data: a},
 		blas32.General{Rows: n, Cols: n, Stride: n, Data: b}, 0, blas32.General{Rows: n, Cols: n, Stride: n, Data: c})
 }
+
+// dsyrkLower sets the lower triangle of c (n×n, row-major) to a·aᵀ for a n×k.
+func dsyrkLower(n, k int, a, c []float64) {
+	blas64.Syrk(blas.NoTrans, 1, blas64.General{Rows: n, Cols: k, Stride: k, Data: a[:n*k]},
+		0, blas64.Symmetric{N: n, Stride: n, Uplo: blas.Lower, Data: c[:n*n]})
+}
+
+// dtrsmLower overwrites b (n×k, row-major) with l⁻¹·b, l lower triangular n×n.
+func dtrsmLower(n, k int, l, b []float64) {
+	blas64.Trsm(blas.Left, blas.NoTrans, 1,
+		blas64.Triangular{N: n, Stride: n, Uplo: blas.Lower, Diag: blas.NonUnit, Data: l[:n*n]},
+		blas64.General{Rows: n, Cols: k, Stride: k, Data: b[:n*k]})
+}
+
+// dgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda) and
+// b n×k (row stride k).
+func dgemmNT(m, n, k int, a []float64, lda int, b []float64, c []float64, ldc int) {
+	blas64.Gemm(blas.NoTrans, blas.Trans, 1, blas64.General{Rows: m, Cols: k, Stride: lda, Data: a[:(m-1)*lda+k]},
+		blas64.General{Rows: n, Cols: k, Stride: k, Data: b[:n*k]}, 0, blas64.General{Rows: m, Cols: n, Stride: ldc, Data: c[:(m-1)*ldc+n]})
+}

@@ -58,6 +58,27 @@ func invLower(a []float64, d int) bool {
 	return C.inv_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
 }
 
+// dsyrkLower sets the lower triangle of c (n×n, row-major) to a·aᵀ for a n×k.
+func dsyrkLower(n, k int, a, c []float64) {
+	C.cblas_dsyrk(C.CblasRowMajor, C.CblasLower, C.CblasNoTrans, C.blasint(n), C.blasint(k), 1,
+		(*C.double)(unsafe.Pointer(&a[0])), C.blasint(k), 0, (*C.double)(unsafe.Pointer(&c[0])), C.blasint(n))
+}
+
+// dtrsmLower overwrites b (n×k, row-major) with l⁻¹·b, l lower triangular n×n.
+func dtrsmLower(n, k int, l, b []float64) {
+	C.cblas_dtrsm(C.CblasRowMajor, C.CblasLeft, C.CblasLower, C.CblasNoTrans, C.CblasNonUnit,
+		C.blasint(n), C.blasint(k), 1, (*C.double)(unsafe.Pointer(&l[0])), C.blasint(n),
+		(*C.double)(unsafe.Pointer(&b[0])), C.blasint(k))
+}
+
+// dgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda) and
+// b n×k (row stride k).
+func dgemmNT(m, n, k int, a []float64, lda int, b []float64, c []float64, ldc int) {
+	C.cblas_dgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasTrans, C.blasint(m), C.blasint(n), C.blasint(k), 1,
+		(*C.double)(unsafe.Pointer(&a[0])), C.blasint(lda), (*C.double)(unsafe.Pointer(&b[0])), C.blasint(k), 0,
+		(*C.double)(unsafe.Pointer(&c[0])), C.blasint(ldc))
+}
+
 // sgemm computes c = a·b for n×n row-major matrices.
 func sgemm(n int, a, b, c []float32) {
 	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasNoTrans, C.blasint(n), C.blasint(n), C.blasint(n), 1,

@@ -20,10 +20,162 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("StreamingEqualsOneShot", func(t *testing.T) { testStreaming(t, b) })
 	t.Run("ShardedMergeEqualsSingle", func(t *testing.T) { testSharded(t, b) })
 	t.Run("NotPositiveDefiniteNamesPatch", func(t *testing.T) { testNotPD(t, b) })
-	t.Run("TooFewImages", func(t *testing.T) { testTooFew(t, b) })
+	t.Run("OneSample", func(t *testing.T) { testOneSample(t, b) })
 	t.Run("NonFiniteInputRejected", func(t *testing.T) { testNaN(t, b) })
 	t.Run("ShapeErrors", func(t *testing.T) { testShapes(t, b) })
 	t.Run("BatchInvariantDistances", func(t *testing.T) { testBatchInvariant(t, b) })
+	lr, ok := b.(gauss.LowRankBackend)
+	if !ok {
+		t.Run("LowRank", func(t *testing.T) { t.Skipf("%s has no low-rank form", b.Name()) })
+		return
+	}
+	t.Run("LowRankEqualsFull", func(t *testing.T) { testLowRankEqualsFull(t, b, lr) })
+	t.Run("LowRankMatchesFloat64Reference", func(t *testing.T) { testLowRankReference(t, lr) })
+	t.Run("LowRankOneSample", func(t *testing.T) { testLowRankOneSample(t, lr) })
+	t.Run("LowRankBatchInvariant", func(t *testing.T) { testLowRankBatchInvariant(t, lr) })
+	t.Run("LowRankErrors", func(t *testing.T) { testLowRankErrors(t, lr) })
+}
+
+func scoreLowRank(t *testing.T, b gauss.LowRankBackend, m *gauss.LowRank, x []float32, n int) []float32 {
+	t.Helper()
+	sc, err := b.NewLowRankScorer(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	dist := make([]float32, n*m.P)
+	if err := sc.Score(x, n, dist); err != nil {
+		t.Fatal(err)
+	}
+	return dist
+}
+
+// testLowRankEqualsFull: the low-rank and the full form give the same
+// distances (Woodbury is exact), for N from 1 to past D, on test images and on
+// the training images themselves.
+func testLowRankEqualsFull(t *testing.T, b gauss.Backend, lr gauss.LowRankBackend) {
+	const p, d, eps = 3, 40, 0.01
+	for _, n := range []int{1, 2, 5, 20, 21, 50} { // (d+1)/2 = 20.5
+		x := Correlated(uint64(10+n), n, p, d, 3, 1)
+		test := Correlated(uint64(20+n), 9, p, d, 3, 1.3)
+		g, err := b.Factorize(fit(t, b, x, n, p, d, 7), eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := lr.FactorizeLowRank(x, n, p, d, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.N != n || m.P != p || m.D != d {
+			t.Fatalf("N=%d: low-rank shape %d×%d×%d", n, m.P, m.N, m.D)
+		}
+		worst := 0.0
+		for _, c := range []struct {
+			x []float32
+			n int
+		}{{test, 9}, {x, n}} {
+			full, low := score(t, b, g, c.x, c.n), scoreLowRank(t, lr, m, c.x, c.n)
+			for i := range full {
+				worst = max(worst, relErr(float64(low[i]), float64(full[i])))
+			}
+		}
+		t.Logf("N=%d: low-rank vs full, max relative difference %.2g", n, worst)
+		if worst > 1e-4 {
+			t.Fatalf("N=%d: low-rank differs from full by %.3g relative", n, worst)
+		}
+	}
+}
+
+func testLowRankReference(t *testing.T, lr gauss.LowRankBackend) {
+	const n, p, d, eps = 12, 4, 30, 0.01
+	x := Correlated(31, n, p, d, 100, 2)
+	test := Correlated(32, 6, p, d, 100, 3)
+	m, err := lr.FactorizeLowRank(x, n, p, d, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := scoreLowRank(t, lr, m, test, 6)
+	mean, inv, ok := refpadim.Fit(x, n, p, d, eps)
+	if !ok {
+		t.Fatal("reference singular")
+	}
+	want := refpadim.Distances(test, 6, p, d, mean, inv)
+	worst := 0.0
+	for i := range want {
+		worst = max(worst, relErr(float64(got[i]), want[i]))
+	}
+	t.Logf("low-rank vs float64 reference (mean 100, spread 2): %.2g", worst)
+	if worst > 1e-4 {
+		t.Fatalf("low-rank off the float64 reference by %.3g", worst)
+	}
+}
+
+// One sample: Σ = εI, the distance is ‖t−μ‖/√ε, in both forms.
+func testLowRankOneSample(t *testing.T, lr gauss.LowRankBackend) {
+	const p, d, eps = 2, 7, 0.04
+	x := Correlated(33, 1, p, d, 1, 1)
+	test := Correlated(34, 3, p, d, 1, 1)
+	m, err := lr.FactorizeLowRank(x, 1, p, d, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := scoreLowRank(t, lr, m, test, 3)
+	checkOneSample(t, x, test, got, p, d, eps)
+}
+
+func checkOneSample(t *testing.T, x, test []float32, got []float32, p, d int, eps float64) {
+	t.Helper()
+	for b := 0; b < 3; b++ {
+		for q := 0; q < p; q++ {
+			var s float64
+			for i := 0; i < d; i++ {
+				v := float64(test[(b*p+q)*d+i]) - float64(x[q*d+i])
+				s += v * v
+			}
+			want := math.Sqrt(s / eps)
+			if e := relErr(float64(got[b*p+q]), want); e > 1e-5 || math.IsNaN(float64(got[b*p+q])) {
+				t.Fatalf("image %d patch %d: %v, want ‖t−μ‖/√ε = %v", b, q, got[b*p+q], want)
+			}
+		}
+	}
+}
+
+func testLowRankBatchInvariant(t *testing.T, lr gauss.LowRankBackend) {
+	const n, p, d = 60, 2, 550
+	m, err := lr.FactorizeLowRank(Correlated(35, n, p, d, 1, 1), n, p, d, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	test := Correlated(36, 40, p, d, 1, 1.2)
+	all := scoreLowRank(t, lr, m, test, 40)
+	for _, k := range []int{1, 3, 32} {
+		for lo := 0; lo < 40; lo += k {
+			hi := min(lo+k, 40)
+			part := scoreLowRank(t, lr, m, test[lo*p*d:hi*p*d], hi-lo)
+			for i, v := range part {
+				if v != all[lo*p+i] {
+					t.Fatalf("image %d patch %d: %v in a batch of %d, %v in a batch of 40", lo+i/p, i%p, v, hi-lo, all[lo*p+i])
+				}
+			}
+		}
+	}
+}
+
+func testLowRankErrors(t *testing.T, lr gauss.LowRankBackend) {
+	x := Correlated(37, 4, 2, 5, 0, 1)
+	if _, err := lr.FactorizeLowRank(x, 4, 2, 5, 0); err == nil {
+		t.Error("eps 0 accepted (Σ is singular when N ≤ D)")
+	}
+	if _, err := lr.FactorizeLowRank(x, 0, 2, 5, 0.01); err == nil {
+		t.Error("no samples accepted")
+	}
+	x[7] = float32(math.NaN())
+	if _, err := lr.FactorizeLowRank(x, 4, 2, 5, 0.01); !errors.Is(err, gauss.ErrNonFinite) {
+		t.Errorf("NaN: %v", err)
+	}
+	if _, err := lr.NewLowRankScorer(&gauss.LowRank{P: 2, D: 5, N: 4, Eps: 0.01, Mean: make([]float32, 10), M: make([]float32, 39)}); err == nil {
+		t.Error("mis-shaped model accepted")
+	}
 }
 
 // testBatchInvariant: an image's distances do not depend on the batch it is
@@ -245,11 +397,32 @@ func testNotPD(t *testing.T, b gauss.Backend) {
 	}
 }
 
-func testTooFew(t *testing.T, b gauss.Backend) {
-	x := Correlated(6, 1, 2, 3, 0, 1)
-	s := fit(t, b, x, 1, 2, 3, 1)
-	if _, err := b.Factorize(s, 0.01); err == nil {
-		t.Fatal("N=1 accepted")
+// One sample has no spread: the full form is Σ = εI too (not an error, not
+// NaN), and with eps 0 it is refused; no sample at all is refused.
+func testOneSample(t *testing.T, b gauss.Backend) {
+	const p, d, eps = 2, 7, 0.04
+	x := Correlated(6, 1, p, d, 1, 1)
+	test := Correlated(34, 3, p, d, 1, 1)
+	s := fit(t, b, x, 1, p, d, 1)
+	g, err := b.Factorize(s, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOneSample(t, x, test, score(t, b, g, test, 3), p, d, eps)
+	if _, err := b.Factorize(s, 0); err == nil {
+		t.Error("one sample with eps 0 accepted")
+	}
+	acc, err := b.NewAccumulator(p, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	empty, err := acc.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Factorize(empty, eps); err == nil {
+		t.Error("no samples accepted")
 	}
 }
 
