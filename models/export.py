@@ -258,7 +258,9 @@ def load_checkpoint(model, path):
     want = model.state_dict()
     missing = [k for k in want if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
-        sys.exit(f"{path}: missing {len(missing)} tensors, first {missing[:3]} (is it a checkpoint of this architecture?)")
+        hint = "it stops before layer4: leave layer4 out of --taps" if all(k.startswith("layer4.") for k in missing) \
+            else "is it a checkpoint of this architecture?"
+        sys.exit(f"{path}: missing {len(missing)} tensors, first {missing[:3]} ({hint})")
     # A deeper ResNet's checkpoint has every tensor of a shallower one, and a CBAM
     # checkpoint every tensor of a plain ResNet: refuse the leftovers in the stages built.
     stages = ("conv1.", "bn1.") + tuple(LAYERS[i] + "." for i in range(model.depth))
@@ -293,7 +295,8 @@ def cmd_export(a):
                 p.key, p.value = k, v
             onnx.save(m, a.onnx)
         except ImportError:
-            print("note: python onnx package absent; metadata_props not written (padim falls back to ImageNet defaults)")
+            print("note: python onnx package absent; metadata_props not written (padim falls back to ImageNet "
+                  f"defaults and taps layer1,layer2,layer3: pass `padim train --layers {','.join(a.taps)}`)")
         print(f"wrote {a.onnx}")
 
 

@@ -170,3 +170,48 @@ func relDiff(got []float32, want func(int) float64) float64 {
 	}
 	return diff / scale
 }
+
+// TestExportAuthorsCheckpoint runs the path a user takes with the CBAM authors'
+// checkpoint: a .pth.tar holding {'state_dict': …} with 'module.' prefixes and an
+// fc layer → export.py export --safetensors → the Go builder reads every tensor
+// of the stages it builds. Read as the plain ResNet, export.py refuses it.
+func TestExportAuthorsCheckpoint(t *testing.T) {
+	py := torchPython(t)
+	_, file, _, _ := runtime.Caller(0)
+	models := filepath.Join(filepath.Dir(file), "..")
+	dir := t.TempDir()
+	ckpt := filepath.Join(dir, "RESNET50_CBAM.pth.tar")
+	mk := `import sys, torch
+sys.path.insert(0, sys.argv[1])
+import export
+torch.manual_seed(0)
+m = export.ResNetTaps("resnet50_cbam", export.LAYERS)
+sd = {"module." + k: v for k, v in m.state_dict().items()}
+sd["module.fc.weight"] = torch.zeros(1000, 2048)
+sd["module.fc.bias"] = torch.zeros(1000)
+torch.save({"epoch": 90, "arch": "resnet", "state_dict": sd, "best_prec1": 77.3}, sys.argv[2])
+`
+	if b, err := exec.Command(py, "-c", mk, models, ckpt).CombinedOutput(); err != nil {
+		t.Fatalf("making the checkpoint: %v\n%s", err, b)
+	}
+	st := filepath.Join(dir, "w.safetensors")
+	script := filepath.Join(models, "export.py")
+	if b, err := exec.Command(py, script, "export", "--arch", "resnet50_cbam", "--checkpoint", ckpt, "--safetensors", st, "--taps", "1+2+3+4").CombinedOutput(); err != nil {
+		t.Fatalf("export.py export: %v\n%s", err, b)
+	}
+	ck, err := resnet.OpenCheckpoint(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := resnet.Options{Arch: "resnet50_cbam", InputSize: 64, Taps: resnet.Layers}
+	if _, err := resnet.Build(o, ck); err != nil {
+		t.Fatal(err)
+	}
+	if u := ck.Unused(o); len(u) != 0 {
+		t.Errorf("tensors not read: %v", u)
+	}
+	b, err := exec.Command(py, script, "export", "--arch", "resnet50", "--checkpoint", ckpt, "--safetensors", st).CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "does not use") || !strings.Contains(string(b), "cbam") {
+		t.Errorf("a CBAM checkpoint exported as resnet50: %v\n%s", err, b)
+	}
+}
