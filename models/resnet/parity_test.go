@@ -191,7 +191,9 @@ sd["module.fc.weight"] = torch.zeros(1000, 2048)
 sd["module.fc.bias"] = torch.zeros(1000)
 torch.save({"epoch": 90, "arch": "resnet", "state_dict": sd, "best_prec1": 77.3}, sys.argv[2])
 `
-	if b, err := exec.Command(py, "-c", mk, models, ckpt).CombinedOutput(); err != nil {
+	gen := exec.Command(py, "-c", mk, models, ckpt)
+	gen.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1") // no models/__pycache__
+	if b, err := gen.CombinedOutput(); err != nil {
 		t.Fatalf("making the checkpoint: %v\n%s", err, b)
 	}
 	st := filepath.Join(dir, "w.safetensors")
