@@ -63,3 +63,59 @@ func TestSeededLayer4Healthy(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkUnrequestedTaps measures whether ONNX Runtime skips the nodes of
+// outputs it is not asked for: a default graph (layer1..3) against a layer1..4
+// graph asked for layer1..3 and for all four, batch 8 at 224², 2 threads.
+// ONNX Runtime 1.24 does not skip them (the second costs what the third does),
+// which is why layer4 is a build option (Options.Taps) and not always present.
+//
+//	go test ./models/resnet -run '^$' -bench UnrequestedTaps -benchtime 5x
+func BenchmarkUnrequestedTaps(b *testing.B) {
+	if err := backbone.Init(""); err != nil {
+		b.Skipf("ONNX Runtime not available: %v", err)
+	}
+	const batch, size = 8, 224
+	x := make([]float32, batch*3*size*size)
+	r := rand.New(rand.NewPCG(1, 1))
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	for _, arch := range []string{"resnet18", "resnet50_cbam"} {
+		g3, err := resnet.Build(resnet.Options{Arch: arch}, resnet.Random{Seed: 7})
+		if err != nil {
+			b.Fatal(err)
+		}
+		g4, err := resnet.Build(resnet.Options{Arch: arch, Taps: resnet.Layers}, resnet.Random{Seed: 7})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range []struct {
+			name  string
+			graph []byte
+			taps  []string
+		}{
+			{"layer1-3_graph", g3, nil},
+			{"layer1-4_graph_ask_layer1-3", g4, resnet.DefaultTaps},
+			{"layer1-4_graph_ask_layer1-4", g4, resnet.Layers},
+		} {
+			b.Run(arch+"/"+c.name, func(b *testing.B) {
+				e, err := backbone.Open(c.graph, arch, backbone.Options{Device: "cpu", Threads: 2, Taps: c.taps})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer e.Close()
+				if _, err := e.Extract(x, batch); err != nil { // warm-up
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for range b.N {
+					if _, err := e.Extract(x, batch); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N*batch), "ms/image")
+			})
+		}
+	}
+}
