@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Export ImageNet ResNet / Resnet50_CBAM weights for padim (optional; needs PyTorch).
+"""Export ImageNet ResNet / ResNet-CBAM weights for padim (optional; needs PyTorch).
 
 The module below mirrors torchvision's ResNets and the CBAM authors' reference code
 (Jongchan/attention-module, MODELS/model_resnet.py and cbam.py) with the same
-parameter names, cut after layer3 with taps layer1, layer2, layer3.
+parameter names, cut after the deepest tap (--taps, default layer1,layer2,layer3;
+the paper's 1+2+3+4 is --taps layer1,layer2,layer3,layer4).
 
   # CBAM authors' checkpoint (dict with 'state_dict', keys prefixed 'module.')
-  models/export.py export --arch resnet50_cbam --checkpoint RESNET50_CBAM.pth.tar --safetensors w.safetensors
-  padim backbone --arch resnet50_cbam --weights w.safetensors --out resnet50_cbam.onnx
+  models/export.py export --arch resnet50_cbam --checkpoint RESNET50_CBAM.pth.tar --safetensors w.safetensors --taps 1,2,3,4
+  padim backbone --arch resnet50_cbam --weights w.safetensors --layers 1,2,3,4 --out resnet50_cbam.onnx
 
   # or straight to ONNX, torchvision weights saved with torch.save(model.state_dict())
   models/export.py export --arch wide_resnet50_2 --checkpoint wide_resnet50_2.pth --onnx wrn50.onnx
@@ -139,27 +140,53 @@ class Bottleneck(nn.Module):
 
 
 ARCHES = {
-    "resnet18": (BasicBlock, [2, 2, 2], 1, False),
-    "resnet50": (Bottleneck, [3, 4, 6], 1, False),
-    "wide_resnet50_2": (Bottleneck, [3, 4, 6], 2, False),
-    "resnet50_cbam": (Bottleneck, [3, 4, 6], 1, True),
+    "resnet18": (BasicBlock, [2, 2, 2, 2], 1, False),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], 1, False),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], 1, False),
+    "resnet152": (Bottleneck, [3, 8, 36, 3], 1, False),
+    "wide_resnet50_2": (Bottleneck, [3, 4, 6, 3], 2, False),
+    # CBAM in every block, as ResidualNet(..., att_type='CBAM') builds it; the authors'
+    # code stops at depth 101, resnet152_cbam follows the same pattern.
+    "resnet50_cbam": (Bottleneck, [3, 4, 6, 3], 1, True),
+    "resnet101_cbam": (Bottleneck, [3, 4, 23, 3], 1, True),
+    "resnet152_cbam": (Bottleneck, [3, 8, 36, 3], 1, True),
 }
+
+LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+
+
+def parse_taps(s):
+    """'layer1,layer2', '1,2,3,4' or '1+2+3+4' -> tap names in LAYERS order."""
+    taps = []
+    for f in s.replace("+", ",").replace(" ", ",").split(","):
+        if not f:
+            continue
+        f = "layer" + f if f.isdigit() else f
+        if f not in LAYERS:
+            raise argparse.ArgumentTypeError(f"unknown tap {f!r} (taps: {', '.join(LAYERS)})")
+        if f in taps:
+            raise argparse.ArgumentTypeError(f"tap {f} given twice")
+        taps.append(f)
+    if not taps:
+        raise argparse.ArgumentTypeError("no taps")
+    return sorted(taps, key=LAYERS.index)
 
 
 class ResNetTaps(nn.Module):
-    """Stem and layer1-3; forward returns (layer1, layer2, layer3)."""
+    """Stem and layer1 up to the deepest tap; forward returns the taps, shallowest first."""
 
-    def __init__(self, arch):
+    def __init__(self, arch, taps=("layer1", "layer2", "layer3")):
         super().__init__()
         block, layers, width_mul, cbam = ARCHES[arch]
+        self.taps = list(taps)
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.inplanes = 64
-        self.layer1 = self._layer(block, 64, layers[0], 1, width_mul, cbam)
-        self.layer2 = self._layer(block, 128, layers[1], 2, width_mul, cbam)
-        self.layer3 = self._layer(block, 256, layers[2], 2, width_mul, cbam)
+        self.depth = max(LAYERS.index(t) for t in self.taps) + 1
+        for i in range(self.depth):
+            setattr(self, LAYERS[i], self._layer(block, 64 << i, layers[i], 1 if i == 0 else 2, width_mul, cbam))
 
     def _layer(self, block, planes, blocks, stride, width_mul, cbam):
         downsample = None
@@ -173,9 +200,12 @@ class ResNetTaps(nn.Module):
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        l1 = self.layer1(x)
-        l2 = self.layer2(l1)
-        return l1, l2, self.layer3(l2)
+        out = []
+        for i in range(self.depth):
+            x = getattr(self, LAYERS[i])(x)
+            if LAYERS[i] in self.taps:
+                out.append(x)
+        return tuple(out)
 
 
 # ---------------------------------------------------------------- safetensors (no extra package needed)
@@ -228,7 +258,16 @@ def load_checkpoint(model, path):
     want = model.state_dict()
     missing = [k for k in want if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
-        sys.exit(f"{path}: missing {len(missing)} tensors, first {missing[:3]} (is it a checkpoint of this architecture?)")
+        hint = "it stops before layer4: leave layer4 out of --taps" if all(k.startswith("layer4.") for k in missing) \
+            else "is it a checkpoint of this architecture?"
+        sys.exit(f"{path}: missing {len(missing)} tensors, first {missing[:3]} ({hint})")
+    # A deeper ResNet's checkpoint has every tensor of a shallower one, and a CBAM
+    # checkpoint every tensor of a plain ResNet: refuse the leftovers in the stages built.
+    stages = ("conv1.", "bn1.") + tuple(LAYERS[i] + "." for i in range(model.depth))
+    extra = sorted(k for k in sd if k.startswith(stages) and k not in want and not k.endswith("num_batches_tracked"))
+    if extra:
+        sys.exit(f"{path}: {len(extra)} tensors the architecture does not use, first {extra[:3]} "
+                 "(a checkpoint of a deeper ResNet, or with CBAM? pick its --arch)")
     for k, v in want.items():
         if k in sd and tuple(sd[k].shape) != tuple(v.shape):
             sys.exit(f"{path}: tensor {k} has shape {tuple(sd[k].shape)}, the architecture needs {tuple(v.shape)}")
@@ -236,7 +275,7 @@ def load_checkpoint(model, path):
 
 
 def cmd_export(a):
-    model = ResNetTaps(a.arch).eval()
+    model = ResNetTaps(a.arch, a.taps).eval()
     load_checkpoint(model, a.checkpoint)
     if a.safetensors:
         sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -244,25 +283,26 @@ def cmd_export(a):
         print(f"wrote {a.safetensors}: {len(sd)} tensors")
     if a.onnx:
         x = torch.zeros(1, 3, a.size, a.size)
-        torch.onnx.export(model, x, a.onnx, input_names=["input"], output_names=["layer1", "layer2", "layer3"],
-                          dynamic_axes={k: {0: "N"} for k in ["input", "layer1", "layer2", "layer3"]}, opset_version=13)
+        torch.onnx.export(model, x, a.onnx, input_names=["input"], output_names=a.taps,
+                          dynamic_axes={k: {0: "N"} for k in ["input"] + a.taps}, opset_version=13)
         try:
             import onnx
             m = onnx.load(a.onnx)
             for k, v in {"padim.arch": a.arch, "padim.weights": a.checkpoint, "padim.input": "input",
-                         "padim.input_size": str(a.size), "padim.taps": "layer1,layer2,layer3",
+                         "padim.input_size": str(a.size), "padim.taps": ",".join(a.taps),
                          "padim.mean": "0.485,0.456,0.406", "padim.std": "0.229,0.224,0.225"}.items():
                 p = m.metadata_props.add()
                 p.key, p.value = k, v
             onnx.save(m, a.onnx)
         except ImportError:
-            print("note: python onnx package absent; metadata_props not written (padim falls back to ImageNet defaults)")
+            print("note: python onnx package absent; metadata_props not written (padim falls back to ImageNet "
+                  f"defaults and taps layer1,layer2,layer3: pass `padim train --layers {','.join(a.taps)}`)")
         print(f"wrote {a.onnx}")
 
 
 def cmd_taps(a):
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = ResNetTaps(a.arch).eval()
+    model = ResNetTaps(a.arch, a.taps).eval()
     w = read_safetensors(a.weights)
     sd = model.state_dict()
     missing = [k for k in sd if k not in w and not k.endswith("num_batches_tracked")]
@@ -271,8 +311,12 @@ def cmd_taps(a):
     model.load_state_dict({k: torch.from_numpy(np.array(w[k])) for k in sd if k in w}, strict=False)
     x = torch.from_numpy(np.array(read_safetensors(a.input)["input"]))
     with torch.no_grad():
-        taps = model(x)
-    write_safetensors(a.out, {f"layer{i + 1}": t.numpy().astype(np.float32) for i, t in enumerate(taps)})
+        out = {name: t.numpy().astype(np.float32) for name, t in zip(model.taps, model(x))}
+        if a.f64:
+            # the same function in float64: the reference that tells float32 rounding
+            # (PyTorch's and ONNX Runtime's alike) from a real mismatch in deep nets
+            out.update({name + ".f64": t.numpy() for name, t in zip(model.taps, model.double()(x.double()))})
+    write_safetensors(a.out, out)
 
 
 def main():
@@ -284,11 +328,14 @@ def main():
     e.add_argument("--safetensors", help="write float32 weights for `padim backbone --weights`")
     e.add_argument("--onnx", help="write the ONNX graph directly")
     e.add_argument("--size", type=int, default=224)
+    e.add_argument("--taps", type=parse_taps, default="layer1,layer2,layer3", help="outputs, e.g. 1,2,3,4 (default 1,2,3)")
     t = sub.add_parser("taps", help="run the module on an input (for the Go-vs-PyTorch test)")
     t.add_argument("--arch", required=True, choices=sorted(ARCHES))
     t.add_argument("--weights", required=True)
     t.add_argument("--input", required=True)
     t.add_argument("--out", required=True)
+    t.add_argument("--taps", type=parse_taps, default="layer1,layer2,layer3")
+    t.add_argument("--f64", action="store_true", help="also write each tap computed in float64, as NAME.f64")
     a = p.parse_args()
     if a.cmd == "export" and not (a.safetensors or a.onnx):
         p.error("export needs --safetensors and/or --onnx")

@@ -1,13 +1,16 @@
-// Package resnet builds ResNet feature extractors as ONNX graphs in Go: stem and
-// layer1–3 of ResNet-18, ResNet-50, Wide-ResNet-50-2 and Resnet50_CBAM (a CBAM
-// module in every Bottleneck after bn3, before the residual add), with every
-// BatchNorm folded into its convolution, outputs layer1, layer2, layer3.
-// Parameters come from a seeded initialiser or a PyTorch checkpoint (Params).
+// Package resnet builds ResNet feature extractors as ONNX graphs in Go: the stem
+// and layer1–4 of ResNet-18/50/101/152, Wide-ResNet-50-2 and the CBAM variants
+// Resnet50/101/152_CBAM (a CBAM module in every Bottleneck after bn3, before the
+// residual add), with every BatchNorm folded into its convolution. A graph
+// outputs the taps asked for (default layer1, layer2, layer3) and computes no
+// deeper than the deepest of them. Parameters come from a seeded initialiser or a
+// PyTorch checkpoint (Params).
 package resnet
 
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,12 +18,25 @@ import (
 )
 
 // Arches lists the supported architectures.
-var Arches = []string{"resnet50_cbam", "resnet50", "wide_resnet50_2", "resnet18"}
+var Arches = []string{"resnet50_cbam", "resnet101_cbam", "resnet152_cbam", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "resnet18"}
+
+// Layers are the taps a graph can output, shallowest first: the outputs of the
+// four residual stages, at strides 4, 8, 16 and 32.
+var Layers = []string{"layer1", "layer2", "layer3", "layer4"}
+
+// DefaultTaps are the outputs of a graph built without Options.Taps: PaDiM's
+// layer1+2+3. layer4 is opt-in because it adds most of a ResNet's weights (and so
+// the graph's size, which every padim model embeds: ResNet-50 34 → 94 MB) and
+// its compute, which ONNX Runtime 1.24 runs even when layer4 is not asked for
+// (+21–30 % per image on ResNet-18/50/50_CBAM/Wide-50 at 224²;
+// BenchmarkUnrequestedTaps).
+var DefaultTaps = []string{"layer1", "layer2", "layer3"}
 
 // Options describe the graph to build.
 type Options struct {
 	Arch      string
-	InputSize int        // square input side (default 224)
+	InputSize int        // square input side (default 224); a multiple of 16, of 32 with layer4
+	Taps      []string   // outputs, a subset of Layers (default DefaultTaps); emitted shallowest first
 	Mean, Std [3]float32 // recorded in metadata_props for the extractor
 	Source    string     // where the weights came from, recorded in metadata
 	Seed      uint64     // recorded in metadata when the weights are random
@@ -28,28 +44,83 @@ type Options struct {
 
 type spec struct {
 	bottleneck bool
-	blocks     [3]int
+	blocks     [4]int
 	widthMul   int // bottleneck width = planes·widthMul (2 for wide_resnet50_2)
 	cbam       bool
 }
 
 var specs = map[string]spec{
-	"resnet18":        {false, [3]int{2, 2, 2}, 1, false},
-	"resnet50":        {true, [3]int{3, 4, 6}, 1, false},
-	"wide_resnet50_2": {true, [3]int{3, 4, 6}, 2, false},
-	"resnet50_cbam":   {true, [3]int{3, 4, 6}, 1, true},
+	"resnet18":        {false, [4]int{2, 2, 2, 2}, 1, false},
+	"resnet50":        {true, [4]int{3, 4, 6, 3}, 1, false},
+	"resnet101":       {true, [4]int{3, 4, 23, 3}, 1, false},
+	"resnet152":       {true, [4]int{3, 8, 36, 3}, 1, false},
+	"wide_resnet50_2": {true, [4]int{3, 4, 6, 3}, 2, false},
+	"resnet50_cbam":   {true, [4]int{3, 4, 6, 3}, 1, true},
+	"resnet101_cbam":  {true, [4]int{3, 4, 23, 3}, 1, true},
+	"resnet152_cbam":  {true, [4]int{3, 8, 36, 3}, 1, true},
 }
 
-// TapChannels returns the channels of layer1..3 for an architecture.
-func TapChannels(arch string) ([3]int, error) {
+func lookup(arch string) (spec, error) {
 	s, ok := specs[arch]
 	if !ok {
-		return [3]int{}, fmt.Errorf("unknown architecture %q (known: %s)", arch, strings.Join(Arches, ", "))
+		return s, fmt.Errorf("unknown architecture %q (known: %s)", arch, strings.Join(Arches, ", "))
+	}
+	return s, nil
+}
+
+// TapChannels returns the channels of layer1..4 for an architecture.
+func TapChannels(arch string) ([4]int, error) {
+	s, err := lookup(arch)
+	if err != nil {
+		return [4]int{}, err
 	}
 	if s.bottleneck {
-		return [3]int{256, 512, 1024}, nil
+		return [4]int{256, 512, 1024, 2048}, nil
 	}
-	return [3]int{64, 128, 256}, nil
+	return [4]int{64, 128, 256, 512}, nil
+}
+
+// ParseTaps reads a tap list such as "layer1,layer2,layer3,layer4", "1,2,3,4"
+// or the paper's "1+2+3+4" and returns it in Layers order; empty gives
+// DefaultTaps.
+func ParseTaps(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return slices.Clone(DefaultTaps), nil
+	}
+	var taps []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '+' || r == ' ' }) {
+		if len(f) == 1 && f[0] >= '1' && f[0] <= '9' {
+			f = "layer" + f
+		}
+		taps = append(taps, f)
+	}
+	return normTaps(taps)
+}
+
+// normTaps checks taps against Layers and sorts them shallowest first.
+func normTaps(taps []string) ([]string, error) {
+	if len(taps) == 0 {
+		return slices.Clone(DefaultTaps), nil
+	}
+	seen := map[int]bool{}
+	var idx []int
+	for _, t := range taps {
+		i := slices.Index(Layers, t)
+		if i < 0 {
+			return nil, fmt.Errorf("unknown tap %q (taps: %s)", t, strings.Join(Layers, ", "))
+		}
+		if seen[i] {
+			return nil, fmt.Errorf("tap %s given twice", t)
+		}
+		seen[i] = true
+		idx = append(idx, i)
+	}
+	slices.Sort(idx)
+	out := make([]string, len(idx))
+	for k, i := range idx {
+		out[k] = Layers[i]
+	}
+	return out, nil
 }
 
 // ImageNetMean and ImageNetStd are torchvision's input normalisation, the default.
@@ -63,18 +134,31 @@ const BNEps = 1e-5
 
 // Build returns the ONNX model bytes.
 func Build(o Options, p Params) ([]byte, error) {
-	s, ok := specs[o.Arch]
-	if !ok {
-		return nil, fmt.Errorf("unknown architecture %q (known: %s)", o.Arch, strings.Join(Arches, ", "))
+	g, err := build(o, p)
+	if err != nil {
+		return nil, err
 	}
+	return g.Marshal(), nil
+}
+
+func build(o Options, p Params) (*onnxpb.Graph, error) {
+	s, err := lookup(o.Arch)
+	if err != nil {
+		return nil, err
+	}
+	taps, err := normTaps(o.Taps)
+	if err != nil {
+		return nil, err
+	}
+	deepest := slices.Index(Layers, taps[len(taps)-1])
 	if o.InputSize == 0 {
 		o.InputSize = 224
 	}
 	if o.Std == ([3]float32{}) {
 		o.Mean, o.Std = ImageNetMean, ImageNetStd
 	}
-	if o.InputSize%16 != 0 {
-		return nil, fmt.Errorf("input size %d must be a multiple of 16", o.InputSize)
+	if stride := 4 << deepest; o.InputSize <= 0 || o.InputSize%max(16, stride) != 0 {
+		return nil, fmt.Errorf("input size %d must be a multiple of %d for taps %s", o.InputSize, max(16, stride), strings.Join(taps, ","))
 	}
 	b := &builder{p: p}
 	b.g = onnxpb.Graph{Name: o.Arch, Opset: 13, Producer: "padim"}
@@ -86,8 +170,9 @@ func Build(o Options, p Params) ([]byte, error) {
 	x = b.node("MaxPool", []string{x}, []onnxpb.Attr{onnxpb.Is("kernel_shape", 3, 3), onnxpb.Is("strides", 2, 2), onnxpb.Is("pads", 1, 1, 1, 1)})
 	in := 64
 	chans, _ := TapChannels(o.Arch)
-	for li, planes := range []int{64, 128, 256} {
-		layer := "layer" + strconv.Itoa(li+1)
+	for li := 0; li <= deepest; li++ {
+		planes := 64 << li
+		layer := Layers[li]
 		for bi := 0; bi < s.blocks[li]; bi++ {
 			stride := 1
 			if bi == 0 && li > 0 {
@@ -106,7 +191,10 @@ func Build(o Options, p Params) ([]byte, error) {
 				in = planes
 			}
 		}
-		b.g.Outputs = append(b.g.Outputs, onnxpb.Value{Name: layer, Dims: []int64{-1, int64(chans[li]), n / int64(4<<li), n / int64(4<<li)}, Param: []string{"N"}})
+		if slices.Contains(taps, layer) {
+			side := n / int64(4<<li)
+			b.g.Outputs = append(b.g.Outputs, onnxpb.Value{Name: layer, Dims: []int64{-1, int64(chans[li]), side, side}, Param: []string{"N"}})
+		}
 	}
 	if b.err != nil {
 		return nil, b.err
@@ -120,11 +208,11 @@ func Build(o Options, p Params) ([]byte, error) {
 		{"padim.seed", strconv.FormatUint(o.Seed, 10)},
 		{"padim.input", "input"},
 		{"padim.input_size", strconv.Itoa(o.InputSize)},
-		{"padim.taps", "layer1,layer2,layer3"},
+		{"padim.taps", strings.Join(taps, ",")},
 		{"padim.mean", f(o.Mean)},
 		{"padim.std", f(o.Std)},
 	}
-	return b.g.Marshal(), nil
+	return &b.g, nil
 }
 
 type builder struct {
