@@ -39,6 +39,9 @@ func TestArchesShapesAndHealthyActivations(t *testing.T) {
 	needRuntime(t)
 	for _, arch := range resnet.Arches {
 		t.Run(arch, func(t *testing.T) {
+			if testing.Short() && (strings.HasPrefix(arch, "resnet101") || strings.HasPrefix(arch, "resnet152")) {
+				t.Skip("deep ResNets in the full run only (models/resnet checks their layers in -short too)")
+			}
 			size := 224
 			if testing.Short() || arch != "resnet50_cbam" {
 				size = 64
