@@ -38,7 +38,8 @@ type Config struct {
 	Dim          int
 	Seed         uint64
 	Eps          float64
-	Holdout      float64 // as train --holdout (0: no calibration, the comparator has none)
+	Gaussian     string  // as train --gaussian
+	Calibration  string  // as train --calibrate (none: the comparator has no thresholds)
 	Backend      gauss.Backend
 	PeakGFLOPS   float64 // the machine's fp32 SGEMM rate, 0 if not measured
 	Dir          string  // where the model file is written and read (default: a temporary folder)
@@ -103,7 +104,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	start := time.Now()
 	m, trep, err := detector.Train(ctx, cfg.Extractor, cfg.Train, detector.TrainConfig{
 		Preprocess: cfg.Preprocess, Pipeline: cfg.Pipeline, Dim: cfg.Dim, Seed: cfg.Seed, Eps: cfg.Eps,
-		Holdout: cfg.Holdout, Sigma: anomalymap.DefaultSigma, Backend: cfg.Backend,
+		Gaussian: cfg.Gaussian, Calibration: cfg.Calibration, Sigma: anomalymap.DefaultSigma, Backend: cfg.Backend,
 		BackboneName: cfg.Backbone, BackboneONNX: cfg.BackboneONNX,
 	})
 	if err != nil {
@@ -148,7 +149,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	scoreSec := time.Since(t).Seconds()
 
-	P, D := m.Gaussian.P, m.Gaussian.D
+	P, D := m.Gaussian.Shape()
 	L := float64(gauss.PackedLen(D))
 	nScore := float64(len(cfg.Score))
 	flops := map[string]float64{

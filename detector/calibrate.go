@@ -52,11 +52,11 @@ func CalibrateScores(imageScores []float32, pixels []float32) (*Calibration, err
 	ps := slices.Clone(pixels)
 	slices.Sort(ps)
 	c := &Calibration{
-		Thresholds:    Thresholds{Image: rule(is, ImageQuantile), Pixel: rule(ps, PixelQuantile)},
-		Rule:          fmt.Sprintf("q%g+%g*(q%g-median) of held-out image scores; q%g+%g*(q%g-median) of held-out pixel scores", ImageQuantile, Margin, ImageQuantile, PixelQuantile, Margin, PixelQuantile),
-		HoldoutImages: len(imageScores),
-		ImageScores:   slices.Clone(imageScores),
-		PixelLevels:   PixelLevels,
+		Thresholds:  Thresholds{Image: rule(is, ImageQuantile), Pixel: rule(ps, PixelQuantile)},
+		Rule:        fmt.Sprintf("q%g+%g*(q%g-median) of held-out image scores; q%g+%g*(q%g-median) of held-out pixel scores", ImageQuantile, Margin, ImageQuantile, PixelQuantile, Margin, PixelQuantile),
+		Images:      len(imageScores),
+		ImageScores: slices.Clone(imageScores),
+		PixelLevels: PixelLevels,
 	}
 	for _, l := range PixelLevels {
 		c.PixelQuantiles = append(c.PixelQuantiles, float32(sortedQuantile(ps, l)))

@@ -117,7 +117,7 @@ func TestTrainScoreMatchesFloat64Reference(t *testing.T) {
 	train := writeImages(t, filepath.Join(dir, "train"), 20, 1, false)
 	test := append(writeImages(t, filepath.Join(dir, "good"), 2, 2, false), writeImages(t, filepath.Join(dir, "bad"), 2, 3, true)...)
 	ext := newFake(32)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 6}, Dim: 12, Seed: 5, Eps: 0.01, Sigma: 4, BackboneONNX: []byte("fake")}
+	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 6}, Dim: 12, Seed: 5, Eps: 0.01, Sigma: 4, Calibration: CalibrateNone, BackboneONNX: []byte("fake")}
 	m, rep, err := Train(ctx, ext, train, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +183,7 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 	train := writeImages(t, filepath.Join(dir, "train"), 30, 4, false)
 	bad := writeImages(t, filepath.Join(dir, "bad"), 2, 5, true)
 	ext := newFake(32)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 8}, Dim: 0, Seed: 1, Eps: 0.01, Holdout: 0.1, Sigma: 4, BackboneName: "fake", BackboneONNX: []byte("fake graph")}
+	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 8}, Dim: 0, Seed: 1, Eps: 0.01, Calibration: CalibrateHoldout, Holdout: 0.1, Sigma: 4, BackboneName: "fake", BackboneONNX: []byte("fake graph")}
 	m, rep, err := Train(ctx, ext, train, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -191,8 +191,8 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 	if rep.HeldOut != 3 || m.NTrain != 30 || m.Calibration == nil || len(m.Calibration.ImageScores) != 3 {
 		t.Fatalf("held out %d, N %d, calibration %+v", rep.HeldOut, m.NTrain, m.Calibration)
 	}
-	if m.Gaussian.D != 16 {
-		t.Fatalf("dim 0 kept %d channels, want all 16", m.Gaussian.D)
+	if _, d := m.Gaussian.Shape(); d != 16 || m.Gaussian.Form() != FormFull {
+		t.Fatalf("dim 0 kept %d channels (want all 16); form %s (30 samples > 8.5: full)", d, m.Gaussian.Form())
 	}
 	c := m.Calibration
 	if !(float64(c.Image) >= Quantile(c.ImageScores, 0.99)) {
@@ -209,8 +209,9 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 	if m2.Calibration.Image != c.Image || string(m2.BackboneONNX) != "fake graph" || m2.Preprocess != m.Preprocess || m2.NTrain != 30 {
 		t.Fatalf("round trip changed the model: %+v", m2.Meta)
 	}
-	for i := range m.Gaussian.LInv {
-		if m.Gaussian.LInv[i] != m2.Gaussian.LInv[i] {
+	g, g2 := m.Gaussian.(*gauss.Gaussian), m2.Gaussian.(*gauss.Gaussian)
+	for i := range g.LInv {
+		if g.LInv[i] != g2.LInv[i] {
 			t.Fatal("L⁻¹ changed on round trip")
 		}
 	}
@@ -267,9 +268,9 @@ func TestBadFilesSkippedOrFatal(t *testing.T) {
 	if len(rep.Skipped) != 1 || m.NTrain != 6 {
 		t.Fatalf("skipped %v N %d", rep.Skipped, m.NTrain)
 	}
-	cfg.Holdout = 0.5
-	if _, _, err := Train(ctx, newFake(32), train[:4], cfg); err == nil {
-		t.Fatal("holdout leaving one training image accepted")
+	cfg.Calibration = CalibrateHoldout
+	if _, _, err := Train(ctx, newFake(32), train[:1], cfg); err == nil || !strings.Contains(err.Error(), "at least 2 images") {
+		t.Fatalf("holding out from one image: %v", err)
 	}
 }
 
@@ -294,49 +295,92 @@ func TestTilesStitchToImageSize(t *testing.T) {
 	})
 }
 
-// Shards fitted separately and merged give the model of one fit on all images.
+// Shards fitted separately and merged give the model of one fit on all
+// images, in both forms; a shard merged twice, or one of another channel
+// subset, is refused.
 func TestShardedStatsMergeEqualsSingleFit(t *testing.T) {
 	dir := t.TempDir()
 	files := writeImages(t, filepath.Join(dir, "imgs"), 14, 10, false)
-	cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 4}, Dim: 10, Seed: 2, Eps: 0.01, Sigma: 4, BackboneONNX: []byte("bb")}
-	all, _, err := Train(ctx, newFake(32), files, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	shard := func(c TrainConfig, part []string, path string) {
-		t.Helper()
-		c.KeepStats = true
-		m, rep, err := Train(ctx, newFake(32), part, c)
+	test := writeImages(t, filepath.Join(dir, "test"), 4, 13, true)
+	scores := func(m *Model) []float32 {
+		sc, err := m.NewScorer(newFake(32), ScoreConfig{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := SaveStats(path, m, rep.Stats); err != nil {
+		defer sc.Close()
+		var out []float32
+		for _, r := range scoreAll(t, sc, FileInputs(test)) {
+			out = append(out, r.Score)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name  string
+		parts [][]string
+		form  string
+	}{
+		{"full from samples and statistics", [][]string{files[:5], files[5:]}, FormFull}, // D=10: 14 samples > 5.5
+		{"low-rank from samples", [][]string{files[:3], files[3:7]}, FormLowRank},        // 7 < 8.5 at D=16
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dim := 10
+			if c.form == FormLowRank {
+				dim = 0
+			}
+			cfg := TrainConfig{Preprocess: testPreprocess(), Pipeline: PipelineOptions{Batch: 4}, Dim: dim, Seed: 2, Eps: 0.01, Sigma: 4, Calibration: CalibrateNone, BackboneONNX: []byte("bb")}
+			var whole []string
+			var shards []string
+			for i, part := range c.parts {
+				whole = append(whole, part...)
+				cf := cfg
+				cf.KeepStats = true
+				m, rep, err := Train(ctx, newFake(32), part, cf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := filepath.Join(dir, fmt.Sprintf("%s-%d.stats", c.form, i))
+				if err := SaveStats(p, m, rep.Shard); err != nil {
+					t.Fatal(err)
+				}
+				shards = append(shards, p)
+			}
+			all, _, err := Train(ctx, newFake(32), whole, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			merged, err := MergeStats(shards, gauss.CPU{}, -1, FormAuto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if merged.NTrain != len(whole) || merged.Gaussian.Form() != c.form || all.Gaussian.Form() != c.form {
+				t.Fatalf("merged N %d form %s, single form %s", merged.NTrain, merged.Gaussian.Form(), all.Gaussian.Form())
+			}
+			a, b := scores(all), scores(merged)
+			for i := range a {
+				if d := math.Abs(float64(a[i]-b[i])) / float64(a[i]); d > 1e-4 {
+					t.Fatalf("image %d: single fit %v, merged %v", i, a[i], b[i])
+				}
+			}
+			if _, err := MergeStats([]string{shards[0], shards[1], shards[0]}, gauss.CPU{}, -1, FormAuto); err == nil || !strings.Contains(err.Error(), "twice") {
+				t.Fatalf("a shard merged twice: %v", err)
+			}
+		})
+	}
+	// a shard of another channel subset is refused
+	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 10, Eps: 0.01, Sigma: 4, Calibration: CalibrateNone, KeepStats: true}
+	var paths []string
+	for i, seed := range []uint64{2, 99} {
+		cfg.Seed = seed
+		m, rep, err := Train(ctx, newFake(32), files[i*3:i*3+3], cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, filepath.Join(dir, fmt.Sprintf("seed%d.stats", seed)))
+		if err := SaveStats(paths[i], m, rep.Shard); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var shards []string
-	for i, part := range [][]string{files[:5], files[5:]} {
-		p := filepath.Join(dir, fmt.Sprintf("s%d.stats", i))
-		shard(cfg, part, p)
-		shards = append(shards, p)
-	}
-	merged, err := MergeStats(shards, gauss.CPU{}, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if merged.NTrain != 14 {
-		t.Fatalf("merged N %d", merged.NTrain)
-	}
-	for i, v := range all.Gaussian.LInv {
-		if d := math.Abs(float64(v - merged.Gaussian.LInv[i])); d > 1e-4*math.Max(1, math.Abs(float64(v))) {
-			t.Fatalf("L⁻¹[%d]: single %v merged %v", i, v, merged.Gaussian.LInv[i])
-		}
-	}
-	// a shard of another channel subset is refused
-	c := cfg
-	c.Seed = 99
-	shard(c, files[:3], filepath.Join(dir, "other.stats"))
-	if _, err := MergeStats([]string{shards[0], filepath.Join(dir, "other.stats")}, gauss.CPU{}, -1); err == nil {
+	if _, err := MergeStats(paths, gauss.CPU{}, -1, FormAuto); err == nil {
 		t.Fatal("mismatched shard merged")
 	}
 }
@@ -393,7 +437,7 @@ func TestNonFiniteModelRefused(t *testing.T) {
 		i    int
 		x    float32
 		want string
-	}{{m.Gaussian.LInv, 3 << 20 % len(m.Gaussian.LInv), float32(math.NaN()), "tensor linv holds NaN"}, {m.Gaussian.Mean, 17, float32(math.Inf(-1)), "tensor mean holds -Inf at 17"}} {
+	}{{m.Gaussian.(*gauss.Gaussian).LInv, 3 << 20 % len(m.Gaussian.(*gauss.Gaussian).LInv), float32(math.NaN()), "tensor linv holds NaN"}, {m.Gaussian.(*gauss.Gaussian).Mean, 17, float32(math.Inf(-1)), "tensor mean holds -Inf at 17"}} {
 		old := c.v[c.i]
 		c.v[c.i] = c.x
 		p := filepath.Join(dir, "bad.padim")

@@ -47,7 +47,7 @@ type Meta struct {
 type Calibration struct {
 	Thresholds               // verdict: defect iff image score > Image; masks: defect pixel iff map value > Pixel
 	Rule           string    // how the thresholds were derived
-	HoldoutImages  int       // held-out images (files)
+	Images         int       // images whose out-of-sample scores set the thresholds
 	ImageScores    []float32 // their image scores under the model fitted without them
 	PixelLevels    []float64 // quantile levels of their pixel scores
 	PixelQuantiles []float32
@@ -56,29 +56,40 @@ type Calibration struct {
 // Model is a trained detector.
 type Model struct {
 	Meta
-	Channels     []int // kept indices into the concatenated taps
-	Gaussian     *gauss.Gaussian
+	Channels     []int        // kept indices into the concatenated taps
+	Gaussian     gauss.Model  // *gauss.Gaussian (full form) or *gauss.LowRank
 	Calibration  *Calibration // nil when trained with no hold-out
 	BackboneONNX []byte       // the backbone graph, so a model file is self-contained
 }
 
 // Save writes the model atomically as safetensors.
 func (m *Model) Save(path string) error {
-	g := m.Gaussian
 	md := m.metadata("padim")
-	md["dim"] = strconv.Itoa(g.D)
-	ts := []safetensors.Tensor{
-		safetensors.F32("mean", g.Mean, g.P, g.D),
-		safetensors.F32("linv", g.LInv, g.P, gauss.PackedLen(g.D)),
+	var ts []safetensors.Tensor
+	switch g := m.Gaussian.(type) {
+	case *gauss.Gaussian:
+		md["gaussian"], md["dim"] = gauss.FormFull, strconv.Itoa(g.D)
+		ts = []safetensors.Tensor{
+			safetensors.F32("mean", g.Mean, g.P, g.D),
+			safetensors.F32("linv", g.LInv, g.P, gauss.PackedLen(g.D)),
+		}
+	case *gauss.LowRank:
+		md["gaussian"], md["dim"], md["rank"] = gauss.FormLowRank, strconv.Itoa(g.D), strconv.Itoa(g.N)
+		ts = []safetensors.Tensor{
+			safetensors.F32("mean", g.Mean, g.P, g.D),
+			safetensors.F32("lowrank_m", g.M, g.P, g.N, g.D),
+		}
+	default:
+		return fmt.Errorf("cannot save a model of type %T", m.Gaussian)
 	}
 	if c := m.Calibration; c != nil {
 		md["calibration_rule"] = c.Rule
-		md["holdout_images"] = strconv.Itoa(c.HoldoutImages)
+		md["calibration_images"] = strconv.Itoa(c.Images)
 		md["pixel_quantile_levels"] = joinFloats(c.PixelLevels)
 		ts = append(ts,
 			safetensors.F32("thresholds", []float32{c.Image, c.Pixel}, 2),
-			safetensors.F32("holdout_image_scores", c.ImageScores, len(c.ImageScores)),
-			safetensors.F32("holdout_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
+			safetensors.F32("calibration_image_scores", c.ImageScores, len(c.ImageScores)),
+			safetensors.F32("calibration_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
 	}
 	return safetensors.Write(path, md, append(ts, m.sharedTensors()...))
 }
@@ -191,33 +202,62 @@ func fromFile(f *safetensors.File) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	tl, err := get("linv")
+	if len(tm.Shape) != 2 {
+		return nil, fmt.Errorf("tensor mean has shape %v, want [P,D]", tm.Shape)
+	}
+	P, D := tm.Shape[0], tm.Shape[1]
+	mean, err := tm.Float32s()
 	if err != nil {
 		return nil, err
 	}
-	if len(tm.Shape) != 2 || len(tl.Shape) != 2 || tm.Shape[0] != tl.Shape[0] || tl.Shape[1] != gauss.PackedLen(tm.Shape[1]) {
-		return nil, fmt.Errorf("mean %v and linv %v shapes disagree", tm.Shape, tl.Shape)
-	}
-	g := &gauss.Gaussian{P: tm.Shape[0], D: tm.Shape[1], Backing: f.Keep()}
-	if g.Mean, err = tm.Float32s(); err != nil {
+	if err := allFinite("mean", mean); err != nil {
 		return nil, err
 	}
-	if g.LInv, err = tl.Float32s(); err != nil {
-		return nil, err
+	switch md["gaussian"] {
+	case gauss.FormFull:
+		tl, err := get("linv")
+		if err != nil {
+			return nil, err
+		}
+		if len(tl.Shape) != 2 || tl.Shape[0] != P || tl.Shape[1] != gauss.PackedLen(D) {
+			return nil, fmt.Errorf("mean %v and linv %v shapes disagree", tm.Shape, tl.Shape)
+		}
+		g := &gauss.Gaussian{P: P, D: D, Mean: mean, Backing: f.Keep()}
+		if g.LInv, err = tl.Float32s(); err != nil {
+			return nil, err
+		}
+		if err := g.Check(); err != nil {
+			return nil, err
+		}
+		if err := allFinite("linv", g.LInv); err != nil {
+			return nil, err
+		}
+		m.Gaussian = g
+	case gauss.FormLowRank:
+		tl, err := get("lowrank_m")
+		if err != nil {
+			return nil, err
+		}
+		if len(tl.Shape) != 3 || tl.Shape[0] != P || tl.Shape[2] != D || tl.Shape[1] < 1 {
+			return nil, fmt.Errorf("mean %v and lowrank_m %v shapes disagree", tm.Shape, tl.Shape)
+		}
+		g := &gauss.LowRank{P: P, D: D, N: tl.Shape[1], Eps: m.Eps, Mean: mean, Backing: f.Keep()}
+		if g.M, err = tl.Float32s(); err != nil {
+			return nil, err
+		}
+		if err := g.Check(); err != nil {
+			return nil, err
+		}
+		if err := allFinite("lowrank_m", g.M); err != nil {
+			return nil, err
+		}
+		m.Gaussian = g
+	default:
+		return nil, fmt.Errorf("metadata gaussian=%q: want full or lowrank", md["gaussian"])
 	}
-	if err := g.Check(); err != nil {
-		return nil, err
+	if P != m.GridH*m.GridW || D != len(m.Channels) {
+		return nil, fmt.Errorf("model arrays P=%d D=%d disagree with its %dx%d grid and %d channels", P, D, m.GridH, m.GridW, len(m.Channels))
 	}
-	if err := allFinite("mean", g.Mean); err != nil {
-		return nil, err
-	}
-	if err := allFinite("linv", g.LInv); err != nil {
-		return nil, err
-	}
-	if g.P != m.GridH*m.GridW || g.D != len(m.Channels) {
-		return nil, fmt.Errorf("model arrays P=%d D=%d disagree with its %dx%d grid and %d channels", g.P, g.D, m.GridH, m.GridW, len(m.Channels))
-	}
-	m.Gaussian = g
 	if t := f.Tensor("thresholds"); t != nil {
 		c := &Calibration{Rule: md["calibration_rule"]}
 		th, err := t.Float32s()
@@ -225,11 +265,11 @@ func fromFile(f *safetensors.File) (*Model, error) {
 			return nil, fmt.Errorf("thresholds tensor must be 2 float32 values")
 		}
 		c.Image, c.Pixel = th[0], th[1]
-		c.HoldoutImages, _ = strconv.Atoi(md["holdout_images"])
-		if t := f.Tensor("holdout_image_scores"); t != nil {
+		c.Images, _ = strconv.Atoi(md["calibration_images"])
+		if t := f.Tensor("calibration_image_scores"); t != nil {
 			c.ImageScores, _ = t.Float32s()
 		}
-		if t := f.Tensor("holdout_pixel_quantiles"); t != nil {
+		if t := f.Tensor("calibration_pixel_quantiles"); t != nil {
 			c.PixelQuantiles, _ = t.Float32s()
 		}
 		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))

@@ -563,7 +563,32 @@ type Chunk struct {
 	N      int         // samples (images, or tiles)
 	Source []int       // per sample, the index of its input
 	Failed []FileError // inputs up to this chunk that could not be read
-	Inputs []int       // inputs whose first sample is in this chunk
+	Items  []ItemInfo  // inputs whose first sample is in this chunk
+}
+
+// ItemInfo is what the pipeline learnt of one readable input: where its
+// samples lie in its map, and the map's size.
+type ItemInfo struct {
+	Index int
+	Name  string
+	Rects []imageio.Rect
+	W, H  int
+}
+
+// export describes a chunk for callers outside the pipeline.
+func (p *Pipeline) export(c *chunk) Chunk {
+	out := Chunk{Emb: c.emb[:c.n*p.layout.P()*p.layout.D()], N: c.n}
+	for _, r := range c.refs {
+		out.Source = append(out.Source, r.it.index)
+	}
+	for _, it := range c.items {
+		if it.err != nil {
+			out.Failed = append(out.Failed, FileError{it.index, it.name, it.err})
+		} else {
+			out.Items = append(out.Items, ItemInfo{it.index, it.name, it.rects, it.w, it.h})
+		}
+	}
+	return out
 }
 
 // Embeddings runs the inputs through decode, backbone and embedding and calls fn
@@ -578,18 +603,7 @@ func (p *Pipeline) Embeddings(ctx context.Context, inputs []Input, group int, fn
 	var ferr error
 	for c := range s.chunks {
 		if ferr == nil {
-			out := Chunk{Emb: c.emb[:c.n*p.layout.P()*p.layout.D()], N: c.n}
-			for _, r := range c.refs {
-				out.Source = append(out.Source, r.it.index)
-			}
-			for _, it := range c.items {
-				if it.err != nil {
-					out.Failed = append(out.Failed, FileError{it.index, it.name, it.err})
-				} else {
-					out.Inputs = append(out.Inputs, it.index)
-				}
-			}
-			ferr = fn(out)
+			ferr = fn(p.export(c))
 			if ferr != nil {
 				cancel()
 			}

@@ -24,7 +24,7 @@ func scoreAll(t *testing.T, sc *Scorer, in []Input) []*Result {
 
 func trainSmall(t *testing.T, pre func(*TrainConfig), files []string) *Model {
 	t.Helper()
-	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 12, Seed: 3, Eps: 0.01, Sigma: 4, Holdout: 0.2}
+	cfg := TrainConfig{Preprocess: testPreprocess(), Dim: 12, Seed: 3, Eps: 0.01, Sigma: 4, Calibration: CalibrateHoldout, Holdout: 0.2}
 	if pre != nil {
 		pre(&cfg)
 	}
@@ -92,7 +92,7 @@ func TestBatchedScoringEqualsOneAtATime(t *testing.T) {
 func TestTilesSpanningChunks(t *testing.T) {
 	dir := t.TempDir()
 	files := writeImages(t, dir, 6, 24, false)
-	m := trainSmall(t, func(c *TrainConfig) { c.Preprocess.Tile, c.Preprocess.Overlap, c.Holdout = 32, 8, 0 }, files)
+	m := trainSmall(t, func(c *TrainConfig) { c.Preprocess.Tile, c.Preprocess.Overlap, c.Calibration = 32, 8, CalibrateNone }, files)
 	big, _ := m.NewScorer(newFake(32), ScoreConfig{Pipeline: PipelineOptions{Batch: 16}})
 	defer big.Close()
 	small, _ := m.NewScorer(newFake(32), ScoreConfig{Pipeline: PipelineOptions{Batch: 3}})

@@ -81,11 +81,12 @@ type Scorer struct {
 // call (a GPU amortises its model reads over larger batches).
 type GroupHinter interface{ PreferredGroup() int }
 
-// NewScorer prepares scoring of the pipeline's embeddings with the Gaussian g.
-func NewScorer(p *Pipeline, g *gauss.Gaussian, set ScoreSettings) (*Scorer, error) {
+// NewScorer prepares scoring of the pipeline's embeddings with the Gaussian g
+// (either form).
+func NewScorer(p *Pipeline, g gauss.Model, set ScoreSettings) (*Scorer, error) {
 	l := p.Layout()
-	if g.P != l.P() || g.D != l.D() {
-		return nil, fmt.Errorf("the Gaussian has P=%d D=%d but the pipeline embeds P=%d D=%d", g.P, g.D, l.P(), l.D())
+	if gp, gd := g.Shape(); gp != l.P() || gd != l.D() {
+		return nil, fmt.Errorf("the Gaussian has P=%d D=%d but the pipeline embeds P=%d D=%d", gp, gd, l.P(), l.D())
 	}
 	if set.Thresholds != nil {
 		if err := set.Thresholds.Check(); err != nil {
@@ -104,22 +105,35 @@ func NewScorer(p *Pipeline, g *gauss.Gaussian, set ScoreSettings) (*Scorer, erro
 			set.Group = max(set.Group, h.PreferredGroup())
 		}
 	}
-	pre := p.Preprocess()
-	side, sigma := pre.InputSize(), set.Sigma
-	if pre.Tile > 0 {
-		// maps live at native resolution: scale the blur with the tile's resize
-		side = pre.Tile
-		sigma = set.Sigma * float64(pre.Tile) / float64(pre.InputSize())
-	}
-	maps, err := anomalymap.NewMaker(l.H, l.W, side, sigma)
+	maps, err := mapMaker(p, set.Sigma)
 	if err != nil {
 		return nil, err
 	}
-	gs, err := set.Backend.NewScorer(g)
+	gs, err := gauss.NewModelScorer(set.Backend, g)
 	if err != nil {
 		return nil, err
 	}
 	return &Scorer{pipe: p, gs: gs, maps: maps, set: set}, nil
+}
+
+// mapMaker prepares the pipeline's maps: at the network input's size, or, when
+// tiling, at the image's own, with the blur scaled like the tiles.
+func mapMaker(p *Pipeline, sigma float64) (*anomalymap.Maker, error) {
+	pre, l := p.Preprocess(), p.Layout()
+	side := pre.InputSize()
+	if pre.Tile > 0 {
+		side = pre.Tile
+		sigma *= float64(pre.Tile) / float64(pre.InputSize())
+	}
+	return anomalymap.NewMaker(l.H, l.W, side, sigma)
+}
+
+func mapRects(r []imageio.Rect) []anomalymap.Rect {
+	out := make([]anomalymap.Rect, len(r))
+	for i, x := range r {
+		out[i] = anomalymap.Rect(x)
+	}
+	return out
 }
 
 // Close releases the backend's resources.
@@ -147,7 +161,7 @@ func (s *Scorer) Score(ctx context.Context, inputs []Input, fn func(*Result) err
 	return s.score(ctx, inputs, nil, fn)
 }
 
-func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(emb []float32, n int) error, fn func(*Result) error) error {
+func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(Chunk) error, fn func(*Result) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
@@ -176,7 +190,7 @@ func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(emb []float
 			}
 			if c.n > 0 {
 				if tap != nil {
-					if err := tap(c.emb[:c.n*P*p.Layout().D()], c.n); err != nil {
+					if err := tap(p.export(c)); err != nil {
 						return err
 					}
 				}
@@ -255,11 +269,7 @@ func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(emb []float
 // finish turns one image's patch distances into its map, score and verdict.
 func (s *Scorer) finish(ss *scoreState) (*Result, error) {
 	it := ss.it
-	rects := make([]anomalymap.Rect, len(it.rects))
-	for i, r := range it.rects {
-		rects[i] = anomalymap.Rect(r)
-	}
-	m, score, err := s.maps.Make(ss.grid, rects, it.w, it.h)
+	m, score, err := s.maps.Make(ss.grid, mapRects(it.rects), it.w, it.h)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", it.name, err)
 	}

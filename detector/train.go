@@ -21,7 +21,28 @@ const (
 	DefaultSeed    = 1024
 	DefaultEps     = 0.01
 	DefaultHoldout = 0.1
-	MinHoldout     = 3 // held-out images when the hold-out fraction is > 0, at least
+	MinHoldout     = 3 // held-out images when holding out, at least (fewer when there are few images)
+	DefaultFolds   = 5
+	// LeaveOneOutMax: with at most this many images, the low-rank form
+	// cross-fits leaving one image out at a time.
+	LeaveOneOutMax = 20
+	// MaxCalibrationPixels bounds the out-of-sample map pixels that set the
+	// pixel threshold; more are thinned evenly.
+	MaxCalibrationPixels = 4 << 20
+)
+
+// The Gaussian forms a fit can take (TrainConfig.Gaussian).
+const (
+	FormAuto    = "auto" // low-rank when it is cheaper (N < (D+1)/2) and fits in memory, else full
+	FormFull    = gauss.FormFull
+	FormLowRank = gauss.FormLowRank
+)
+
+// How thresholds are derived (TrainConfig.Calibration).
+const (
+	CalibrateCrossFit = "crossfit" // every image scored by a model fitted without it
+	CalibrateHoldout  = "holdout"  // a held-out part scored by a model fitted on the rest
+	CalibrateNone     = "none"     // no thresholds
 )
 
 // Progress is told how many of a stage's inputs are done.
@@ -41,14 +62,15 @@ type FitReport struct {
 	Skipped []FileError
 }
 
-// Fit streams good images through the pipeline into statistics on the backend.
+// Fit streams good images through the pipeline into full-form statistics on
+// the backend.
 func Fit(ctx context.Context, p *Pipeline, inputs []Input, b gauss.Backend, opt FitOptions) (*gauss.Stats, *FitReport, error) {
 	acc, err := b.NewAccumulator(p.Layout().P(), p.Layout().D())
 	if err != nil {
 		return nil, nil, err
 	}
 	defer acc.Close()
-	rep, err := fitInto(ctx, p, inputs, acc, opt, nil)
+	rep, err := streamFit(ctx, p, inputs, opt, func(c Chunk) error { return acc.Add(c.Emb, c.N) })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -59,36 +81,30 @@ func Fit(ctx context.Context, p *Pipeline, inputs []Input, b gauss.Backend, opt 
 	return s, rep, nil
 }
 
-// fitInto streams inputs into acc; tap, when set, sees every chunk too.
-func fitInto(ctx context.Context, p *Pipeline, inputs []Input, acc gauss.Accumulator, opt FitOptions, tap func(Chunk) error) (*FitReport, error) {
+// streamFit runs inputs through the pipeline, handing each chunk to add.
+func streamFit(ctx context.Context, p *Pipeline, inputs []Input, opt FitOptions, add func(Chunk) error) (*FitReport, error) {
 	stage := opt.Stage
 	if stage == "" {
 		stage = "fit"
 	}
 	rep := &FitReport{}
 	done := 0
-	group := DefaultGroup
-	err := p.Embeddings(ctx, inputs, group, func(c Chunk) error {
+	err := p.Embeddings(ctx, inputs, DefaultGroup, func(c Chunk) error {
 		for _, f := range c.Failed {
 			if !opt.SkipBad {
 				return f
 			}
 			rep.Skipped = append(rep.Skipped, f)
 		}
-		rep.Files += len(c.Inputs)
-		done += len(c.Inputs) + len(c.Failed)
+		rep.Files += len(c.Items)
+		done += len(c.Items) + len(c.Failed)
 		if c.N > 0 {
 			t := time.Now()
-			if err := acc.Add(c.Emb, c.N); err != nil {
+			if err := add(c); err != nil {
 				return err
 			}
 			p.Timings.Since(stage, t, c.N)
 			rep.Samples += c.N
-		}
-		if tap != nil {
-			if err := tap(c); err != nil {
-				return err
-			}
 		}
 		if opt.Progress != nil {
 			opt.Progress(stage, done, len(inputs))
@@ -103,36 +119,43 @@ type TrainConfig struct {
 	Preprocess   imageio.Preprocess
 	Pipeline     PipelineOptions
 	Dim          int    // channels kept at random; ≤0 or ≥ total keeps all
-	Seed         uint64 // seed of the channel subset and of the hold-out split
+	Seed         uint64 // seed of the channel subset, the folds and the hold-out split
 	Channels     []int  // explicit channel indices; overrides Dim and Seed
 	Eps          float64
-	Holdout      float64 // fraction of the images held out for calibration; 0 disables
 	Sigma        float64
+	Gaussian     string  // FormAuto (default), FormFull or FormLowRank
+	Calibration  string  // CalibrateCrossFit (default), CalibrateHoldout or CalibrateNone
+	Folds        int     // cross-fitting folds (DefaultFolds)
+	Holdout      float64 // fraction held out with CalibrateHoldout (DefaultHoldout)
+	SampleMemory int64   // bound on kept training embeddings (DefaultSampleMemory)
 	Backend      gauss.Backend
 	BackboneName string
 	BackboneONNX []byte
 	SkipBadFiles bool // report unreadable files and go on
-	KeepStats    bool // return the final statistics in the report (to save a shard)
+	KeepStats    bool // return the final fit's statistics or samples (to save a shard)
 	Progress     Progress
 }
 
 // TrainReport says what training used and skipped.
 type TrainReport struct {
-	Trained, HeldOut int // files
+	Trained, HeldOut int // files in the fit, and held out (CalibrateHoldout)
 	Samples          int // backbone inputs in the final fit (tiles count one each)
 	Skipped          []FileError
-	Timings          *Timings     // per stage, from the pipeline
-	Stats            *gauss.Stats // the final statistics, when asked (KeepStats)
+	Form             string   // the Gaussian form chosen
+	FormReason       string   // why
+	Folds            int      // cross-fitting folds used (0: none)
+	Notes            []string // things the user should know (no thresholds, form switched…)
+	Timings          *Timings // per stage, from the pipeline
+	Shard            *Shard   // the final fit's statistics or samples, when asked (KeepStats)
 }
 
-// Train fits a model on the good images in files: Fit on all but a held-out
-// part, Calibrate thresholds on the held-out part, then Finalize on everything.
+// Train fits a model on the good images in files: it streams them through the
+// pipeline into the Gaussian's statistics (and keeps their embeddings when the
+// low-rank form or cross-fitting needs them), derives thresholds from
+// out-of-sample scores, and factorises the final model on every image.
 func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport, error) {
-	if cfg.Backend == nil {
-		cfg.Backend = gauss.CPU{}
-	}
-	if !(cfg.Holdout >= 0 && cfg.Holdout < 1) {
-		return nil, nil, fmt.Errorf("the hold-out fraction must be in [0,1), got %v", cfg.Holdout)
+	if err := cfg.defaults(); err != nil {
+		return nil, nil, err
 	}
 	taps := ext.Taps()
 	total := embed.TotalChannels(taps)
@@ -147,99 +170,454 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		return nil, nil, err
 	}
 	rep := &TrainReport{Timings: p.Timings}
-	train, hold := splitHoldout(files, cfg.Holdout, cfg.Seed)
-	if len(hold) > 0 && len(train) < 2 {
-		return nil, nil, fmt.Errorf("%d images are too few to hold %d out for calibration and fit on the rest: add images or train without a hold-out", len(files), len(hold))
+	fitFiles, hold := files, []string(nil)
+	if cfg.Calibration == CalibrateHoldout {
+		if len(files) < 2 {
+			return nil, nil, fmt.Errorf("holding images out for thresholds needs at least 2 images, got %d: add images, or cross-fit, or train without thresholds", len(files))
+		}
+		fitFiles, hold = splitHoldout(files, cfg.Holdout, cfg.Seed)
 	}
+	f := newFitter(p, cfg, len(files))
+	defer f.close()
 
-	// 1. Fit on the training part.
+	// 1. Stream the images into the fit.
 	fopt := FitOptions{SkipBad: cfg.SkipBadFiles, Progress: cfg.Progress}
-	stats, frep, err := Fit(ctx, p, FileInputs(train), cfg.Backend, fopt)
+	frep, err := streamFit(ctx, p, FileInputs(fitFiles), fopt, f.add)
 	if err != nil {
 		return nil, nil, err
 	}
-	rep.Trained, rep.Samples, rep.Skipped = frep.Files, frep.Samples, frep.Skipped
-	if stats.N < 2 {
-		return nil, nil, fmt.Errorf("need at least 2 readable training images, got %d", stats.N)
+	rep.Trained, rep.Skipped = frep.Files, frep.Skipped
+	if f.n == 0 {
+		return nil, nil, errors.New("no readable training image")
 	}
+	set := ScoreSettings{Backend: cfg.Backend, Sigma: cfg.Sigma}
 
-	// 2. Calibrate on the held-out part under the model fitted without it.
+	// 2. Thresholds from out-of-sample scores.
 	var calib *Calibration
-	if len(hold) > 0 {
+	switch cfg.Calibration {
+	case CalibrateCrossFit:
 		t := time.Now()
-		g, err := cfg.Backend.Factorize(stats, cfg.Eps)
+		calib, rep.Folds, err = f.crossFit(ctx, cfg.Folds, cfg.Seed, set, cfg.Progress)
 		if err != nil {
 			return nil, nil, err
 		}
-		p.Timings.Since("factorize", t, 1)
-		set := ScoreSettings{Backend: cfg.Backend, Sigma: cfg.Sigma}
-		c, hs, crep, err := Calibrate(ctx, p, g, FileInputs(hold), set, fopt)
+		p.Timings.Since("crossfit", t, len(f.files))
+		if calib == nil {
+			rep.Notes = append(rep.Notes, "one readable image: no thresholds (cross-fitting needs at least 2 images); score with a threshold of your own")
+		}
+	case CalibrateHoldout:
+		t := time.Now()
+		rest, err := f.model()
 		if err != nil {
 			return nil, nil, err
 		}
+		c, crep, err := Calibrate(ctx, p, rest, FileInputs(hold), set, fopt, f.add)
+		if err != nil {
+			return nil, nil, err
+		}
+		p.Timings.Since("calibrate", t, crep.Files)
 		rep.HeldOut, rep.Skipped = crep.Files, append(rep.Skipped, crep.Skipped...)
-		rep.Samples += crep.Samples
-		if err := stats.Merge(hs); err != nil {
-			return nil, nil, err
-		}
 		calib = c
 	}
 
 	// 3. The final model on every usable image.
-	sum := sha256.Sum256(cfg.BackboneONNX)
-	meta := Meta{
-		Created:        time.Now().UTC().Truncate(time.Second),
-		BackboneName:   cfg.BackboneName,
-		BackboneSHA256: hex.EncodeToString(sum[:]),
-		Taps:           taps,
-		Preprocess:     cfg.Preprocess,
-		Eps:            cfg.Eps,
-		Seed:           seed,
-		TotalChannels:  total,
-		Sigma:          cfg.Sigma,
-		GridH:          p.Layout().H,
-		GridW:          p.Layout().W,
-	}
 	if cfg.Progress != nil {
 		cfg.Progress("factorize", 0, 1)
 	}
-	m, err := Finalize(meta, channels, stats, cfg.Backend, calib, cfg.BackboneONNX, p.Timings)
+	t := time.Now()
+	g, err := f.model()
 	if err != nil {
 		return nil, nil, err
 	}
+	p.Timings.Since("factorize", t, 1)
 	if cfg.Progress != nil {
 		cfg.Progress("factorize", 1, 1)
 	}
+	rep.Samples, rep.Form, rep.FormReason = f.n, g.Form(), f.reason
+	rep.Notes = append(rep.Notes, f.notes...)
+	sum := sha256.Sum256(cfg.BackboneONNX)
+	m := &Model{
+		Meta: Meta{
+			Created:        time.Now().UTC().Truncate(time.Second),
+			BackboneName:   cfg.BackboneName,
+			BackboneSHA256: hex.EncodeToString(sum[:]),
+			Taps:           taps,
+			Preprocess:     cfg.Preprocess,
+			Eps:            cfg.Eps,
+			NTrain:         f.n,
+			Seed:           seed,
+			TotalChannels:  total,
+			Sigma:          cfg.Sigma,
+			GridH:          p.Layout().H,
+			GridW:          p.Layout().W,
+		},
+		Channels:     channels,
+		Gaussian:     g,
+		Calibration:  calib,
+		BackboneONNX: cfg.BackboneONNX,
+	}
 	if cfg.KeepStats {
-		rep.Stats = stats
+		if rep.Shard, err = f.shard(); err != nil {
+			return nil, nil, err
+		}
 	}
 	return m, rep, nil
 }
 
-// Calibrate scores held-out good images with the Gaussian g (fitted without
-// them), derives thresholds from their scores, and returns their statistics so
-// that they can be merged into the final fit.
-func Calibrate(ctx context.Context, p *Pipeline, g *gauss.Gaussian, inputs []Input, set ScoreSettings, opt FitOptions) (*Calibration, *gauss.Stats, *FitReport, error) {
-	set.Thresholds, set.KeepImages = nil, false
-	sc, err := NewScorer(p, g, set)
-	if err != nil {
-		return nil, nil, nil, err
+func (cfg *TrainConfig) defaults() error {
+	if cfg.Backend == nil {
+		cfg.Backend = gauss.CPU{}
 	}
-	defer sc.Close()
-	acc, err := set.Backend.NewAccumulator(g.P, g.D)
+	if cfg.Gaussian == "" {
+		cfg.Gaussian = FormAuto
+	}
+	if cfg.Calibration == "" {
+		cfg.Calibration = CalibrateCrossFit
+	}
+	if cfg.Folds == 0 {
+		cfg.Folds = DefaultFolds
+	}
+	if cfg.Holdout == 0 {
+		cfg.Holdout = DefaultHoldout
+	}
+	if cfg.SampleMemory <= 0 {
+		cfg.SampleMemory = DefaultSampleMemory
+	}
+	switch cfg.Gaussian {
+	case FormAuto, FormFull, FormLowRank:
+	default:
+		return fmt.Errorf("unknown Gaussian form %q (auto, full, lowrank)", cfg.Gaussian)
+	}
+	switch cfg.Calibration {
+	case CalibrateCrossFit, CalibrateHoldout, CalibrateNone:
+	default:
+		return fmt.Errorf("unknown calibration %q (crossfit, holdout, none)", cfg.Calibration)
+	}
+	if cfg.Folds < 2 {
+		return fmt.Errorf("cross-fitting needs at least 2 folds, got %d", cfg.Folds)
+	}
+	if !(cfg.Holdout > 0 && cfg.Holdout < 1) {
+		return fmt.Errorf("the hold-out fraction must be in (0,1), got %v", cfg.Holdout)
+	}
+	if _, lr := cfg.Backend.(gauss.LowRankBackend); cfg.Gaussian == FormLowRank && !lr {
+		return fmt.Errorf("the %s backend has no low-rank form", cfg.Backend.Name())
+	}
+	return nil
+}
+
+// fileSamples is a readable training file and where its samples are.
+type fileSamples struct {
+	ItemInfo
+	first, n int // its samples in the fit's order
+}
+
+// fitter collects a fit: full-form statistics, or the embeddings the low-rank
+// form and cross-fitting need, switching from samples to statistics when the
+// low-rank form stops paying (auto) or the embeddings outgrow their budget.
+type fitter struct {
+	p      *Pipeline
+	b      gauss.Backend
+	eps    float64
+	want   string
+	cross  bool // cross-fitting needs the samples whatever the form
+	store  *sampleStore
+	acc    gauss.Accumulator
+	files  []fileSamples
+	n      int
+	reason string
+	notes  []string
+}
+
+func newFitter(p *Pipeline, cfg TrainConfig, expect int) *fitter {
+	f := &fitter{p: p, b: cfg.Backend, eps: cfg.Eps, want: cfg.Gaussian, cross: cfg.Calibration == CalibrateCrossFit}
+	if f.want != FormFull || f.cross {
+		f.store = newSampleStore(p.Layout().P()*p.Layout().D(), cfg.SampleMemory, expect)
+	}
+	if f.want == FormFull {
+		f.reason = "asked for"
+	} else if _, ok := f.b.(gauss.LowRankBackend); !ok {
+		f.want, f.reason = FormFull, fmt.Sprintf("the %s backend has no low-rank form", f.b.Name())
+	}
+	return f
+}
+
+// add takes one chunk of the training stream.
+func (f *fitter) add(c Chunk) error {
+	first := map[int]int{}
+	for s, src := range c.Source {
+		if _, ok := first[src]; !ok {
+			first[src] = s
+		}
+	}
+	for _, it := range c.Items {
+		f.files = append(f.files, fileSamples{ItemInfo: it, first: f.n + first[it.Index], n: len(it.Rects)})
+	}
+	return f.addEmb(c.Emb, c.N)
+}
+
+func (f *fitter) addEmb(emb []float32, n int) error {
+	D := f.p.Layout().D()
+	if f.store != nil {
+		if err := f.store.add(emb, n); err != nil {
+			return err
+		}
+	}
+	f.n += n
+	if f.acc != nil {
+		return f.acc.Add(emb, n)
+	}
+	switch {
+	case f.want == FormFull:
+	case f.store.inMemory() && gauss.LowRankCheaper(f.n, D):
+		return nil // still low-rank
+	case f.want == FormLowRank && !f.store.inMemory():
+		return fmt.Errorf("the low-rank form keeps every training embedding: %d samples take %.1f GiB, over the %.1f GiB budget (train with the full form, or raise the memory budget)",
+			f.n, float64(f.store.bytes(f.n))/(1<<30), float64(f.store.budget)/(1<<30))
+	case f.want == FormLowRank:
+		return nil // asked for, even where it costs more
+	case !f.store.inMemory():
+		f.reason = fmt.Sprintf("the low-rank form's %d embeddings outgrew the %.1f GiB budget", f.n, float64(f.store.budget)/(1<<30))
+	default:
+		f.reason = fmt.Sprintf("%d samples ≥ (D+1)/2 = %.1f: the full form is smaller and cheaper", f.n, float64(D+1)/2)
+	}
+	// switch to (or start) the full form's statistics
+	acc, err := f.b.NewAccumulator(f.p.Layout().P(), D)
 	if err != nil {
-		return nil, nil, nil, err
+		return err
+	}
+	f.acc = acc
+	if f.store != nil {
+		if err := f.feed(acc, gauss.All(f.store.n)); err != nil {
+			return err
+		}
+		if !f.cross {
+			f.store.close()
+			f.store = nil
+		}
+	} else {
+		return acc.Add(emb, n)
+	}
+	return nil
+}
+
+// feed adds the listed stored samples to acc, a group at a time.
+func (f *fitter) feed(acc gauss.Accumulator, idx []int) error {
+	pd := f.store.pd
+	buf := make([]float32, min(len(idx), DefaultGroup)*pd)
+	for lo := 0; lo < len(idx); lo += DefaultGroup {
+		hi := min(lo+DefaultGroup, len(idx))
+		if err := f.store.gather(idx[lo:hi], buf); err != nil {
+			return err
+		}
+		if err := acc.Add(buf[:(hi-lo)*pd], hi-lo); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// model factorises what has been collected, in the form chosen.
+func (f *fitter) model() (gauss.Model, error) {
+	if f.acc != nil {
+		s, err := f.acc.Stats()
+		if err != nil {
+			return nil, err
+		}
+		return f.b.Factorize(s, f.eps)
+	}
+	if f.reason == "" {
+		if f.want == FormLowRank {
+			f.reason = "asked for"
+		} else {
+			f.reason = fmt.Sprintf("%d samples < (D+1)/2 = %.1f: the low-rank form is smaller and cheaper", f.n, float64(f.p.Layout().D()+1)/2)
+		}
+	}
+	P, D := f.p.Layout().P(), f.p.Layout().D()
+	return f.b.(gauss.LowRankBackend).FactorizeLowRank(f.store.all(), gauss.All(f.n), P, D, f.eps)
+}
+
+// crossFit scores every file with a model fitted without its fold and derives
+// thresholds from those scores. nil when there are fewer than 2 files.
+func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set ScoreSettings, progress Progress) (*Calibration, int, error) {
+	nf := len(f.files)
+	if nf < 2 {
+		return nil, 0, nil
+	}
+	k := min(folds, nf)
+	if f.acc == nil && nf <= LeaveOneOutMax {
+		k = nf // the low-rank form refits cheaply: leave one out
+	}
+	fold := make([]int, nf)
+	for i, j := range rand.New(rand.NewPCG(seed, 0xc0ffee)).Perm(nf) {
+		fold[j] = i % k
+	}
+	P, D := f.p.Layout().P(), f.p.Layout().D()
+	maps, err := mapMaker(f.p, set.Sigma)
+	if err != nil {
+		return nil, 0, err
+	}
+	totalPx := 0
+	for _, fs := range f.files {
+		totalPx += fs.W * fs.H
+	}
+	stride := max(1, (totalPx+MaxCalibrationPixels-1)/MaxCalibrationPixels)
+	var imgScores, pixels []float32
+	var total *gauss.Stats
+	if f.acc != nil {
+		if total, err = f.acc.Stats(); err != nil {
+			return nil, 0, err
+		}
+	}
+	done := 0
+	for fo := 0; fo < k; fo++ {
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		var in, out []int // samples in the fold, and the rest
+		var files []fileSamples
+		for i, fs := range f.files {
+			for s := fs.first; s < fs.first+fs.n; s++ {
+				if fold[i] == fo {
+					in = append(in, s)
+				} else {
+					out = append(out, s)
+				}
+			}
+			if fold[i] == fo {
+				files = append(files, fs)
+			}
+		}
+		var m gauss.Model
+		if f.acc == nil {
+			m, err = f.b.(gauss.LowRankBackend).FactorizeLowRank(f.store.all(), out, P, D, f.eps)
+		} else {
+			m, err = f.restModel(total, in)
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		dist, err := f.scoreSamples(m, in)
+		if err != nil {
+			return nil, 0, err
+		}
+		off := 0
+		for _, fs := range files {
+			px, score, err := maps.Make(dist[off*P:(off+fs.n)*P], mapRects(fs.Rects), fs.W, fs.H)
+			if err != nil {
+				return nil, 0, fmt.Errorf("%s: %w", fs.Name, err)
+			}
+			off += fs.n
+			imgScores = append(imgScores, score)
+			for i := 0; i < len(px); i += stride {
+				pixels = append(pixels, px[i])
+			}
+			done++
+			if progress != nil {
+				progress("crossfit", done, nf)
+			}
+		}
+	}
+	c, err := CalibrateScores(imgScores, pixels)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.Rule = fmt.Sprintf("cross-fitted over %d folds (every image scored by a model fitted without it): %s", k, c.Rule)
+	return c, k, nil
+}
+
+// restModel factorises the full-form statistics of all samples but those listed.
+func (f *fitter) restModel(total *gauss.Stats, fold []int) (gauss.Model, error) {
+	acc, err := f.b.NewAccumulator(total.P, total.D)
+	if err != nil {
+		return nil, err
 	}
 	defer acc.Close()
+	if err := f.feed(acc, fold); err != nil {
+		return nil, err
+	}
+	rest, err := acc.Stats()
+	if err != nil {
+		return nil, err
+	}
+	if err := rest.RemoveFrom(total); err != nil {
+		return nil, err
+	}
+	return f.b.Factorize(rest, f.eps)
+}
+
+// scoreSamples returns the patch distances of the listed stored samples under m.
+func (f *fitter) scoreSamples(m gauss.Model, idx []int) ([]float32, error) {
+	sc, err := gauss.NewModelScorer(f.b, m)
+	if err != nil {
+		return nil, err
+	}
+	defer sc.Close()
+	P, pd := f.p.Layout().P(), f.store.pd
+	dist := make([]float32, len(idx)*P)
+	buf := make([]float32, min(len(idx), DefaultGroup)*pd)
+	for lo := 0; lo < len(idx); lo += DefaultGroup {
+		hi := min(lo+DefaultGroup, len(idx))
+		if err := f.store.gather(idx[lo:hi], buf); err != nil {
+			return nil, err
+		}
+		if err := sc.Score(buf[:(hi-lo)*pd], hi-lo, dist[lo*P:hi*P]); err != nil {
+			return nil, err
+		}
+	}
+	return dist, nil
+}
+
+// shard returns the fit's statistics, or its samples when they are in memory
+// and smaller.
+func (f *fitter) shard() (*Shard, error) {
+	P, D := f.p.Layout().P(), f.p.Layout().D()
+	var files []string
+	for _, fs := range f.files {
+		files = append(files, fs.Name)
+	}
+	if f.store != nil && f.store.inMemory() && (f.acc == nil || int64(f.n)*int64(D) < int64(gauss.PackedLen(D)+D)*2) {
+		return &Shard{P: P, D: D, N: f.n, Samples: f.store.all(), Files: files}, nil
+	}
+	if f.acc == nil {
+		return nil, errors.New("the fit kept neither statistics nor its samples")
+	}
+	s, err := f.acc.Stats()
+	if err != nil {
+		return nil, err
+	}
+	return &Shard{P: P, D: D, N: f.n, Stats: s, Files: files}, nil
+}
+
+func (f *fitter) close() {
+	if f.acc != nil {
+		f.acc.Close()
+	}
+	if f.store != nil {
+		f.store.close()
+	}
+}
+
+// Calibrate scores held-out good images with m (fitted without them) and
+// derives thresholds from their scores; tap, when set, also receives their
+// embeddings (to fold them into the final fit).
+func Calibrate(ctx context.Context, p *Pipeline, m gauss.Model, inputs []Input, set ScoreSettings, opt FitOptions, tap func(Chunk) error) (*Calibration, *FitReport, error) {
+	set.Thresholds, set.KeepImages = nil, false
+	sc, err := NewScorer(p, m, set)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer sc.Close()
 	rep := &FitReport{}
 	var imgScores, pixels []float32
 	done := 0
-	err = sc.score(ctx, inputs, func(emb []float32, n int) error {
-		t := time.Now()
-		defer p.Timings.Since("calibrate-fit", t, n)
-		rep.Samples += n
-		return acc.Add(emb, n)
-	}, func(r *Result) error {
+	var tapc func(Chunk) error
+	if tap != nil {
+		tapc = func(c Chunk) error {
+			rep.Samples += c.N
+			return tap(c)
+		}
+	}
+	err = sc.score(ctx, inputs, tapc, func(r *Result) error {
 		done++
 		if opt.Progress != nil {
 			opt.Progress("calibrate", done, len(inputs))
@@ -253,47 +631,31 @@ func Calibrate(ctx context.Context, p *Pipeline, g *gauss.Gaussian, inputs []Inp
 		}
 		rep.Files++
 		imgScores = append(imgScores, r.Score)
-		pixels = append(pixels, r.Map...)
+		stride := max(1, (len(inputs)*len(r.Map)+MaxCalibrationPixels-1)/MaxCalibrationPixels)
+		for i := 0; i < len(r.Map); i += stride {
+			pixels = append(pixels, r.Map[i])
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	if rep.Files == 0 {
-		return nil, nil, nil, errors.New("no held-out image could be read")
-	}
-	hs, err := acc.Stats()
-	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, errors.New("no held-out image could be read")
 	}
 	c, err := CalibrateScores(imgScores, pixels)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	return c, hs, rep, nil
+	c.Rule = "held-out images scored by a model fitted without them: " + c.Rule
+	return c, rep, nil
 }
 
-// Finalize factorises statistics into a model with its settings and thresholds.
-func Finalize(meta Meta, channels []int, s *gauss.Stats, b gauss.Backend, calib *Calibration, backboneONNX []byte, tm *Timings) (*Model, error) {
-	t := time.Now()
-	g, err := b.Factorize(s, meta.Eps)
-	if err != nil {
-		return nil, err
-	}
-	if tm != nil {
-		tm.Since("factorize", t, 1)
-	}
-	meta.NTrain = int(s.N)
-	return &Model{Meta: meta, Channels: channels, Gaussian: g, Calibration: calib, BackboneONNX: backboneONNX}, nil
-}
-
-// splitHoldout picks round(frac·N) files (at least MinHoldout) by a seeded shuffle.
+// splitHoldout picks round(frac·N) files (at least MinHoldout, and leaving at
+// least one to fit on) by a seeded shuffle.
 func splitHoldout(files []string, frac float64, seed uint64) (train, hold []string) {
-	if frac <= 0 || len(files) == 0 {
-		return files, nil
-	}
 	nh := max(int(math.Round(frac*float64(len(files)))), MinHoldout)
-	nh = min(nh, len(files))
+	nh = min(nh, len(files)-1)
 	idx := rand.New(rand.NewPCG(seed, 0x401d)).Perm(len(files))
 	isHold := make([]bool, len(files))
 	for _, i := range idx[:nh] {

@@ -44,7 +44,7 @@ func TestRealFeaturesFindSyntheticDefects(t *testing.T) {
 	}
 	files, _ := dataset.TrainImages(data)
 	m, _, err := detector.Train(ctx, ext, files, detector.TrainConfig{Preprocess: ext.DefaultPreprocess(), Pipeline: detector.PipelineOptions{Batch: 8},
-		Dim: 100, Seed: 1024, Eps: 0.01, Holdout: 0.15, Sigma: 4, BackboneONNX: ext.Data})
+		Dim: 100, Seed: 1024, Eps: 0.01, Sigma: 4, BackboneONNX: ext.Data})
 	if err != nil {
 		t.Fatal(err)
 	}

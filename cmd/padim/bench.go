@@ -33,7 +33,8 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "size", Value: 224, Usage: "network input side"},
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim},
 			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default layer1,layer2,layer3)"},
-			&cli.Float64Flag{Name: "holdout", Usage: "as train --holdout (default 0: no calibration, like the PyTorch comparator)"},
+			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "as train --gaussian"},
+			&cli.StringFlag{Name: "calibrate", Value: detector.CalibrateNone, Usage: "as train --calibrate (default none, like the PyTorch comparator)"},
 			&cli.BoolFlag{Name: "peak", Value: true, Usage: "measure the machine's fp32 SGEMM peak first"},
 			&cli.BoolFlag{Name: "json"},
 			batchFlag, deviceFlag, threadsFlag,
@@ -96,7 +97,7 @@ func benchAction(c *cli.Context) error {
 	rep, err := bench.Run(c.Context, bench.Config{Extractor: ext, Backbone: name, BackboneONNX: ext.Data,
 		Train: pick(0, c.Int("n")), Score: pick(c.Int("n"), c.Int("score")),
 		Preprocess: ext.DefaultPreprocess(), Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: detector.DefaultSeed,
-		Eps: detector.DefaultEps, Holdout: c.Float64("holdout"), Backend: be, PeakGFLOPS: peak})
+		Eps: detector.DefaultEps, Gaussian: c.String("gaussian"), Calibration: c.String("calibrate"), Backend: be, PeakGFLOPS: peak})
 	if err != nil {
 		return err
 	}

@@ -91,7 +91,7 @@ func demoAction(c *cli.Context) error {
 	}
 	prog := newProgress(c)
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{Preprocess: ext.DefaultPreprocess(), Pipeline: pipelineOptions(c),
-		Dim: c.Int("dim"), Seed: detector.DefaultSeed, Eps: detector.DefaultEps, Holdout: detector.DefaultHoldout, Sigma: anomalymap.DefaultSigma,
+		Dim: c.Int("dim"), Seed: detector.DefaultSeed, Eps: detector.DefaultEps, Sigma: anomalymap.DefaultSigma,
 		Backend: be, BackboneName: bbPath, BackboneONNX: graph, Progress: prog.update})
 	prog.done()
 	if err != nil {
@@ -101,8 +101,8 @@ func demoAction(c *cli.Context) error {
 	if err := m.Save(modelPath); err != nil {
 		return err
 	}
-	step("trained on %d images (%d held out for thresholds; fit %s, factorisation %s) → %s", rep.Trained, rep.HeldOut,
-		rep.Timings.Get("fit").Busy.Round(time.Millisecond), rep.Timings.Get("factorize").Busy.Round(time.Millisecond), modelPath)
+	step("trained on %d images, %s form, thresholds from %d-fold cross-fitting (fit %s, cross-fit %s, factorisation %s) → %s", rep.Trained, rep.Form, rep.Folds,
+		rep.Timings.Get("fit").Busy.Round(time.Millisecond), rep.Timings.Get("crossfit").Busy.Round(time.Millisecond), rep.Timings.Get("factorize").Busy.Round(time.Millisecond), modelPath)
 
 	// 4. evaluate with a report
 	items, err := dataset.TestSet(data)

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/gauss"
 )
 
 func infoCommand() *cli.Command {
@@ -31,6 +32,10 @@ func infoCommand() *cli.Command {
 				"backbone_embedded": len(m.BackboneONNX) > 0, "taps": m.Taps, "grid": []int{m.GridH, m.GridW},
 				"preprocess": m.Preprocess, "eps": m.Eps, "n_train": m.NTrain, "seed": m.Seed, "sigma": m.Sigma,
 				"dim": len(m.Channels), "total_channels": m.TotalChannels, "channels": m.Channels,
+				"gaussian": m.Gaussian.Form(),
+			}
+			if lr, ok := m.Gaussian.(*gauss.LowRank); ok {
+				info["rank"] = lr.N
 			}
 			if cal := m.Calibration; cal != nil {
 				info["calibration"] = cal
@@ -46,10 +51,16 @@ func infoCommand() *cli.Command {
 			fmt.Printf("taps             %v → grid %dx%d\n", m.Taps, m.GridH, m.GridW)
 			fmt.Printf("input            resize %d, crop %d, tile %d overlap %d, mean %v std %v\n", m.Preprocess.Resize, m.Preprocess.Crop, m.Preprocess.Tile, m.Preprocess.Overlap, m.Preprocess.Mean, m.Preprocess.Std)
 			fmt.Printf("fit              %d samples, eps %g, blur sigma %g\n", m.NTrain, m.Eps, m.Sigma)
+			switch g := m.Gaussian.(type) {
+			case *gauss.LowRank:
+				fmt.Printf("gaussian         low-rank, rank %d (μ and M = L⁻¹A per patch: %d×%d numbers)\n", g.N, g.N, g.D)
+			case *gauss.Gaussian:
+				fmt.Printf("gaussian         full (μ and packed L⁻¹ per patch: %d numbers)\n", gauss.PackedLen(g.D))
+			}
 			fmt.Printf("channels         %d of %d (seed %d): %v\n", len(m.Channels), m.TotalChannels, m.Seed, m.Channels)
 			if cal := m.Calibration; cal != nil {
 				fmt.Printf("thresholds       image %.6g, pixel %.6g (%s)\n", cal.Image, cal.Pixel, cal.Rule)
-				fmt.Printf("held-out images  %d, scores %v\n", cal.HoldoutImages, cal.ImageScores)
+				fmt.Printf("calibration      %d images, out-of-sample scores %v\n", cal.Images, cal.ImageScores)
 				fmt.Printf("held-out pixels  quantiles %v at %v\n", cal.PixelQuantiles, cal.PixelLevels)
 			} else {
 				fmt.Println("thresholds       none (trained with --holdout 0)")

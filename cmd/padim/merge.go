@@ -16,6 +16,7 @@ func mergeCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "out", Required: true},
 			&cli.Float64Flag{Name: "eps", Value: -1, Usage: "regularisation (default: the shards')"},
+			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "auto, full or lowrank (low-rank needs every shard's samples)"},
 			deviceFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -26,14 +27,15 @@ func mergeCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			m, err := detector.MergeStats(c.Args().Slice(), be, c.Float64("eps"))
+			defer be.Close()
+			m, err := detector.MergeStats(c.Args().Slice(), be, c.Float64("eps"), c.String("gaussian"))
 			if err != nil {
 				return err
 			}
 			if err := m.Save(c.String("out")); err != nil {
 				return err
 			}
-			fmt.Printf("wrote %s: %d samples from %d shards; no thresholds (score with --threshold)\n", c.String("out"), m.NTrain, c.NArg())
+			fmt.Printf("wrote %s: %d samples from %d shards, %s form; no thresholds (score with --threshold)\n", c.String("out"), m.NTrain, c.NArg(), m.Gaussian.Form())
 			return nil
 		},
 	}

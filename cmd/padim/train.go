@@ -63,11 +63,14 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "data", Required: true, Usage: "folder of good images, or an MVTec category (train/good is used)"},
 			&cli.StringFlag{Name: "out", Required: true, Usage: "model file to write"},
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim, Usage: "channels kept at random (0: all)"},
-			&cli.Uint64Flag{Name: "seed", Value: detector.DefaultSeed, Usage: "seed of the channel subset and the hold-out split"},
+			&cli.Uint64Flag{Name: "seed", Value: detector.DefaultSeed, Usage: "seed of the channel subset, the cross-fitting folds and the hold-out split"},
 			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default: the model's metadata, else layer1,layer2,layer3)"},
 			&cli.StringFlag{Name: "channels", Usage: "file of 0-based channel indices into the concatenated taps; overrides --dim/--seed"},
 			&cli.Float64Flag{Name: "eps", Value: detector.DefaultEps, Usage: "covariance regularisation ε·I"},
-			&cli.Float64Flag{Name: "holdout", Value: detector.DefaultHoldout, Usage: "fraction of images held out to calibrate thresholds (0: none)"},
+			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "auto (low-rank when N < (d+1)/2 and the samples fit the memory budget), full or lowrank"},
+			&cli.StringFlag{Name: "calibrate", Value: detector.CalibrateCrossFit, Usage: "how thresholds are set: crossfit (every image scored by a model fitted without it), holdout, none"},
+			&cli.IntFlag{Name: "folds", Value: detector.DefaultFolds, Usage: "cross-fitting folds (the low-rank form leaves one out with ≤ 20 images)"},
+			&cli.Float64Flag{Name: "holdout", Usage: "hold out this fraction of the images for thresholds instead of cross-fitting (0: no thresholds)"},
 			&cli.Float64Flag{Name: "sigma", Value: anomalymap.DefaultSigma, Usage: "Gaussian blur of the anomaly map, in pixels of the network input"},
 			&cli.StringFlag{Name: "stats-out", Usage: "also save the fit's statistics, to merge with other shards (padim merge)"},
 			&cli.BoolFlag{Name: "strict", Usage: "stop at the first unreadable image instead of skipping it"},
@@ -78,8 +81,18 @@ func trainCommand() *cli.Command {
 }
 
 func trainAction(c *cli.Context) error {
-	if c.Float64("holdout") < 0 || c.Float64("holdout") >= 1 {
-		return usageError("--holdout must be in [0,1)")
+	calib, holdout := c.String("calibrate"), c.Float64("holdout")
+	if c.IsSet("holdout") {
+		if !(holdout >= 0 && holdout < 1) {
+			return usageError("--holdout %v: want a fraction in [0,1)", holdout)
+		}
+		if c.IsSet("calibrate") && calib != detector.CalibrateHoldout {
+			return usageError("--holdout goes with --calibrate holdout, not %s", calib)
+		}
+		calib = detector.CalibrateHoldout
+		if holdout == 0 {
+			calib = detector.CalibrateNone
+		}
 	}
 	files, err := dataset.TrainImages(c.String("data"))
 	if err != nil {
@@ -114,7 +127,8 @@ func trainAction(c *cli.Context) error {
 	start := time.Now()
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Holdout: c.Float64("holdout"), Sigma: c.Float64("sigma"), Backend: be,
+		Gaussian: c.String("gaussian"), Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
+		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: c.String("backbone"), BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
 		Progress: prog.update, KeepStats: c.String("stats-out") != "",
 	})
@@ -124,11 +138,11 @@ func trainAction(c *cli.Context) error {
 	}
 	if p := c.String("stats-out"); p != "" {
 		t := time.Now()
-		if err := detector.SaveStats(p, m, rep.Stats); err != nil {
+		if err := detector.SaveStats(p, m, rep.Shard); err != nil {
 			return err
 		}
 		rep.Timings.Since("save-stats", t, 1)
-		rep.Stats = nil
+		rep.Shard = nil
 	}
 	t := time.Now()
 	if err := m.Save(c.String("out")); err != nil {
@@ -139,11 +153,19 @@ func trainAction(c *cli.Context) error {
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
 	}
-	fmt.Printf("wrote %s: %d samples, %d patches × %d channels", c.String("out"), m.NTrain, m.Gaussian.P, m.Gaussian.D)
+	for _, n := range rep.Notes {
+		notef(c, "note: %s", n)
+	}
+	P, D := m.Gaussian.Shape()
+	fmt.Printf("wrote %s: %d samples, %d patches × %d channels, %s form (%s)", c.String("out"), m.NTrain, P, D, rep.Form, rep.FormReason)
 	if cal := m.Calibration; cal != nil {
-		fmt.Printf(", thresholds image %.4g pixel %.4g from %d held-out images", cal.Image, cal.Pixel, cal.HoldoutImages)
+		how := fmt.Sprintf("%d-fold cross-fitting", rep.Folds)
+		if rep.Folds == 0 {
+			how = "held-out images"
+		}
+		fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' out-of-sample scores (%s)", cal.Image, cal.Pixel, cal.Images, how)
 	} else {
-		fmt.Printf(", no thresholds (--holdout 0: give score --threshold)")
+		fmt.Printf(", no thresholds (give score --threshold)")
 	}
 	fmt.Println()
 	if len(rep.Skipped) > 0 {

@@ -89,6 +89,54 @@ func (s *Stats) Merge(o *Stats) error {
 	return nil
 }
 
+// RemoveFrom turns s, the statistics of a subset of the images of total, into
+// those of the rest: Chan's formula solved for one part.
+func (s *Stats) RemoveFrom(total *Stats) error {
+	if err := total.Check(); err != nil {
+		return err
+	}
+	if s.P != total.P || s.D != total.D {
+		return fmt.Errorf("gauss: cannot remove statistics of shape P=%d D=%d from P=%d D=%d", s.P, s.D, total.P, total.D)
+	}
+	if s.N > total.N {
+		return fmt.Errorf("gauss: cannot remove %d images from %d", s.N, total.N)
+	}
+	nf, n := float64(s.N), float64(total.N)
+	nr := n - nf
+	D, L := s.D, PackedLen(s.D)
+	ParallelFor(s.P, func(lo, hi int) {
+		delta := make([]float64, D)
+		for p := lo; p < hi; p++ {
+			mf, mt := s.Mean[p*D:(p+1)*D], total.Mean[p*D:(p+1)*D]
+			for i := range delta {
+				rest := mt[i] // nr = 0 leaves an empty set: mean 0 by convention below
+				if nr > 0 {
+					rest = (n*mt[i] - nf*mf[i]) / nr
+				}
+				delta[i] = mf[i] - rest // δ = μ_fold − μ_rest
+				mf[i] = rest
+			}
+			// M2_rest = M2_total − M2_fold − δδᵀ·nf·nr/n
+			f := 0.0
+			if n > 0 {
+				f = nf * nr / n
+			}
+			src := total.M2[p*L : (p+1)*L]
+			dst := s.M2[p*L : (p+1)*L]
+			k := 0
+			for i := range delta {
+				di := delta[i] * f
+				for j := 0; j <= i; j++ {
+					dst[k] = src[k] - dst[k] - di*delta[j]
+					k++
+				}
+			}
+		}
+	})
+	s.N = total.N - s.N
+	return nil
+}
+
 // mergeM2 does dst += src + f·δδᵀ on packed lower triangles.
 func mergeM2(dst, src []float64, delta []float64, f float64) {
 	k := 0
@@ -151,6 +199,40 @@ type Gaussian struct {
 	// (a mapped model file); nil otherwise.
 	Backing any
 }
+
+// The forms of a fitted model.
+const (
+	FormFull    = "full"
+	FormLowRank = "lowrank"
+)
+
+// Model is a fitted per-patch Gaussian in one of its forms: *Gaussian (full)
+// or *LowRank.
+type Model interface {
+	Shape() (p, d int)
+	Form() string
+}
+
+// NewModelScorer prepares either form for scoring on b.
+func NewModelScorer(b Backend, m Model) (Scorer, error) {
+	switch m := m.(type) {
+	case *Gaussian:
+		return b.NewScorer(m)
+	case *LowRank:
+		lr, ok := b.(LowRankBackend)
+		if !ok {
+			return nil, fmt.Errorf("gauss: backend %s has no low-rank form", b.Name())
+		}
+		return lr.NewLowRankScorer(m)
+	}
+	return nil, fmt.Errorf("gauss: unknown model type %T", m)
+}
+
+// Shape implements Model.
+func (g *Gaussian) Shape() (p, d int) { return g.P, g.D }
+
+// Form implements Model.
+func (g *Gaussian) Form() string { return FormFull }
 
 // Check reports whether the model's arrays match its shape and hold finite values.
 func (g *Gaussian) Check() error {

@@ -25,6 +25,12 @@ type LowRank struct {
 	Backing any       // keeps alive the memory Mean and M live in, when not Go's
 }
 
+// Shape implements Model.
+func (m *LowRank) Shape() (p, d int) { return m.P, m.D }
+
+// Form implements Model.
+func (m *LowRank) Form() string { return FormLowRank }
+
 // Check reports whether the arrays match the shape.
 func (m *LowRank) Check() error {
 	if m.P <= 0 || m.D <= 0 || m.N <= 0 {
@@ -45,25 +51,41 @@ func LowRankCheaper(n, d int) bool { return 2*n < d+1 }
 
 // LowRankBackend is a Backend that also computes the low-rank form.
 type LowRankBackend interface {
-	// FactorizeLowRank fits the low-rank form on n embeddings x = [n][P][D].
-	FactorizeLowRank(x []float32, n, p, d int, eps float64) (*LowRank, error)
+	// FactorizeLowRank fits the low-rank form on the embeddings of x = [·][P][D]
+	// listed in samples (in that order).
+	FactorizeLowRank(x []float32, samples []int, p, d int, eps float64) (*LowRank, error)
 	// NewLowRankScorer prepares m for scoring.
 	NewLowRankScorer(m *LowRank) (Scorer, error)
 }
 
+// All returns the sample list 0, 1, …, n−1.
+func All(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
 // FactorizeLowRank implements LowRankBackend in float64, per patch.
-func (CPU) FactorizeLowRank(x []float32, n, p, d int, eps float64) (*LowRank, error) {
+func (CPU) FactorizeLowRank(x []float32, samples []int, p, d int, eps float64) (*LowRank, error) {
+	n := len(samples)
 	if n < 1 {
 		return nil, errors.New("gauss: the low-rank form needs at least 1 training sample")
 	}
-	if err := CheckBatch(x, n, p, d); err != nil {
-		return nil, err
+	if p <= 0 || d <= 0 || len(x)%(p*d) != 0 {
+		return nil, fmt.Errorf("gauss: %d values are not whole embeddings of P=%d D=%d", len(x), p, d)
+	}
+	for _, b := range samples {
+		if b < 0 || b >= len(x)/(p*d) {
+			return nil, fmt.Errorf("gauss: sample %d of %d", b, len(x)/(p*d))
+		}
+		if err := CheckFinite(x[b*p*d:(b+1)*p*d], p, d); err != nil {
+			return nil, err
+		}
 	}
 	if !(eps > 0) || math.IsInf(eps, 0) {
 		return nil, fmt.Errorf("gauss: the low-rank form needs a regularisation eps > 0, got %v", eps)
-	}
-	if err := CheckFinite(x[:n*p*d], p, d); err != nil {
-		return nil, err
 	}
 	m := &LowRank{P: p, D: d, N: n, Eps: eps, Mean: make([]float32, p*d), M: make([]float32, p*n*d)}
 	var mu sync.Mutex
@@ -74,7 +96,7 @@ func (CPU) FactorizeLowRank(x []float32, n, p, d int, eps float64) (*LowRank, er
 		k := make([]float64, n*n)
 		for q := lo; q < hi; q++ {
 			clear(mean)
-			for b := 0; b < n; b++ {
+			for _, b := range samples {
 				for i, v := range x[(b*p+q)*d : (b*p+q+1)*d] {
 					mean[i] += float64(v)
 				}
@@ -88,8 +110,8 @@ func (CPU) FactorizeLowRank(x []float32, n, p, d int, eps float64) (*LowRank, er
 				continue
 			}
 			s := 1 / math.Sqrt(float64(n-1))
-			for b := 0; b < n; b++ {
-				row := a[b*d : (b+1)*d]
+			for r, b := range samples {
+				row := a[r*d : (r+1)*d]
 				for i, v := range x[(b*p+q)*d : (b*p+q+1)*d] {
 					row[i] = (float64(v) - mean[i]) * s
 				}

@@ -19,6 +19,7 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("LargeMeanSmallSpread", func(t *testing.T) { testReference(t, b, 1000, 0.5, 1e-3) })
 	t.Run("StreamingEqualsOneShot", func(t *testing.T) { testStreaming(t, b) })
 	t.Run("ShardedMergeEqualsSingle", func(t *testing.T) { testSharded(t, b) })
+	t.Run("RemoveFoldEqualsFitOnRest", func(t *testing.T) { testRemoveFrom(t, b) })
 	t.Run("NotPositiveDefiniteNamesPatch", func(t *testing.T) { testNotPD(t, b) })
 	t.Run("OneSample", func(t *testing.T) { testOneSample(t, b) })
 	t.Run("NonFiniteInputRejected", func(t *testing.T) { testNaN(t, b) })
@@ -34,6 +35,34 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("LowRankOneSample", func(t *testing.T) { testLowRankOneSample(t, lr) })
 	t.Run("LowRankBatchInvariant", func(t *testing.T) { testLowRankBatchInvariant(t, lr) })
 	t.Run("LowRankErrors", func(t *testing.T) { testLowRankErrors(t, lr) })
+	t.Run("LowRankSubsetEqualsExtracted", func(t *testing.T) { testLowRankSubset(t, lr) })
+}
+
+// Fitting on a subset of the samples (cross-fitting folds) equals fitting on
+// those samples extracted.
+func testLowRankSubset(t *testing.T, lr gauss.LowRankBackend) {
+	const n, p, d = 11, 3, 9
+	x := Correlated(38, n, p, d, 2, 1)
+	keep := []int{9, 0, 4, 5, 10, 2}
+	var sub []float32
+	for _, b := range keep {
+		sub = append(sub, x[b*p*d:(b+1)*p*d]...)
+	}
+	a, err := lr.FactorizeLowRank(x, keep, p, d, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := lr.FactorizeLowRank(sub, gauss.All(len(keep)), p, d, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	test := Correlated(39, 4, p, d, 2, 1)
+	da, db := scoreLowRank(t, lr, a, test, 4), scoreLowRank(t, lr, b, test, 4)
+	for i := range da {
+		if da[i] != db[i] {
+			t.Fatalf("distance %d: subset %v, extracted %v", i, da[i], db[i])
+		}
+	}
 }
 
 func scoreLowRank(t *testing.T, b gauss.LowRankBackend, m *gauss.LowRank, x []float32, n int) []float32 {
@@ -62,7 +91,7 @@ func testLowRankEqualsFull(t *testing.T, b gauss.Backend, lr gauss.LowRankBacken
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := lr.FactorizeLowRank(x, n, p, d, eps)
+		m, err := lr.FactorizeLowRank(x, gauss.All(n), p, d, eps)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +119,7 @@ func testLowRankReference(t *testing.T, lr gauss.LowRankBackend) {
 	const n, p, d, eps = 12, 4, 30, 0.01
 	x := Correlated(31, n, p, d, 100, 2)
 	test := Correlated(32, 6, p, d, 100, 3)
-	m, err := lr.FactorizeLowRank(x, n, p, d, eps)
+	m, err := lr.FactorizeLowRank(x, gauss.All(n), p, d, eps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +144,7 @@ func testLowRankOneSample(t *testing.T, lr gauss.LowRankBackend) {
 	const p, d, eps = 2, 7, 0.04
 	x := Correlated(33, 1, p, d, 1, 1)
 	test := Correlated(34, 3, p, d, 1, 1)
-	m, err := lr.FactorizeLowRank(x, 1, p, d, eps)
+	m, err := lr.FactorizeLowRank(x, gauss.All(1), p, d, eps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +171,7 @@ func checkOneSample(t *testing.T, x, test []float32, got []float32, p, d int, ep
 
 func testLowRankBatchInvariant(t *testing.T, lr gauss.LowRankBackend) {
 	const n, p, d = 60, 2, 550
-	m, err := lr.FactorizeLowRank(Correlated(35, n, p, d, 1, 1), n, p, d, 0.01)
+	m, err := lr.FactorizeLowRank(Correlated(35, n, p, d, 1, 1), gauss.All(n), p, d, 0.01)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,14 +192,17 @@ func testLowRankBatchInvariant(t *testing.T, lr gauss.LowRankBackend) {
 
 func testLowRankErrors(t *testing.T, lr gauss.LowRankBackend) {
 	x := Correlated(37, 4, 2, 5, 0, 1)
-	if _, err := lr.FactorizeLowRank(x, 4, 2, 5, 0); err == nil {
+	if _, err := lr.FactorizeLowRank(x, gauss.All(4), 2, 5, 0); err == nil {
 		t.Error("eps 0 accepted (Σ is singular when N ≤ D)")
 	}
-	if _, err := lr.FactorizeLowRank(x, 0, 2, 5, 0.01); err == nil {
+	if _, err := lr.FactorizeLowRank(x, nil, 2, 5, 0.01); err == nil {
 		t.Error("no samples accepted")
 	}
+	if _, err := lr.FactorizeLowRank(x, []int{0, 4}, 2, 5, 0.01); err == nil {
+		t.Error("a sample index past the data accepted")
+	}
 	x[7] = float32(math.NaN())
-	if _, err := lr.FactorizeLowRank(x, 4, 2, 5, 0.01); !errors.Is(err, gauss.ErrNonFinite) {
+	if _, err := lr.FactorizeLowRank(x, gauss.All(4), 2, 5, 0.01); !errors.Is(err, gauss.ErrNonFinite) {
 		t.Errorf("NaN: %v", err)
 	}
 	if _, err := lr.NewLowRankScorer(&gauss.LowRank{P: 2, D: 5, N: 4, Eps: 0.01, Mean: make([]float32, 10), M: make([]float32, 39)}); err == nil {
@@ -349,6 +381,20 @@ func testSharded(t *testing.T, b gauss.Backend) {
 			t.Fatalf("distance %d: merged %v single %v", i, da[i], dall[i])
 		}
 	}
+}
+
+// The statistics of all images minus those of a fold are those of the rest
+// (cross-fitting in the full form).
+func testRemoveFrom(t *testing.T, b gauss.Backend) {
+	const n, p, d = 26, 4, 11
+	x := Correlated(40, n, p, d, 20, 3)
+	all := fit(t, b, x, n, p, d, 9).Clone()
+	fold := fit(t, b, x[17*p*d:], n-17, p, d, 4).Clone()
+	rest := fit(t, b, x[:17*p*d], 17, p, d, 5)
+	if err := fold.RemoveFrom(all); err != nil {
+		t.Fatal(err)
+	}
+	compareStats(t, fold, rest, 1e-6)
 }
 
 func compareStats(t *testing.T, got, want *gauss.Stats, tol float64) {
