@@ -38,8 +38,8 @@ type Config struct {
 	Dim          int
 	Seed         uint64
 	Eps          float64
-	Gaussian     string  // as train --gaussian
-	Calibration  string  // as train --calibrate (none: the comparator has no thresholds)
+	Gaussian     string // as train --gaussian
+	Calibration  string // as train --calibrate (none: the comparator has no thresholds)
 	Backend      gauss.Backend
 	PeakGFLOPS   float64 // the machine's fp32 SGEMM rate, 0 if not measured
 	Dir          string  // where the model file is written and read (default: a temporary folder)
