@@ -23,9 +23,10 @@ const (
 	DefaultHoldout = 0.1
 	MinHoldout     = 3 // held-out images when holding out, at least (fewer when there are few images)
 	DefaultFolds   = 5
-	// LeaveOneOutMax: with at most this many images, the low-rank form
-	// cross-fits leaving one image out at a time.
-	LeaveOneOutMax = 20
+	// LeaveOneOutMaxFlops bounds the work of exact leave-one-out scoring
+	// (gauss.LeaveOneOutCost); past it, and for tiled images, cross-fitting
+	// refits per fold.
+	LeaveOneOutMaxFlops = 1e12
 	// MaxCalibrationPixels bounds the out-of-sample map pixels that set the
 	// pixel threshold; more are thinned evenly.
 	MaxCalibrationPixels = 4 << 20
@@ -128,6 +129,7 @@ type TrainConfig struct {
 	Folds        int     // cross-fitting folds (DefaultFolds)
 	Holdout      float64 // fraction held out with CalibrateHoldout (DefaultHoldout)
 	SampleMemory int64   // bound on kept training embeddings (DefaultSampleMemory)
+	Rule         *Rule   // how scores become thresholds (default: CrossFitRule or HoldoutRule)
 	Backend      gauss.Backend
 	BackboneName string
 	BackboneONNX []byte
@@ -197,7 +199,7 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 	switch cfg.Calibration {
 	case CalibrateCrossFit:
 		t := time.Now()
-		calib, rep.Folds, err = f.crossFit(ctx, cfg.Folds, cfg.Seed, set, cfg.Progress)
+		calib, rep.Folds, err = f.crossFit(ctx, cfg.Folds, cfg.Seed, set, *cfg.Rule, cfg.Progress)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -211,7 +213,7 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		if err != nil {
 			return nil, nil, err
 		}
-		c, crep, err := Calibrate(ctx, p, rest, FileInputs(hold), set, fopt, f.add)
+		c, crep, err := Calibrate(ctx, p, rest, FileInputs(hold), set, *cfg.Rule, fopt, f.add)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -282,6 +284,16 @@ func (cfg *TrainConfig) defaults() error {
 	}
 	if cfg.SampleMemory <= 0 {
 		cfg.SampleMemory = DefaultSampleMemory
+	}
+	if cfg.Rule == nil {
+		r := CrossFitRule
+		if cfg.Calibration == CalibrateHoldout {
+			r = HoldoutRule
+		}
+		cfg.Rule = &r
+	}
+	if err := cfg.Rule.Validate(); err != nil {
+		return err
 	}
 	switch cfg.Gaussian {
 	case FormAuto, FormFull, FormLowRank:
@@ -438,20 +450,21 @@ func (f *fitter) model() (gauss.Model, error) {
 
 // crossFit scores every file with a model fitted without its fold and derives
 // thresholds from those scores. nil when there are fewer than 2 files.
-func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set ScoreSettings, progress Progress) (*Calibration, int, error) {
+func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set ScoreSettings, rule Rule, progress Progress) (*Calibration, int, error) {
 	nf := len(f.files)
 	if nf < 2 {
 		return nil, 0, nil
 	}
-	k := min(folds, nf)
-	if f.acc == nil && nf <= LeaveOneOutMax {
-		k = nf // the low-rank form refits cheaply: leave one out
+	P, D := f.p.Layout().P(), f.p.Layout().D()
+	oneEach := f.n == nf // one sample per image: no tiles
+	if oneEach && f.store.inMemory() && gauss.LeaveOneOutCost(f.n, P, D) <= LeaveOneOutMaxFlops {
+		return f.leaveOneOut(set, rule, progress)
 	}
+	k := min(folds, nf)
 	fold := make([]int, nf)
 	for i, j := range rand.New(rand.NewPCG(seed, 0xc0ffee)).Perm(nf) {
 		fold[j] = i % k
 	}
-	P, D := f.p.Layout().P(), f.p.Layout().D()
 	maps, err := mapMaker(f.p, set.Sigma)
 	if err != nil {
 		return nil, 0, err
@@ -517,12 +530,55 @@ func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set Score
 			}
 		}
 	}
-	c, err := CalibrateScores(imgScores, pixels)
+	c, err := CalibrateScores(imgScores, pixels, rule)
 	if err != nil {
 		return nil, 0, err
 	}
-	c.Rule = fmt.Sprintf("cross-fitted over %d folds (every image scored by a model fitted without it): %s", k, c.Rule)
+	c.Rule = fmt.Sprintf("cross-fitted over %d folds (every image scored by a model fitted without its fold): %s", k, c.Rule)
 	return c, k, nil
+}
+
+// leaveOneOut scores every image with the model of all the others (in closed
+// form, exact) and derives thresholds from those scores.
+func (f *fitter) leaveOneOut(set ScoreSettings, rule Rule, progress Progress) (*Calibration, int, error) {
+	P, D := f.p.Layout().P(), f.p.Layout().D()
+	var loo gauss.LeaveOneOuter = gauss.CPU{}
+	if l, ok := f.b.(gauss.LeaveOneOuter); ok {
+		loo = l
+	}
+	dist := make([]float32, f.n*P)
+	if err := loo.LeaveOneOut(f.store.all(), gauss.All(f.n), P, D, f.eps, dist); err != nil {
+		return nil, 0, err
+	}
+	maps, err := mapMaker(f.p, set.Sigma)
+	if err != nil {
+		return nil, 0, err
+	}
+	totalPx := 0
+	for _, fs := range f.files {
+		totalPx += fs.W * fs.H
+	}
+	stride := max(1, (totalPx+MaxCalibrationPixels-1)/MaxCalibrationPixels)
+	var imgScores, pixels []float32
+	for i, fs := range f.files {
+		px, score, err := maps.Make(dist[fs.first*P:(fs.first+1)*P], mapRects(fs.Rects), fs.W, fs.H)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", fs.Name, err)
+		}
+		imgScores = append(imgScores, score)
+		for j := 0; j < len(px); j += stride {
+			pixels = append(pixels, px[j])
+		}
+		if progress != nil {
+			progress("crossfit", i+1, len(f.files))
+		}
+	}
+	c, err := CalibrateScores(imgScores, pixels, rule)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.Rule = "leave-one-out (every image scored by the model of all the others): " + c.Rule
+	return c, f.n, nil
 }
 
 // restModel factorises the full-form statistics of all samples but those listed.
@@ -600,7 +656,7 @@ func (f *fitter) close() {
 // Calibrate scores held-out good images with m (fitted without them) and
 // derives thresholds from their scores; tap, when set, also receives their
 // embeddings (to fold them into the final fit).
-func Calibrate(ctx context.Context, p *Pipeline, m gauss.Model, inputs []Input, set ScoreSettings, opt FitOptions, tap func(Chunk) error) (*Calibration, *FitReport, error) {
+func Calibrate(ctx context.Context, p *Pipeline, m gauss.Model, inputs []Input, set ScoreSettings, rule Rule, opt FitOptions, tap func(Chunk) error) (*Calibration, *FitReport, error) {
 	set.Thresholds, set.KeepImages = nil, false
 	sc, err := NewScorer(p, m, set)
 	if err != nil {
@@ -643,7 +699,7 @@ func Calibrate(ctx context.Context, p *Pipeline, m gauss.Model, inputs []Input, 
 	if rep.Files == 0 {
 		return nil, nil, errors.New("no held-out image could be read")
 	}
-	c, err := CalibrateScores(imgScores, pixels)
+	c, err := CalibrateScores(imgScores, pixels, rule)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -94,13 +94,16 @@ func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, 
 	return ev, page, err
 }
 
-func printMetrics(ev *evaluate.Evaluation) {
-	f := func(m evaluate.Metric) string {
-		if math.IsNaN(float64(m)) {
-			return "n/a"
-		}
-		return fmt.Sprintf("%.4f", float64(m))
+// fmtMetric prints a metric, "n/a" when undefined.
+func fmtMetric(m evaluate.Metric) string {
+	if math.IsNaN(float64(m)) {
+		return "n/a"
 	}
+	return fmt.Sprintf("%.4f", float64(m))
+}
+
+func printMetrics(ev *evaluate.Evaluation) {
+	f := fmtMetric
 	rows := [][2]string{
 		{"image AUROC", f(ev.ImageAUROC)},
 		{"pixel AUROC", f(ev.PixelAUROC)},

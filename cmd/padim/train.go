@@ -13,6 +13,7 @@ import (
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/models/mobilenetv2"
 )
 
 func inputFlags() []cli.Flag {
@@ -57,9 +58,9 @@ func trainCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "train",
 		Usage:     "fit a model on good images",
-		UsageText: "padim train --backbone F.onnx --data DIR --out M.padim [options]",
+		UsageText: "padim train [--backbone F.onnx] --data DIR --out M.padim [options]",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "backbone", Required: true, Usage: "ONNX backbone (padim backbone makes one)"},
+			&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone (padim backbone makes one; default: the ImageNet MobileNetV2 shipped inside padim)"},
 			&cli.StringFlag{Name: "data", Required: true, Usage: "folder of good images, or an MVTec category (train/good is used)"},
 			&cli.StringFlag{Name: "out", Required: true, Usage: "model file to write"},
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim, Usage: "channels kept at random (0: all)"},
@@ -98,7 +99,16 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ext, err := openBackbone(c, c.String("backbone"), nil, splitList(c.String("layers")))
+	bbName := c.String("backbone")
+	var bbData []byte
+	if bbName == "" {
+		if err := mobilenetv2.Verify(); err != nil {
+			return err
+		}
+		bbName, bbData = mobilenetv2.Arch+" (shipped, ImageNet-pretrained)", mobilenetv2.ONNX()
+		notef(c, "backbone: %s, the ImageNet MobileNetV2 shipped inside padim (Apache-2.0, padim backbone --license); give --backbone for another", mobilenetv2.Arch)
+	}
+	ext, err := openBackbone(c, bbName, bbData, splitList(c.String("layers")))
 	if err != nil {
 		return err
 	}
@@ -123,13 +133,13 @@ func trainAction(c *cli.Context) error {
 	}
 	defer be.Close()
 	prog := newProgress(c)
-	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), c.String("backbone"), ext.Provider)
+	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), bbName, ext.Provider)
 	start := time.Now()
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
 		Gaussian: c.String("gaussian"), Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
 		Sigma: c.Float64("sigma"), Backend: be,
-		BackboneName: c.String("backbone"), BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
+		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
 		Progress: prog.update, KeepStats: c.String("stats-out") != "",
 	})
 	prog.done()

@@ -36,6 +36,39 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("LowRankBatchInvariant", func(t *testing.T) { testLowRankBatchInvariant(t, lr) })
 	t.Run("LowRankErrors", func(t *testing.T) { testLowRankErrors(t, lr) })
 	t.Run("LowRankSubsetEqualsExtracted", func(t *testing.T) { testLowRankSubset(t, lr) })
+	if loo, ok := b.(gauss.LeaveOneOuter); ok {
+		t.Run("LeaveOneOutEqualsRefits", func(t *testing.T) { testLeaveOneOut(t, lr, loo) })
+	}
+}
+
+// Leaving one out in closed form equals refitting without each sample and
+// scoring it, from 2 samples to past D.
+func testLeaveOneOut(t *testing.T, lr gauss.LowRankBackend, loo gauss.LeaveOneOuter) {
+	const p, d, eps = 3, 12, 0.01
+	for _, n := range []int{2, 3, 7, 13, 30} {
+		x := Correlated(uint64(50+n), n+2, p, d, 5, 1)
+		samples := gauss.All(n + 2)[1 : n+1] // not all of x: the list is honoured
+		got := make([]float32, n*p)
+		if err := loo.LeaveOneOut(x, samples, p, d, eps, got); err != nil {
+			t.Fatal(err)
+		}
+		worst := 0.0
+		for r, b := range samples {
+			rest := append(append([]int(nil), samples[:r]...), samples[r+1:]...)
+			m, err := lr.FactorizeLowRank(x, rest, p, d, eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := scoreLowRank(t, lr, m, x[b*p*d:(b+1)*p*d], 1)
+			for q := 0; q < p; q++ {
+				worst = max(worst, relErr(float64(got[r*p+q]), float64(want[q])))
+			}
+		}
+		t.Logf("n=%d: closed-form leave-one-out vs refits: %.2g relative", n, worst)
+		if worst > 1e-4 {
+			t.Fatalf("n=%d: leave-one-out differs from refits by %.3g", n, worst)
+		}
+	}
 }
 
 // Fitting on a subset of the samples (cross-fitting folds) equals fitting on
