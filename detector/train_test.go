@@ -73,7 +73,9 @@ func TestCrossFitScoresAreOutOfSample(t *testing.T) {
 		tile int
 		rule string
 	}{{FormLowRank, 0, "leave-one-out"}, {FormFull, 0, "leave-one-out"}, {FormLowRank, 32, "cross-fitted over 7 folds"}, {FormFull, 32, "cross-fitted over 7 folds"}} {
-		cfg := trainCfg(func(cf *TrainConfig) { cf.Gaussian, cf.Folds, cf.Preprocess.Tile, cf.Preprocess.Overlap = c.form, 7, c.tile, 8 })
+		cfg := trainCfg(func(cf *TrainConfig) {
+			cf.Gaussian, cf.Folds, cf.Preprocess.Tile, cf.Preprocess.Overlap = c.form, 7, c.tile, 8
+		})
 		m, rep, err := Train(ctx, newFake(32), files, cfg)
 		if err != nil {
 			t.Fatal(err)
