@@ -186,10 +186,11 @@ type item struct {
 	index   int
 	name    string
 	err     error
-	samples []imageio.Sample // backbone inputs; dropped once copied into a batch
-	rects   []imageio.Rect
-	view    *imageio.Planes // the image as the map sees it (kept only when asked)
+	view    *imageio.Planes // the planes the map is computed on; dropped once embedded unless kept
+	rects   []imageio.Rect  // the backbone inputs' rectangles in view
+	frame   imageio.Frame   // the map's place in the input image
 	w, h    int             // map size
+	warning string          // something the user should know about this input
 	held    int64           // memory budget held until release
 	state   any             // the consumer's per-item state
 }
@@ -243,11 +244,13 @@ func (q *queue[T]) pop() (T, bool) {
 // embeddings come out in input order; every item appears in exactly one chunk's
 // items (the chunk holding its first sample, or, if it failed, the next chunk).
 type stream struct {
-	p      *Pipeline
-	chunks chan *chunk
-	free   chan []float32
-	sem    *semaphore.Weighted
-	budget int64
+	p       *Pipeline
+	chunks  chan *chunk
+	free    chan []float32
+	sem     *semaphore.Weighted
+	budget  int64
+	starved  chan struct{} // the next input waits for memory: send on what is gathered
+	keepView bool          // keep each item's view after embedding (for pictures)
 }
 
 // chunk is a run of up to group embeddings of consecutive samples.
@@ -285,14 +288,17 @@ func (p *Pipeline) start(ctx context.Context, g *errgroup.Group, inputs []Input,
 	B := p.opt.Batch
 	group = max(group, B)
 	group = (group + B - 1) / B * B
-	s := &stream{p: p, chunks: make(chan *chunk, 1), free: make(chan []float32, 2), sem: semaphore.NewWeighted(p.opt.Memory), budget: p.opt.Memory}
+	s := &stream{p: p, chunks: make(chan *chunk, 1), free: make(chan []float32, 2), sem: semaphore.NewWeighted(p.opt.Memory), budget: p.opt.Memory,
+		starved: make(chan struct{}, 1), keepView: keepView}
 	P, D := p.layout.P(), p.layout.D()
 	for i := 0; i < 2; i++ {
 		s.free <- p.getBuffer(group * P * D)
 	}
-	// Admission: in input order, reserve each input's memory, then hand it to a
+	// Admission: in input order, reserve each input's memory (all of it for an
+	// input larger than the budget, which then runs alone), then hand it to a
 	// decode worker. In-order reservation cannot deadlock: whatever holds memory
-	// is earlier in the stream and finishes without waiting for later inputs.
+	// is earlier in the stream, and when the next input must wait, the chunk
+	// being gathered is sent on (starved), so everything earlier finishes.
 	lookahead := max(2*group, 4*p.opt.Workers)
 	ordered := make(chan chan *item, lookahead)
 	jobs := make(chan func(), p.opt.Workers)
@@ -308,13 +314,19 @@ func (p *Pipeline) start(ctx context.Context, g *errgroup.Group, inputs []Input,
 				slot <- it
 			} else {
 				transient, kept := p.memory(hdr)
-				it.held = min(transient+kept, s.budget/2)
-				if err := s.sem.Acquire(ctx, it.held); err != nil {
-					return err
+				it.held = min(transient+kept, s.budget)
+				if !s.sem.TryAcquire(it.held) {
+					select {
+					case s.starved <- struct{}{}:
+					default:
+					}
+					if err := s.sem.Acquire(ctx, it.held); err != nil {
+						return err
+					}
 				}
 				keep := min(kept, it.held)
 				select {
-				case jobs <- func() { p.decode(in, it, keepView); s.sem.Release(it.held - keep); it.held = keep; slot <- it }:
+				case jobs <- func() { p.decode(in, it); s.sem.Release(it.held - keep); it.held = keep; slot <- it }:
 				case <-ctx.Done():
 					s.sem.Release(it.held)
 					return ctx.Err()
@@ -351,12 +363,10 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 	in := make([]float32, B*per)
 	var c *chunk
 	nIn := 0 // samples in the backbone batch, not yet embedded
-	var heldInChunk int64
 	newChunk := func() error {
 		select {
 		case buf := <-s.free:
 			c = &chunk{emb: buf}
-			heldInChunk = 0
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -404,7 +414,22 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 	if err := newChunk(); err != nil {
 		return err
 	}
-	for slot := range ordered {
+	for {
+		var slot chan *item
+		var ok bool
+		select {
+		case slot, ok = <-ordered:
+		case <-s.starved:
+			if err := flush(false); err != nil {
+				return err
+			}
+			continue
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			break
+		}
 		var it *item
 		select {
 		case it = <-slot:
@@ -415,19 +440,13 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 		if it.err != nil {
 			continue
 		}
-		heldInChunk += it.held
-		for k := range it.samples {
+		for k, r := range it.rects {
 			if c.n == group {
 				if err := flush(false); err != nil {
 					return err
 				}
-				heldInChunk = it.held // the item goes on in the new chunk, holding its memory
 			}
-			if len(it.samples[k].Input) != per {
-				return fmt.Errorf("%s: sample has %d values, the backbone takes %d", it.name, len(it.samples[k].Input), per)
-			}
-			copy(in[nIn*per:], it.samples[k].Input)
-			it.samples[k].Input = nil
+			p.pre.Input(it.view, r, in[nIn*per:(nIn+1)*per])
 			c.refs = append(c.refs, sampleRef{it, k})
 			c.n++
 			nIn++
@@ -437,10 +456,10 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 				}
 			}
 		}
-		it.samples = nil
-		// A chunk whose items hold half the memory is sent on, so that the next
-		// input can always be admitted.
-		if c.n == group || heldInChunk >= s.budget/2 {
+		if !s.keepView {
+			it.view = nil
+		}
+		if c.n == group {
 			if err := flush(false); err != nil {
 				return err
 			}
@@ -491,13 +510,19 @@ func (p *Pipeline) memory(h imageio.Header) (transient, kept int64) {
 		mapPx = px
 	}
 	P := int64(p.layout.P())
-	kept = n*3*S*S*4 + n*P*4 + mapPx*4*4 + mapPx*12
+	// the view (float32 RGB), the patch distances, the map and its three buffers
+	kept = mapPx*12 + n*P*4 + mapPx*4*4
 	return transient, kept
 }
 
-// decode reads, decodes and cuts one input into backbone inputs.
-func (p *Pipeline) decode(in Input, it *item, keepView bool) {
+// SmallImageFactor: an image whose sides are both under the network input's
+// divided by this is flagged: its map is mostly interpolation.
+const SmallImageFactor = 4
+
+// decode reads and decodes one input and prepares its view and rectangles.
+func (p *Pipeline) decode(in Input, it *item) {
 	t := time.Now()
+	defer p.Timings.Since("decode", t, 1)
 	pl := in.Image
 	var err error
 	switch {
@@ -511,22 +536,17 @@ func (p *Pipeline) decode(in Input, it *item, keepView bool) {
 		pl, err = imageio.Decode(in.Name)
 	}
 	if err == nil {
-		var view *imageio.Planes
-		it.samples, view, err = p.pre.Prepare(pl)
+		it.view, it.rects, it.frame, err = p.pre.View(pl)
 		if err != nil {
 			err = fmt.Errorf("%s: %w", in.Name, err)
 		} else {
-			it.w, it.h = view.W, view.H
-			if keepView {
-				it.view = view
-			}
-			for _, s := range it.samples {
-				it.rects = append(it.rects, s.Rect)
+			it.w, it.h = it.view.W, it.view.H
+			if s := p.pre.InputSize(); p.pre.Tile == 0 && pl.W*SmallImageFactor < s && pl.H*SmallImageFactor < s {
+				it.warning = fmt.Sprintf("the image is %dx%d, much smaller than the %d² network input: its map is mostly interpolation and its score means little", pl.W, pl.H, s)
 			}
 		}
 	}
 	it.err = err
-	p.Timings.Since("decode", t, 1)
 }
 
 func (p *Pipeline) getBuffer(n int) []float32 {

@@ -3,6 +3,8 @@ package detector
 import (
 	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -188,5 +190,36 @@ func TestTimingsRecorded(t *testing.T) {
 		if s := tm.Get(st); s.Items != len(files) || s.Busy <= 0 {
 			t.Errorf("stage %s: %+v", st, s)
 		}
+	}
+}
+
+// Images whose decoding needs more than the memory budget run one at a time,
+// smaller ones around them go on, and nothing deadlocks; the results are
+// those of an ample budget.
+func TestMemoryBudgetSmallerThanAnImage(t *testing.T) {
+	dir := t.TempDir()
+	files := writeImages(t, dir, 10, 28, false)
+	big := filepath.Join(dir, "big.png")
+	img := image.NewNRGBA(image.Rect(0, 0, 1500, 1200))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i * 7 / 3)
+	}
+	f, _ := os.Create(big)
+	png.Encode(f, img)
+	f.Close()
+	m := trainSmall(t, nil, files[:8])
+	in := FileInputs([]string{files[8], big, files[9], big, big, files[8]})
+	ample, _ := m.NewScorer(newFake(32), ScoreConfig{Pipeline: PipelineOptions{Batch: 4}})
+	defer ample.Close()
+	tight, _ := m.NewScorer(newFake(32), ScoreConfig{Pipeline: PipelineOptions{Batch: 4, Memory: 1 << 20}}) // the big one needs ~40 MB
+	defer tight.Close()
+	a, b := scoreAll(t, ample, in), scoreAll(t, tight, in)
+	for i := range a {
+		if a[i].Err != nil || a[i].Score != b[i].Score || !slices.Equal(a[i].Map, b[i].Map) {
+			t.Fatalf("input %d: %v / %v, %v vs %v", i, a[i].Err, b[i].Err, a[i].Score, b[i].Score)
+		}
+	}
+	if fr := a[1].Frame; fr.ImageW != 1500 || fr.ImageH != 1200 || fr.W != 32 || fr.ScaleX != 1500.0/32 {
+		t.Fatalf("frame %+v", fr)
 	}
 }

@@ -42,11 +42,13 @@ type Result struct {
 	Name  string // the input's Name
 	Err   error  // the input could not be read or used; nothing below is set
 
-	W, H  int       // map size: the network input, or the image's own size when tiling
-	Map   []float32 // blurred anomaly map, H×W
-	Grid  []float32 // patch-grid distances, one GridH×GridW grid per sample
-	Score float32   // max of Map
-	Image *imageio.Planes
+	W, H    int           // map size: the network input, or the image's own size when tiling
+	Map     []float32     // blurred anomaly map, H×W
+	Grid    []float32     // patch-grid distances, one GridH×GridW grid per sample
+	Score   float32       // max of Map
+	Frame   imageio.Frame // how the map lies on the input image
+	Image   *imageio.Planes
+	Warning string // something to know about this input (e.g. far smaller than the network input)
 	Verdict
 }
 
@@ -55,7 +57,8 @@ type Verdict struct {
 	Thresholds *Thresholds    // nil: no verdict
 	Defect     bool           // Score > Thresholds.Image
 	Mask       *postproc.Mask // pixels above the pixel threshold after opening (defects only)
-	Boxes      []postproc.Box
+	Boxes      []postproc.Box // in map pixels
+	ImageBoxes []postproc.Box // the same in the input image's pixels (Frame)
 }
 
 // ScoreSettings say how a Gaussian's distances become maps and verdicts.
@@ -266,6 +269,19 @@ func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(Chunk) erro
 	return ferr
 }
 
+// imageBox maps a box from map pixels to the input image's pixels: its
+// corners scale with the frame, outward to whole pixels.
+func imageBox(b postproc.Box, f imageio.Frame) postproc.Box {
+	x0 := int(math.Floor(f.OffX + float64(b.X)*f.ScaleX))
+	y0 := int(math.Floor(f.OffY + float64(b.Y)*f.ScaleY))
+	x1 := int(math.Ceil(f.OffX + float64(b.X+b.W)*f.ScaleX))
+	y1 := int(math.Ceil(f.OffY + float64(b.Y+b.H)*f.ScaleY))
+	x0, y0 = max(x0, 0), max(y0, 0)
+	x1, y1 = min(x1, f.ImageW), min(y1, f.ImageH)
+	area := int(math.Round(float64(b.Area) * f.ScaleX * f.ScaleY))
+	return postproc.Box{X: x0, Y: y0, W: x1 - x0, H: y1 - y0, Area: area, MaxScore: b.MaxScore}
+}
+
 // finish turns one image's patch distances into its map, score and verdict.
 func (s *Scorer) finish(ss *scoreState) (*Result, error) {
 	it := ss.it
@@ -273,12 +289,15 @@ func (s *Scorer) finish(ss *scoreState) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", it.name, err)
 	}
-	r := &Result{Index: it.index, Name: it.name, W: it.w, H: it.h, Map: m, Grid: ss.grid, Score: score, Image: it.view}
+	r := &Result{Index: it.index, Name: it.name, W: it.w, H: it.h, Map: m, Grid: ss.grid, Score: score, Frame: it.frame, Image: it.view, Warning: it.warning}
 	if th := s.set.Thresholds; th != nil {
 		r.Thresholds = th
 		r.Defect = score > th.Image
 		if r.Defect {
 			r.Mask, r.Boxes = postproc.Detect(m, r.W, r.H, th.Pixel, s.set.OpenRadius)
+			for _, b := range r.Boxes {
+				r.ImageBoxes = append(r.ImageBoxes, imageBox(b, it.frame))
+			}
 		}
 	}
 	return r, nil

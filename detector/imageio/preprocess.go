@@ -104,36 +104,56 @@ func (p Preprocess) Tiles(w, h int) ([]Rect, error) {
 	return r, nil
 }
 
-// Sample is one backbone input cut from an image: the whole image or a tile.
-type Sample struct {
-	Rect  Rect      // where it lies in the map: a tile's place in the image, or the whole fitted image
-	Input []float32 // normalised CHW, InputSize²×3
+// MaxTiles bounds the tiles one image may be cut into.
+const MaxTiles = 4096
+
+// Frame says how a map relates to the image it was computed from: the map is
+// W×H; map pixel (x, y) covers image pixel (OffX + x·ScaleX, OffY + y·ScaleY).
+type Frame struct {
+	ImageW int     `json:"image_width"`
+	ImageH int     `json:"image_height"`
+	W      int     `json:"map_width"`
+	H      int     `json:"map_height"`
+	ScaleX float64 `json:"scale_x"`
+	ScaleY float64 `json:"scale_y"`
+	OffX   float64 `json:"offset_x"`
+	OffY   float64 `json:"offset_y"`
 }
 
-// Prepare cuts decoded planes into backbone inputs and also returns the image as
-// the anomaly map sees it: resized and cropped like the input, or, when tiling,
-// the image itself. Each resize is done once.
-func (p Preprocess) Prepare(pl *Planes) ([]Sample, *Planes, error) {
-	rects, err := p.Tiles(pl.W, pl.H)
-	if err != nil {
-		return nil, nil, err
-	}
-	s := p.InputSize()
-	out := make([]Sample, len(rects))
-	view := pl
-	for i, r := range rects {
-		src := pl
-		if p.Tile > 0 {
-			src = pl.Crop(r.X, r.Y, r.W, r.H)
+// View prepares a decoded image for the backbone: it returns the planes the
+// map is computed on (the image resized and cropped to the network input, or,
+// when tiling, the image itself), the rectangles of the backbone inputs in
+// them, and how the map's frame maps to the image's. Inputs are then cut
+// lazily by Input, so a large tiled image never holds all its tiles at once.
+func (p Preprocess) View(pl *Planes) (*Planes, []Rect, Frame, error) {
+	f := Frame{ImageW: pl.W, ImageH: pl.H, ScaleX: 1, ScaleY: 1}
+	if p.Tile > 0 {
+		rects, err := p.Tiles(pl.W, pl.H)
+		if err != nil {
+			return nil, nil, f, err
 		}
-		fitted := p.Fit(src)
-		if p.Tile <= 0 {
-			view = fitted
-			r = Rect{0, 0, fitted.W, fitted.H} // the map's frame is the fitted image
+		if len(rects) > MaxTiles {
+			return nil, nil, f, fmt.Errorf("a %dx%d image would be cut into %d tiles of %d² with overlap %d, more than %d: use larger tiles or less overlap", pl.W, pl.H, len(rects), p.Tile, p.Overlap, MaxTiles)
 		}
-		in := make([]float32, 3*s*s)
-		p.Normalize(fitted, in)
-		out[i] = Sample{Rect: r, Input: in}
+		f.W, f.H = pl.W, pl.H
+		return pl, rects, f, nil
 	}
-	return out, view, nil
+	v := p.Fit(pl)
+	f.W, f.H = v.W, v.H
+	f.ScaleX, f.ScaleY = float64(pl.W)/float64(p.Resize), float64(pl.H)/float64(p.Resize)
+	if s := p.InputSize(); s < p.Resize {
+		off := float64((p.Resize - s) / 2)
+		f.OffX, f.OffY = off*f.ScaleX, off*f.ScaleY
+	}
+	return v, []Rect{{0, 0, v.W, v.H}}, f, nil
+}
+
+// Input writes the normalised backbone input for rectangle r of a view into
+// dst (3·InputSize² values).
+func (p Preprocess) Input(view *Planes, r Rect, dst []float32) {
+	src := view
+	if p.Tile > 0 {
+		src = p.Fit(view.Crop(r.X, r.Y, r.W, r.H))
+	}
+	p.Normalize(src, dst)
 }
