@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -249,7 +250,8 @@ type stream struct {
 	free    chan []float32
 	sem     *semaphore.Weighted
 	budget  int64
-	starved  chan struct{} // the next input waits for memory: send on what is gathered
+	starved  chan struct{} // wakes the gatherer when the next input starts waiting for memory
+	waiting  atomic.Bool   // the next input waits for memory: send on what is gathered
 	keepView bool          // keep each item's view after embedding (for pictures)
 }
 
@@ -316,11 +318,14 @@ func (p *Pipeline) start(ctx context.Context, g *errgroup.Group, inputs []Input,
 				transient, kept := p.memory(hdr)
 				it.held = min(transient+kept, s.budget)
 				if !s.sem.TryAcquire(it.held) {
+					s.waiting.Store(true)
 					select {
 					case s.starved <- struct{}{}:
 					default:
 					}
-					if err := s.sem.Acquire(ctx, it.held); err != nil {
+					err := s.sem.Acquire(ctx, it.held)
+					s.waiting.Store(false)
+					if err != nil {
 						return err
 					}
 				}
@@ -459,7 +464,7 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 		if !s.keepView {
 			it.view = nil
 		}
-		if c.n == group {
+		if c.n == group || s.waiting.Load() {
 			if err := flush(false); err != nil {
 				return err
 			}
