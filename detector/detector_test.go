@@ -75,7 +75,7 @@ func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
 }
 
 // writeImages writes n textured images; defect=true paints a dark square.
-func writeImages(t *testing.T, dir string, n int, seed uint64, defect bool) []string {
+func writeImages(t testing.TB, dir string, n int, seed uint64, defect bool) []string {
 	t.Helper()
 	os.MkdirAll(dir, 0o755)
 	r := rand.New(rand.NewPCG(seed, 3))

@@ -167,6 +167,44 @@ func (m *Model) NewScorer(ext Extractor, cfg ScoreConfig) (*Scorer, error) {
 	return NewScorer(p, m.Gaussian, ScoreSettings{Backend: cfg.Backend, Sigma: m.Sigma, Thresholds: th, OpenRadius: cfg.OpenRadius, KeepImages: cfg.KeepImages})
 }
 
+// Limits on what a model's header may say, checked on load.
+const (
+	MaxSigma   = 64   // blur σ in pixels of the network input
+	MaxEps     = 1e6  // regularisation
+	MaxTaps    = 8    // backbone outputs
+	MaxTapSide = 1024 // a tap's grid side
+	MaxTapC    = 16384
+)
+
+// checkRanges refuses header values that are out of range, even in a file
+// whose checksum is right (a crafted or foreign file).
+func (m *Model) checkRanges(l *embed.Layout) error {
+	if !(m.Sigma >= 0 && m.Sigma <= MaxSigma) {
+		return fmt.Errorf("metadata sigma=%v: want a blur σ in [0, %d]", m.Sigma, MaxSigma)
+	}
+	if !(m.Eps >= 0 && m.Eps <= MaxEps) {
+		return fmt.Errorf("metadata eps=%v: want a regularisation in [0, %g]", m.Eps, MaxEps)
+	}
+	if len(m.Taps) > MaxTaps {
+		return fmt.Errorf("metadata taps: %d outputs, at most %d", len(m.Taps), MaxTaps)
+	}
+	for _, t := range m.Taps {
+		if t.H > MaxTapSide || t.W > MaxTapSide || t.C > MaxTapC {
+			return fmt.Errorf("metadata taps: %s is %dx%dx%d, beyond %d channels or a %d grid", t.Name, t.C, t.H, t.W, MaxTapC, MaxTapSide)
+		}
+	}
+	if m.GridH != l.H || m.GridW != l.W {
+		return fmt.Errorf("metadata grid=%d,%d but the taps make a %dx%d grid", m.GridH, m.GridW, l.H, l.W)
+	}
+	if m.TotalChannels != embed.TotalChannels(m.Taps) {
+		return fmt.Errorf("metadata total_channels=%d but the taps have %d", m.TotalChannels, embed.TotalChannels(m.Taps))
+	}
+	if m.NTrain < 1 {
+		return fmt.Errorf("metadata n_train=%d: want at least 1", m.NTrain)
+	}
+	return nil
+}
+
 // ErrModel is wrapped by every error about an unusable model file.
 var ErrModel = errors.New("not a usable padim model")
 
@@ -232,6 +270,9 @@ func fromFile(f *safetensors.File) (*Model, error) {
 		if err := allFinite("linv", g.LInv); err != nil {
 			return nil, err
 		}
+		if p := firstBadDiagonal(g); p >= 0 {
+			return nil, fmt.Errorf("tensor linv: patch %d has a diagonal entry ≤ 0 (an inverse Cholesky factor has a positive diagonal; an all-zero L⁻¹ would call everything good)", p)
+		}
 		m.Gaussian = g
 	case gauss.FormLowRank:
 		tl, err := get("lowrank_m")
@@ -273,8 +314,10 @@ func fromFile(f *safetensors.File) (*Model, error) {
 			c.PixelQuantiles, _ = t.Float32s()
 		}
 		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))
-		if err := allFinite("thresholds", th); err != nil {
-			return nil, err
+		for name, v := range map[string][]float32{"thresholds": th, "calibration_image_scores": c.ImageScores, "calibration_pixel_quantiles": c.PixelQuantiles} {
+			if err := allFinite(name, v); err != nil {
+				return nil, err
+			}
 		}
 		m.Calibration = c
 	}
@@ -339,7 +382,11 @@ func parseShared(f *safetensors.File, format string) (*Model, error) {
 	if m.Channels, err = tc.Ints(); err != nil {
 		return nil, err
 	}
-	if _, err := embed.NewLayout(m.Taps, m.Channels); err != nil {
+	layout, err := embed.NewLayout(m.Taps, m.Channels)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.checkRanges(layout); err != nil {
 		return nil, err
 	}
 	if t := f.Tensor("backbone_onnx"); t != nil {
@@ -349,6 +396,20 @@ func parseShared(f *safetensors.File, format string) (*Model, error) {
 		}
 	}
 	return m, nil
+}
+
+// firstBadDiagonal returns the first patch whose L⁻¹ has a diagonal entry ≤ 0, or −1.
+func firstBadDiagonal(g *gauss.Gaussian) int {
+	L := gauss.PackedLen(g.D)
+	for p := 0; p < g.P; p++ {
+		row := g.LInv[p*L : (p+1)*L]
+		for i := 0; i < g.D; i++ {
+			if !(row[i*(i+1)/2+i] > 0) {
+				return p
+			}
+		}
+	}
+	return -1
 }
 
 // allFinite reports the first NaN or Inf in v, checking on every core.

@@ -74,7 +74,10 @@ func TestCrossFitScoresAreOutOfSample(t *testing.T) {
 		rule string
 	}{{FormLowRank, 0, "leave-one-out"}, {FormFull, 0, "leave-one-out"}, {FormLowRank, 32, "cross-fitted over 7 folds"}, {FormFull, 32, "cross-fitted over 7 folds"}} {
 		cfg := trainCfg(func(cf *TrainConfig) {
-			cf.Gaussian, cf.Folds, cf.Preprocess.Tile, cf.Preprocess.Overlap = c.form, 7, c.tile, 8
+			cf.Gaussian, cf.Folds, cf.Preprocess.Tile = c.form, 7, c.tile
+			if c.tile > 0 {
+				cf.Preprocess.Overlap = 8
+			}
 		})
 		m, rep, err := Train(ctx, newFake(32), files, cfg)
 		if err != nil {

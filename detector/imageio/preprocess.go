@@ -2,6 +2,7 @@ package imageio
 
 import (
 	"fmt"
+	"math"
 )
 
 // ImageNetMean and ImageNetStd are torchvision's normalisation.
@@ -28,21 +29,35 @@ func (p Preprocess) InputSize() int {
 	return p.Resize
 }
 
+// Limits of the settings.
+const (
+	MaxSide    = 4096  // network input side (resize), at most
+	MinTile    = 16    // tile side, at least
+	MaxTile    = 16384 // tile side, at most
+	MaxMeanStd = 1e3   // |mean| and std, at most
+)
+
 // Check validates the settings.
 func (p Preprocess) Check() error {
-	if p.Resize <= 0 {
-		return fmt.Errorf("imageio: resize must be positive, got %d", p.Resize)
+	if p.Resize <= 0 || p.Resize > MaxSide {
+		return fmt.Errorf("imageio: resize must be in [1, %d], got %d", MaxSide, p.Resize)
 	}
-	if p.Crop < 0 {
-		return fmt.Errorf("imageio: crop must be ≥ 0, got %d", p.Crop)
+	if p.Crop < 0 || p.Crop > p.Resize {
+		return fmt.Errorf("imageio: crop must be in [0, resize %d], got %d", p.Resize, p.Crop)
 	}
-	for i, s := range p.Std {
-		if !(s > 0) {
-			return fmt.Errorf("imageio: std[%d] must be > 0, got %v", i, s)
+	for i := range p.Std {
+		if m := float64(p.Mean[i]); math.IsNaN(m) || math.Abs(m) > MaxMeanStd {
+			return fmt.Errorf("imageio: mean[%d] must be a number within ±%g, got %v", i, MaxMeanStd, p.Mean[i])
+		}
+		if s := float64(p.Std[i]); !(s > 0 && s <= MaxMeanStd) {
+			return fmt.Errorf("imageio: std[%d] must be in (0, %g], got %v", i, MaxMeanStd, p.Std[i])
 		}
 	}
-	if p.Tile < 0 || p.Overlap < 0 || (p.Tile > 0 && p.Overlap >= p.Tile) {
-		return fmt.Errorf("imageio: tile %d / overlap %d: need tile ≥ 0 and 0 ≤ overlap < tile", p.Tile, p.Overlap)
+	if p.Tile != 0 && (p.Tile < MinTile || p.Tile > MaxTile) {
+		return fmt.Errorf("imageio: tile must be 0 (none) or in [%d, %d], got %d", MinTile, MaxTile, p.Tile)
+	}
+	if p.Overlap < 0 || (p.Tile > 0 && p.Overlap >= p.Tile) || (p.Tile == 0 && p.Overlap != 0) {
+		return fmt.Errorf("imageio: overlap %d with tile %d: need 0 ≤ overlap < tile", p.Overlap, p.Tile)
 	}
 	return nil
 }
