@@ -245,11 +245,11 @@ func (q *queue[T]) pop() (T, bool) {
 // embeddings come out in input order; every item appears in exactly one chunk's
 // items (the chunk holding its first sample, or, if it failed, the next chunk).
 type stream struct {
-	p       *Pipeline
-	chunks  chan *chunk
-	free    chan []float32
-	sem     *semaphore.Weighted
-	budget  int64
+	p        *Pipeline
+	chunks   chan *chunk
+	free     chan []float32
+	sem      *semaphore.Weighted
+	budget   int64
 	starved  chan struct{} // wakes the gatherer when the next input starts waiting for memory
 	waiting  atomic.Bool   // the next input waits for memory: send on what is gathered
 	keepView bool          // keep each item's view after embedding (for pictures)
