@@ -24,19 +24,59 @@ func IsImage(name string) bool {
 	return false
 }
 
-// Images lists the image files under dir (recursively), sorted.
+// Images lists the image files under dir (recursively, following symbolic
+// links to files and folders, each folder once), sorted. Hidden files and
+// folders (a leading dot) are skipped.
 func Images(dir string) ([]string, error) {
 	var files []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	seen := map[fileID]bool{}
+	var walk func(d string) error
+	walk = func(d string) error {
+		st, err := os.Stat(d) // follows links
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && IsImage(p) && !strings.HasPrefix(d.Name(), ".") {
-			files = append(files, p)
+		id, ok := idOf(st)
+		if !ok {
+			real, err := filepath.EvalSymlinks(d)
+			if err != nil {
+				return err
+			}
+			id = fileID{path: real}
+		}
+		if seen[id] {
+			return nil // a link back to a folder already listed
+		}
+		seen[id] = true
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			p := filepath.Join(d, e.Name())
+			t := e.Type()
+			if t&fs.ModeSymlink != 0 {
+				st, err := os.Stat(p)
+				if err != nil {
+					continue // a dangling link is no image
+				}
+				t = st.Mode().Type()
+			}
+			switch {
+			case t.IsDir():
+				if err := walk(p); err != nil {
+					return err
+				}
+			case t.IsRegular() && IsImage(p):
+				files = append(files, p)
+			}
 		}
 		return nil
-	})
-	if err != nil {
+	}
+	if err := walk(dir); err != nil {
 		return nil, err
 	}
 	slices.Sort(files)

@@ -54,3 +54,30 @@ func TestMVTecLayout(t *testing.T) {
 		t.Fatal("missing mask accepted")
 	}
 }
+
+// A data folder given as a link, linked sub-folders and files are followed;
+// a link back up the tree is listed once, not forever.
+func TestImagesFollowLinks(t *testing.T) {
+	root := t.TempDir()
+	real := filepath.Join(root, "real")
+	os.MkdirAll(filepath.Join(real, "a"), 0o755)
+	other := filepath.Join(root, "other")
+	os.MkdirAll(other, 0o755)
+	for _, p := range []string{filepath.Join(real, "a", "1.png"), filepath.Join(other, "2.png")} {
+		os.WriteFile(p, []byte("x"), 0o644)
+	}
+	os.Symlink(other, filepath.Join(real, "linked"))
+	os.Symlink(real, filepath.Join(real, "a", "loop"))
+	os.Symlink(filepath.Join(other, "2.png"), filepath.Join(real, "3.png"))
+	os.Symlink(filepath.Join(root, "nowhere"), filepath.Join(real, "dangling.png"))
+	link := filepath.Join(root, "data")
+	os.Symlink(real, link)
+	files, err := Images(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(link, "3.png"), filepath.Join(link, "a", "1.png"), filepath.Join(link, "linked", "2.png")}
+	if !slices.Equal(files, want) {
+		t.Fatalf("got %v\nwant %v", files, want)
+	}
+}
