@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"image"
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -505,8 +507,13 @@ func (p *Pipeline) header(in Input) (imageio.Header, error) {
 // the map and its buffers, the kept view).
 func (p *Pipeline) memory(h imageio.Header) (transient, kept int64) {
 	px := int64(h.W) * int64(h.H)
-	transient = px * (8 + 12) // the decoder's image (≤ 8 bytes a pixel) and float32 planes
 	S := int64(p.pre.InputSize())
+	// the decoder's image (≤ 8 bytes a pixel), then float32 planes of the whole
+	// image when tiling, else rows resampled to the network's width
+	transient = px*8 + int64(h.H)*int64(p.pre.Resize)*12
+	if p.pre.Tile > 0 {
+		transient = px * (8 + 12)
+	}
 	n, mapPx := int64(1), S*S
 	if p.pre.Tile > 0 {
 		if rects, err := p.pre.Tiles(h.W, h.H); err == nil {
@@ -528,27 +535,28 @@ const SmallImageFactor = 4
 func (p *Pipeline) decode(in Input, it *item) {
 	t := time.Now()
 	defer p.Timings.Since("decode", t, 1)
-	pl := in.Image
 	var err error
 	switch {
-	case pl != nil:
-	case in.Data != nil:
-		pl, err = imageio.DecodeReader(bytes.NewReader(in.Data))
-		if err != nil {
-			err = fmt.Errorf("%s: %w", in.Name, err)
-		}
+	case in.Image != nil:
+		it.view, it.rects, it.frame, err = p.pre.View(in.Image)
 	default:
-		pl, err = imageio.Decode(in.Name)
+		var img image.Image
+		if in.Data != nil {
+			img, err = imageio.DecodeImage(bytes.NewReader(in.Data))
+		} else {
+			img, err = imageio.DecodeFile(in.Name)
+		}
+		if err == nil {
+			it.view, it.rects, it.frame, err = p.pre.ViewImage(img)
+		}
+	}
+	if err != nil && !strings.HasPrefix(err.Error(), in.Name) {
+		err = fmt.Errorf("%s: %w", in.Name, err)
 	}
 	if err == nil {
-		it.view, it.rects, it.frame, err = p.pre.View(pl)
-		if err != nil {
-			err = fmt.Errorf("%s: %w", in.Name, err)
-		} else {
-			it.w, it.h = it.view.W, it.view.H
-			if s := p.pre.InputSize(); p.pre.Tile == 0 && pl.W*SmallImageFactor < s && pl.H*SmallImageFactor < s {
-				it.warning = fmt.Sprintf("the image is %dx%d, much smaller than the %d² network input: its map is mostly interpolation and its score means little", pl.W, pl.H, s)
-			}
+		it.w, it.h = it.view.W, it.view.H
+		if s, f := p.pre.InputSize(), it.frame; p.pre.Tile == 0 && f.ImageW*SmallImageFactor < s && f.ImageH*SmallImageFactor < s {
+			it.warning = fmt.Sprintf("the image is %dx%d, much smaller than the %d² network input: its map is mostly interpolation and its score means little", f.ImageW, f.ImageH, s)
 		}
 	}
 	it.err = err

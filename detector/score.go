@@ -269,6 +269,35 @@ func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(Chunk) erro
 	return ferr
 }
 
+// ImageMap returns the map in the input image's frame: resampled to the
+// image's size (bilinear); pixels outside a centre crop are 0.
+func (r *Result) ImageMap() (m []float32, w, h int) {
+	f := r.Frame
+	if f.ImageW == r.W && f.ImageH == r.H && f.OffX == 0 && f.OffY == 0 {
+		return r.Map, r.W, r.H
+	}
+	return anomalymap.ToImage(r.Map, r.W, r.H, f.ImageW, f.ImageH, f.OffX, f.OffY, f.ScaleX, f.ScaleY, 0), f.ImageW, f.ImageH
+}
+
+// ImageMask returns the defect mask in the input image's frame (nil without one).
+func (r *Result) ImageMask() *postproc.Mask {
+	if r.Mask == nil {
+		return nil
+	}
+	f := r.Frame
+	if f.ImageW == r.W && f.ImageH == r.H && f.OffX == 0 && f.OffY == 0 {
+		return r.Mask
+	}
+	v := make([]float32, len(r.Mask.Pix))
+	for i, b := range r.Mask.Pix {
+		if b {
+			v[i] = 1
+		}
+	}
+	up := anomalymap.ToImage(v, r.W, r.H, f.ImageW, f.ImageH, f.OffX, f.OffY, f.ScaleX, f.ScaleY, 0)
+	return postproc.Threshold(up, f.ImageW, f.ImageH, 0.5)
+}
+
 // imageBox maps a box from map pixels to the input image's pixels: its
 // corners scale with the frame, outward to whole pixels.
 func imageBox(b postproc.Box, f imageio.Frame) postproc.Box {

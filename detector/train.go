@@ -130,6 +130,7 @@ type TrainConfig struct {
 	Holdout      float64 // fraction held out with CalibrateHoldout (DefaultHoldout)
 	SampleMemory int64   // bound on kept training embeddings (DefaultSampleMemory)
 	Rule         *Rule   // how scores become thresholds (default: CrossFitRule or HoldoutRule)
+	MaxMemory    int64   // refuse a fit whose statistics would need more (0: no check)
 	Backend      gauss.Backend
 	BackboneName string
 	BackboneONNX []byte
@@ -171,9 +172,26 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := cfg.checkMemory(len(files), p.Layout().P(), p.Layout().D()); err != nil {
+		return nil, nil, err
+	}
 	rep := &TrainReport{Timings: p.Timings}
 	fitFiles, hold := files, []string(nil)
 	if cfg.Calibration == CalibrateHoldout {
+		// the hold-out is drawn among readable images, so that unreadable ones
+		// cannot shrink it (or the fit) by chance
+		var ok []string
+		for i, f := range files {
+			if _, err := p.header(Input{Name: f}); err != nil {
+				if !cfg.SkipBadFiles {
+					return nil, nil, err
+				}
+				rep.Skipped = append(rep.Skipped, FileError{i, f, err})
+				continue
+			}
+			ok = append(ok, f)
+		}
+		files = ok
 		if len(files) < 2 {
 			return nil, nil, fmt.Errorf("holding images out for thresholds needs at least 2 images, got %d: add images, or cross-fit, or train without thresholds", len(files))
 		}
@@ -188,9 +206,17 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 	if err != nil {
 		return nil, nil, err
 	}
-	rep.Trained, rep.Skipped = frep.Files, frep.Skipped
+	rep.Trained, rep.Skipped = frep.Files, append(rep.Skipped, frep.Skipped...)
 	if f.n == 0 {
+		if len(rep.Skipped) > 0 {
+			return nil, nil, fmt.Errorf("no readable training image: %d could not be used, the first for this reason: %w", len(rep.Skipped), rep.Skipped[0])
+		}
 		return nil, nil, errors.New("no readable training image")
+	}
+	if constant, err := f.constant(); err != nil {
+		return nil, nil, err
+	} else if constant {
+		return nil, nil, fmt.Errorf("the backbone's features do not change across the %d training images: it cannot tell images apart (a broken or foreign backbone?)", f.n)
 	}
 	set := ScoreSettings{Backend: cfg.Backend, Sigma: cfg.Sigma}
 
@@ -266,6 +292,37 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 	return m, rep, nil
 }
 
+// ErrMemory is wrapped by errors about work that would not fit the memory budget.
+var ErrMemory = errors.New("over the memory budget")
+
+// checkMemory refuses, before any work, a fit whose statistics or kept
+// samples would not fit cfg.MaxMemory (n images: at least n samples).
+func (cfg *TrainConfig) checkMemory(n, P, D int) error {
+	if cfg.MaxMemory <= 0 {
+		return nil
+	}
+	gib := func(b int64) float64 { return float64(b) / (1 << 30) }
+	cfg.SampleMemory = min(cfg.SampleMemory, cfg.MaxMemory/2)
+	per := int64(P) * int64(gauss.PackedLen(D)+D)
+	full := per*8 + per*4 + DefaultStageBytesCPU // statistics, model, staging
+	if cfg.Calibration == CalibrateCrossFit {
+		full += per * 8 // a fold's statistics when refitting per fold
+	}
+	samples := int64(n) * int64(P) * int64(D) * 4
+	switch {
+	case (cfg.Gaussian == FormFull || cfg.Gaussian == FormAuto && !gauss.LowRankCheaper(n, D)) && full > cfg.MaxMemory:
+		return fmt.Errorf("%w: a full-form fit of %d patches × %d channels needs about %.1f GiB (statistics, model, staging), more than the %.1f GiB budget: keep fewer channels, or allow more memory",
+			ErrMemory, P, D, gib(full), gib(cfg.MaxMemory))
+	case cfg.Gaussian == FormLowRank && samples > cfg.SampleMemory:
+		return fmt.Errorf("%w: the low-rank form keeps every embedding: %d images × %d patches × %d channels need %.1f GiB, more than %.1f GiB (half the budget): use the full form, fewer images, or allow more memory",
+			ErrMemory, n, P, D, gib(samples), gib(cfg.SampleMemory))
+	}
+	return nil
+}
+
+// DefaultStageBytesCPU is the CPU accumulator's staging buffer (gauss.DefaultStageBytes).
+const DefaultStageBytesCPU = gauss.DefaultStageBytes
+
 func (cfg *TrainConfig) defaults() error {
 	if cfg.Backend == nil {
 		cfg.Backend = gauss.CPU{}
@@ -314,6 +371,9 @@ func (cfg *TrainConfig) defaults() error {
 	if _, lr := cfg.Backend.(gauss.LowRankBackend); cfg.Gaussian == FormLowRank && !lr {
 		return fmt.Errorf("the %s backend has no low-rank form", cfg.Backend.Name())
 	}
+	if cfg.Gaussian == FormLowRank && cfg.Eps == 0 {
+		return errors.New("the low-rank form needs a regularisation eps > 0")
+	}
 	return nil
 }
 
@@ -347,6 +407,8 @@ func newFitter(p *Pipeline, cfg TrainConfig, expect int) *fitter {
 	}
 	if f.want == FormFull {
 		f.reason = "asked for"
+	} else if f.eps == 0 {
+		f.want, f.reason = FormFull, "eps 0: the low-rank form needs a regularisation eps > 0"
 	} else if _, ok := f.b.(gauss.LowRankBackend); !ok {
 		f.want, f.reason = FormFull, fmt.Sprintf("the %s backend has no low-rank form", f.b.Name())
 	}
@@ -428,6 +490,37 @@ func (f *fitter) feed(acc gauss.Accumulator, idx []int) error {
 	return nil
 }
 
+// constant reports whether every training sample has the same embedding
+// (with two or more samples): a backbone that sees nothing.
+func (f *fitter) constant() (bool, error) {
+	if f.n < 2 {
+		return false, nil
+	}
+	if f.acc == nil {
+		x, pd := f.store.all(), f.store.pd
+		for i := pd; i < len(x); i++ {
+			if x[i] != x[i%pd] {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	s, err := f.acc.Stats()
+	if err != nil {
+		return false, err
+	}
+	L := gauss.PackedLen(s.D)
+	for p := 0; p < s.P; p++ {
+		m2 := s.M2[p*L : (p+1)*L]
+		for i := 0; i < s.D; i++ {
+			if m2[i*(i+1)/2+i] != 0 {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
 // model factorises what has been collected, in the form chosen.
 func (f *fitter) model() (gauss.Model, error) {
 	if f.acc != nil {
@@ -457,7 +550,7 @@ func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set Score
 	}
 	P, D := f.p.Layout().P(), f.p.Layout().D()
 	oneEach := f.n == nf // one sample per image: no tiles
-	if oneEach && f.store.inMemory() && gauss.LeaveOneOutCost(f.n, P, D) <= LeaveOneOutMaxFlops {
+	if oneEach && f.eps > 0 && f.store.inMemory() && gauss.LeaveOneOutCost(f.n, P, D) <= LeaveOneOutMaxFlops {
 		return f.leaveOneOut(set, rule, progress)
 	}
 	k := min(folds, nf)

@@ -46,6 +46,9 @@ func backboneAction(c *cli.Context) error {
 	if out == "" {
 		return usageError("--out is required")
 	}
+	if err := checkOutputs([]string{c.String("weights")}, []string{out, c.String("save-weights")}); err != nil {
+		return err
+	}
 	if c.String("arch") == mobilenetv2.Arch {
 		return writeMobileNetV2(c, out)
 	}

@@ -99,7 +99,11 @@ var batchFlag = &cli.IntFlag{Name: "batch", Value: detector.DefaultBatch, Usage:
 
 // pipelineOptions reads the pipeline flags.
 func pipelineOptions(c *cli.Context) detector.PipelineOptions {
-	return detector.PipelineOptions{Batch: c.Int("batch")}
+	o := detector.PipelineOptions{Batch: c.Int("batch")}
+	if b, err := memoryBudget(c); err == nil {
+		o.Memory = min(detector.DefaultMemory, b/8)
+	}
+	return o
 }
 
 // gaussBackend picks the backend for --device and says which.

@@ -136,7 +136,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("image result: %+v", im)
 		}
 		shape, v := readNpy(t, im.Maps[0])
-		if shape[0] != 64 || shape[1] != 64 || len(v) != 64*64 {
+		if shape[0] != 96 || shape[1] != 96 || len(v) != 96*96 { // the input image's frame
 			t.Fatalf("%s: shape %v", im.Maps[0], shape)
 		}
 		for _, x := range v {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -33,6 +35,15 @@ func evalAction(c *cli.Context) error {
 	items, err := dataset.TestSet(c.String("data"))
 	if err != nil {
 		return err
+	}
+	if r := c.String("report"); r != "" {
+		data, rep := canonical(c.String("data")), canonical(r)
+		if rep == data || strings.HasPrefix(rep, data+string(filepath.Separator)) || strings.HasPrefix(data, rep+string(filepath.Separator)) {
+			return usageError("--report %s and --data %s overlap: the report's pictures would mix with the test images; give a folder outside the data", r, c.String("data"))
+		}
+		if st, err := os.Stat(r); err == nil && !st.IsDir() {
+			return usageError("--report %s is a file: give a folder", r)
+		}
 	}
 	start := time.Now()
 	m, sc, closeAll, err := loadScorer(c, thresholdFlag(c), c.Int("open-radius"), c.String("report") != "")

@@ -11,13 +11,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/gauss"
 )
@@ -38,6 +41,21 @@ func main() {
 		// doubling the resident size on top of gigabytes of statistics.
 		debug.SetGCPercent(25)
 	}
+	// An interrupt or termination removes the file being written (models,
+	// maps, reports are written to a temporary file, then renamed) and exits
+	// with the shell's code for the signal.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		atomicfile.RemoveTemps()
+		fmt.Fprintf(os.Stderr, "padim: %v: stopped, nothing half-written left\n", s)
+		code := 130
+		if s == syscall.SIGTERM {
+			code = 143
+		}
+		os.Exit(code)
+	}()
 	os.Exit(run(os.Args))
 }
 
@@ -55,14 +73,14 @@ func run(args []string) int {
 		return ec.ExitCode()
 	}
 	fmt.Fprintln(os.Stderr, "padim:", withHint(err))
-	if strings.HasPrefix(err.Error(), "Required flag") {
+	if strings.HasPrefix(err.Error(), "Required flag") || strings.HasPrefix(err.Error(), "flag provided but not defined") {
 		return exitUsage // urfave/cli reports missing required flags as plain errors
 	}
 	return exitError
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "padim",
 		Usage: "learn good product surfaces from a few images, find and locate defects (PaDiM)",
 		Description: "Train on good images, score new ones into anomaly maps, verdicts and defect boxes.\n" +
@@ -71,6 +89,7 @@ func newApp() *cli.App {
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bars or notes on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print each pipeline stage's busy time on stderr (train, score, eval)"},
 			&cli.StringFlag{Name: "onnxruntime", Usage: "path to libonnxruntime.so.1 (else $ONNXRUNTIME_LIB, else .cache/onnxruntime)"},
+			&cli.StringFlag{Name: "max-memory", Usage: "memory padim may plan to use, like 8G (default: 80% of this machine's or its cgroup's)"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a Go CPU profile of the run to this file", Hidden: true},
 		},
 		Before: func(c *cli.Context) error {
@@ -94,7 +113,7 @@ func newApp() *cli.App {
 			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.Name), exitUsage)
+			return cli.Exit(fmt.Sprintf("%v (see padim --help)", err), exitUsage)
 		},
 		CommandNotFound: func(c *cli.Context, name string) {
 			fmt.Fprintf(os.Stderr, "padim: no command %q (see padim --help)\n", name)
@@ -102,6 +121,36 @@ func newApp() *cli.App {
 		},
 		HideHelpCommand: true,
 	}
+	app.ExitErrHandler = func(*cli.Context, error) {} // run prints errors and picks exit codes
+	for _, cmd := range app.Commands {
+		cmd.HideHelpCommand = true // arguments are never sub-command names
+		cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
+			return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.Name), exitUsage)
+		}
+		// Required flags are checked here: urfave/cli's own check prints help
+		// and reads the first argument as a command name.
+		var required []string
+		for _, f := range cmd.Flags {
+			if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
+				sf.Required = false
+				required = append(required, sf.Name)
+			}
+		}
+		if action := cmd.Action; action != nil {
+			cmd.Action = func(c *cli.Context) error {
+				for _, name := range required {
+					if !c.IsSet(name) {
+						return usageError("--%s is required (see padim %s --help)", name, c.Command.Name)
+					}
+				}
+				if err := checkFlags(c); err != nil {
+					return err
+				}
+				return action(c)
+			}
+		}
+	}
+	return app
 }
 
 // withHint adds to a library error the flag or setting that changes it.
@@ -116,6 +165,8 @@ func withHint(err error) error {
 		return fmt.Errorf("%w (give the library with --onnxruntime or $%s)", err, backbone.LibraryEnv)
 	case errors.Is(err, detector.ErrModel):
 		return fmt.Errorf("%w (retrain it with padim train)", err)
+	case errors.Is(err, detector.ErrMemory):
+		return fmt.Errorf("%w (lower --dim, or raise --max-memory)", err)
 	}
 	return err
 }

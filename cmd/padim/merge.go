@@ -15,7 +15,7 @@ func mergeCommand() *cli.Command {
 		UsageText: "padim merge --out M.padim S1.stats S2.stats ...",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "out", Required: true},
-			&cli.Float64Flag{Name: "eps", Value: -1, Usage: "regularisation (default: the shards')"},
+			&cli.Float64Flag{Name: "eps", Usage: "regularisation (default: the shards')"},
 			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "auto, full or lowrank (low-rank needs every shard's samples)"},
 			deviceFlag,
 		},
@@ -23,12 +23,19 @@ func mergeCommand() *cli.Command {
 			if c.NArg() < 1 {
 				return usageError("merge needs statistics files")
 			}
+			if err := checkOutputs(c.Args().Slice(), []string{c.String("out")}); err != nil {
+				return err
+			}
+			eps := -1.0 // the shards'
+			if c.IsSet("eps") {
+				eps = c.Float64("eps")
+			}
 			be, err := gaussBackend(c)
 			if err != nil {
 				return err
 			}
 			defer be.Close()
-			m, err := detector.MergeStats(c.Args().Slice(), be, c.Float64("eps"), c.String("gaussian"))
+			m, err := detector.MergeStats(c.Args().Slice(), be, eps, c.String("gaussian"))
 			if err != nil {
 				return err
 			}

@@ -2,21 +2,24 @@ package main
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"image"
 	"os"
 	"path/filepath"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/npy"
 	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
@@ -29,7 +32,8 @@ func scoreCommand() *cli.Command {
 		UsageText: "padim score --model M.padim [--out DIR] [--maps npy|png|none] [--json] [--threshold T] IMAGES|DIRS...",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "out", Usage: "folder for maps (mirrors the input tree)"},
-			&cli.StringFlag{Name: "maps", Usage: "npy (float32 blurred map at input resolution), png (heatmap, overlay, mask, boxes) or none; default npy with --out"},
+			&cli.StringFlag{Name: "maps", Usage: "npy (float32 blurred map), png (heatmap, overlay, mask, boxes) or none; default npy with --out"},
+			&cli.StringFlag{Name: "map-frame", Value: "image", Usage: "maps at the input image's size (image) or the network's (network; smaller files)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document instead of lines"},
 			&cli.BoolFlag{Name: "fail-on-defect", Usage: "exit with code 3 when any image is a defect"},
 		}, scoringFlags()...),
@@ -44,8 +48,25 @@ type target struct {
 }
 
 // targets expands the arguments: folders recursively (outputs mirror the tree
-// below each folder), files by name. Two inputs with one output name are an error.
+// below the folder; with several folders, below their common parent, so each
+// keeps its own tree), files by name. Two inputs with one output name are an error.
 func targets(args []string) ([]target, error) {
+	var dirs []string
+	for _, a := range args {
+		if st, err := os.Stat(a); err == nil && st.IsDir() {
+			abs, _ := filepath.Abs(a)
+			dirs = append(dirs, abs)
+		}
+	}
+	root := ""
+	if len(dirs) > 1 {
+		root = dirs[0]
+		for _, d := range dirs[1:] {
+			for !strings.HasPrefix(d+string(filepath.Separator), root+string(filepath.Separator)) && root != filepath.Dir(root) {
+				root = filepath.Dir(root)
+			}
+		}
+	}
 	var ts []target
 	seen := map[string]string{}
 	add := func(path, rel string) error {
@@ -75,8 +96,16 @@ func targets(args []string) ([]target, error) {
 		if len(files) == 0 {
 			return nil, fmt.Errorf("no images in %s", a)
 		}
+		base := a
+		if root != "" {
+			base = root
+		}
 		for _, f := range files {
-			rel, _ := filepath.Rel(a, f)
+			rel, err := filepath.Rel(base, f)
+			if err != nil || root != "" {
+				abs, _ := filepath.Abs(f)
+				rel, _ = filepath.Rel(root, abs)
+			}
 			if err := add(f, rel); err != nil {
 				return nil, err
 			}
@@ -84,6 +113,9 @@ func targets(args []string) ([]target, error) {
 	}
 	return ts, nil
 }
+
+// mapSuffixes are the files --maps writes per image.
+var mapSuffixes = map[string][]string{"npy": {".npy"}, "png": {"_boxes.png", "_heatmap.png", "_mask.png", "_overlay.png"}, "none": nil}
 
 // scoringFlags are the flags of every command that loads a model to score with it
 // (loadScorer reads them).
@@ -154,13 +186,34 @@ func thresholdFlag(c *cli.Context) *detector.Thresholds {
 }
 
 type scoredImage struct {
-	Path      string         `json:"path"`
-	Score     *float32       `json:"score,omitempty"`
-	Defect    *bool          `json:"defect,omitempty"`
-	Threshold *float32       `json:"threshold,omitempty"`
-	Boxes     []postproc.Box `json:"boxes,omitempty"`
-	Maps      []string       `json:"maps,omitempty"`
-	Error     string         `json:"error,omitempty"`
+	Path       string         `json:"path"`
+	PathBase64 string         `json:"path_base64,omitempty"` // the name's bytes, when they are not UTF-8
+	Score      *float32       `json:"score,omitempty"`
+	Defect     *bool          `json:"defect,omitempty"`
+	Threshold  *float32       `json:"threshold,omitempty"`
+	Boxes      []postproc.Box `json:"boxes,omitempty"` // in the input image's pixels
+	Frame      *imageio.Frame `json:"frame,omitempty"` // the scored map on the input image
+	Maps       []string       `json:"maps,omitempty"`
+	MapFrame   string         `json:"map_frame,omitempty"` // "image": maps at the input image's size; "network"
+	Warning    string         `json:"warning,omitempty"`
+	Error      string         `json:"error,omitempty"`
+}
+
+// jsonPath names a file in JSON: its bytes as text, and as base64 too when
+// they are not valid UTF-8 (which JSON would otherwise replace).
+func jsonPath(p string) (string, string) {
+	if utf8.ValidString(p) {
+		return p, ""
+	}
+	return strings.ToValidUTF8(p, "\uFFFD"), base64.StdEncoding.EncodeToString([]byte(p))
+}
+
+// textPath quotes a name that would break a line of text output.
+func textPath(p string) string {
+	if strings.ContainsFunc(p, func(r rune) bool { return r < ' ' || r == 0x7f }) || !utf8.ValidString(p) {
+		return strconv.Quote(p)
+	}
+	return p
 }
 
 func scoreAction(c *cli.Context) error {
@@ -180,8 +233,24 @@ func scoreAction(c *cli.Context) error {
 	if maps != "none" && c.String("out") == "" {
 		return usageError("--maps %s needs --out", maps)
 	}
+	frame := c.String("map-frame")
+	if frame != "image" && frame != "network" {
+		return usageError("--map-frame %q: want image or network", frame)
+	}
 	ts, err := targets(c.Args().Slice())
 	if err != nil {
+		return err
+	}
+	// no output may overwrite an input or another output
+	inputs := []string{c.String("model"), c.String("backbone")}
+	var outputs []string
+	for _, t := range ts {
+		inputs = append(inputs, t.path)
+		for _, suf := range mapSuffixes[maps] {
+			outputs = append(outputs, filepath.Join(c.String("out"), t.rel)+suf)
+		}
+	}
+	if err := checkOutputs(inputs, outputs); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -203,25 +272,29 @@ func scoreAction(c *cli.Context) error {
 	prog := newProgress(c)
 	err = sc.Score(c.Context, detector.FileInputs(paths), func(r *detector.Result) error {
 		t := ts[r.Index]
-		s := scoredImage{Path: r.Name}
+		s := scoredImage{}
+		s.Path, s.PathBase64 = jsonPath(r.Name)
 		if r.Err != nil {
 			s.Error = r.Err.Error()
 			nBad++
 		} else {
-			s.Score = &r.Score
+			s.Score, s.Warning = &r.Score, r.Warning
+			fr := r.Frame
+			s.Frame = &fr
 			if r.Thresholds != nil {
 				s.Defect, s.Threshold = &r.Defect, &r.Thresholds.Image
 				if r.Defect {
 					nDefect++
 				}
 			}
-			s.Boxes = r.Boxes
+			s.Boxes = r.ImageBoxes
 			t0 := time.Now()
-			files, err := writeMaps(c.String("out"), t.rel, maps, r, rg)
+			files, err := writeMaps(c.String("out"), t.rel, maps, frame == "image", r, rg)
 			if err != nil {
 				return err
 			}
 			if maps != "none" {
+				s.MapFrame = frame
 				sc.Pipeline().Timings.Since("write-maps", t0, 1)
 			}
 			s.Maps = files
@@ -230,7 +303,10 @@ func scoreAction(c *cli.Context) error {
 		if c.Bool("json") {
 			out = append(out, s)
 		} else {
-			printScore(s)
+			printScore(r.Name, s)
+			if s.Warning != "" {
+				notef(c, "warning: %s: %s", textPath(r.Name), s.Warning)
+			}
 		}
 		return nil
 	})
@@ -256,9 +332,10 @@ func scoreAction(c *cli.Context) error {
 	return nil
 }
 
-func printScore(s scoredImage) {
+func printScore(name string, s scoredImage) {
+	name = textPath(name)
 	if s.Error != "" {
-		fmt.Printf("%s\terror\t%s\n", s.Path, s.Error)
+		fmt.Printf("%s\terror\t%s\n", name, strings.ReplaceAll(s.Error, "\n", " "))
 		return
 	}
 	verdict := "-"
@@ -272,7 +349,7 @@ func printScore(s scoredImage) {
 	for _, b := range s.Boxes {
 		boxes = append(boxes, fmt.Sprintf("(%d,%d %dx%d)", b.X, b.Y, b.W, b.H))
 	}
-	fmt.Printf("%s\t%.4f\t%s\t%s\n", s.Path, *s.Score, verdict, strings.Join(boxes, " "))
+	fmt.Printf("%s\t%.4f\t%s\t%s\n", name, *s.Score, verdict, strings.Join(boxes, " "))
 }
 
 // heatRange is the colour scale of pictures: from the held-out good pixels'
@@ -284,8 +361,10 @@ func heatRange(m *detector.Model) picture.Range {
 	return picture.Range{}
 }
 
-// writeMaps writes the requested maps for one image and returns their paths.
-func writeMaps(dir, rel, kind string, r *detector.Result, rg picture.Range) ([]string, error) {
+// writeMaps writes the requested maps for one image and returns their paths:
+// in the input image's frame (its size; the photo re-read at full size) or the
+// network's.
+func writeMaps(dir, rel, kind string, imageFrame bool, r *detector.Result, rg picture.Range) ([]string, error) {
 	if kind == "none" {
 		return nil, nil
 	}
@@ -293,28 +372,40 @@ func writeMaps(dir, rel, kind string, r *detector.Result, rg picture.Range) ([]s
 	if err := os.MkdirAll(filepath.Dir(base), 0o755); err != nil {
 		return nil, err
 	}
+	m, w, h := r.Map, r.W, r.H
+	mask, boxes := r.Mask, r.Boxes
+	if imageFrame {
+		m, w, h = r.ImageMap()
+		mask, boxes = r.ImageMask(), r.ImageBoxes
+	}
 	if kind == "npy" {
 		p := base + ".npy"
-		return []string{p}, npy.Save(p, r.Map, r.H, r.W)
+		return []string{p}, npy.Save(p, m, h, w)
 	}
-	rg = rg.For(r.Map)
-	photo := picture.Photo(r.Image)
-	heat := picture.Heatmap(r.Map, r.W, r.H, rg)
-	pics := map[string]image.Image{
-		"_heatmap.png": heat,
-		"_overlay.png": picture.Overlay(photo, heat, r.Map, rg),
-		"_mask.png":    picture.Mask(r.Mask, r.W, r.H),
-		"_boxes.png":   picture.Boxes(photo, r.Boxes),
-	}
-	var files []string
-	for suffix := range pics {
-		files = append(files, base+suffix)
-	}
-	sort.Strings(files)
-	for _, f := range files {
-		if err := picture.SavePNG(f, pics[strings.TrimPrefix(f, base)]); err != nil {
+	rg = rg.For(m)
+	src := r.Image
+	if imageFrame && (r.Image == nil || r.Image.W != w || r.Image.H != h) {
+		full, err := imageio.Decode(r.Name)
+		if err != nil {
 			return nil, err
 		}
+		src = full
+	}
+	photo := picture.Photo(src)
+	heat := picture.Heatmap(m, w, h, rg)
+	pics := map[string]image.Image{
+		"_heatmap.png": heat,
+		"_overlay.png": picture.Overlay(photo, heat, m, rg),
+		"_mask.png":    picture.Mask(mask, w, h),
+		"_boxes.png":   picture.Boxes(photo, boxes),
+	}
+	var files []string
+	for _, suffix := range mapSuffixes["png"] {
+		f := base + suffix
+		if err := picture.SavePNG(f, pics[suffix]); err != nil {
+			return nil, err
+		}
+		files = append(files, f)
 	}
 	return files, nil
 }

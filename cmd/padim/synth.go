@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,8 +21,16 @@ func synthCommand() *cli.Command {
 			&cli.IntFlag{Name: "test-good", Value: 20},
 			&cli.IntFlag{Name: "test-defect", Value: 30, Usage: "defective test images, cycling through " + fmt.Sprint(synth.DefectKinds)},
 			&cli.IntFlag{Name: "size", Value: 1024, Usage: "image side in pixels"},
+			&cli.BoolFlag{Name: "force", Usage: "write into a folder that is not empty"},
 		},
 		Action: func(c *cli.Context) error {
+			if ents, err := os.ReadDir(c.String("out")); err == nil && len(ents) > 0 && !c.Bool("force") {
+				return usageError("--out %s is not empty: synth would mix its images with what is there; give a new folder, or --force", c.String("out"))
+			} else if err == nil && c.Bool("force") {
+				notef(c, "note: writing into %s, which is not empty (--force)", c.String("out"))
+			} else if st, err := os.Stat(c.String("out")); err == nil && !st.IsDir() {
+				return usageError("--out %s is a file", c.String("out"))
+			}
 			prog := newProgress(c)
 			err := synth.Generate(c.String("out"), synth.Config{Seed: c.Uint64("seed"), Train: c.Int("train"), TestGood: c.Int("test-good"),
 				TestDefect: c.Int("test-defect"), Size: c.Int("size")}, func(d, t int) { prog.update("synth", d, t) })

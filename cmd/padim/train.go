@@ -99,6 +99,16 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkOutputs(append([]string{c.String("backbone"), c.String("channels")}, files...), []string{c.String("out"), c.String("stats-out")}); err != nil {
+		return err
+	}
+	if layers := splitList(c.String("layers")); len(slices.Compact(slices.Sorted(slices.Values(layers)))) != len(layers) {
+		return usageError("--layers %q names a layer twice", c.String("layers"))
+	}
+	budget, err := memoryBudget(c)
+	if err != nil {
+		return err
+	}
 	bbName := c.String("backbone")
 	var bbData []byte
 	if bbName == "" {
@@ -140,7 +150,7 @@ func trainAction(c *cli.Context) error {
 		Gaussian: c.String("gaussian"), Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
-		Progress: prog.update, KeepStats: c.String("stats-out") != "",
+		Progress: prog.update, KeepStats: c.String("stats-out") != "", MaxMemory: budget,
 	})
 	prog.done()
 	if err != nil {

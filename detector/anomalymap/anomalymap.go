@@ -260,3 +260,44 @@ func Max(v []float32) float32 {
 	}
 	return m
 }
+
+// ToImage resamples a w×h map onto an iw×ih image of which it covers the
+// rectangle at (offX, offY) scaled by (sx, sy) (map pixel x covers image
+// pixels offX+x·sx … offX+(x+1)·sx), bilinearly with half-pixel centres.
+// Image pixels outside the covered rectangle get fill.
+func ToImage(m []float32, w, h, iw, ih int, offX, offY, sx, sy float64, fill float32) []float32 {
+	out := make([]float32, iw*ih)
+	xs := make([]lerp, iw)
+	inX := make([]bool, iw)
+	for x := range xs {
+		s := (float64(x)+0.5-offX)/sx - 0.5
+		inX[x] = s >= -0.5 && s <= float64(w)-0.5
+		s = math.Max(0, math.Min(s, float64(w-1)))
+		i0 := min(int(s), w-1)
+		xs[x] = lerp{int32(i0), int32(min(i0+1, w-1)), float32(s - float64(i0))}
+	}
+	for y := 0; y < ih; y++ {
+		s := (float64(y)+0.5-offY)/sy - 0.5
+		row := out[y*iw : (y+1)*iw]
+		if !(s >= -0.5 && s <= float64(h)-0.5) {
+			for x := range row {
+				row[x] = fill
+			}
+			continue
+		}
+		s = math.Max(0, math.Min(s, float64(h-1)))
+		i0 := min(int(s), h-1)
+		i1, f := min(i0+1, h-1), float32(s-float64(i0))
+		r0, r1 := m[i0*w:(i0+1)*w], m[i1*w:(i1+1)*w]
+		for x, lx := range xs {
+			if !inX[x] {
+				row[x] = fill
+				continue
+			}
+			top := r0[lx.i0] + (r0[lx.i1]-r0[lx.i0])*lx.f
+			bot := r1[lx.i0] + (r1[lx.i1]-r1[lx.i0])*lx.f
+			row[x] = top + (bot-top)*f
+		}
+	}
+	return out
+}

@@ -3,6 +3,7 @@ package anomalymap
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/padim/padim/detector/internal/refpadim"
@@ -133,5 +134,23 @@ func BenchmarkMake224(b *testing.B) {
 	}
 	for b.Loop() {
 		m.Make(grid, []Rect{{0, 0, 224, 224}}, 224, 224)
+	}
+}
+
+// A map that covers its image is stretched onto it; one that covers a crop
+// leaves the rest to the fill value; the identity frame copies.
+func TestToImage(t *testing.T) {
+	m := []float32{0, 4, 8, 12}
+	same := ToImage(m, 2, 2, 2, 2, 0, 0, 1, 1, -1)
+	if !slices.Equal(same, m) {
+		t.Fatalf("identity: %v", same)
+	}
+	up := ToImage([]float32{0, 4}, 2, 1, 4, 1, 0, 0, 2, 1, -1)
+	if !slices.Equal(up, []float32{0, 1, 3, 4}) { // PyTorch's align_corners=False
+		t.Fatalf("stretch: %v", up)
+	}
+	crop := ToImage([]float32{5, 5}, 2, 1, 6, 1, 2, 0, 1, 1, -1)
+	if !slices.Equal(crop, []float32{-1, -1, 5, 5, -1, -1}) {
+		t.Fatalf("crop: %v", crop)
 	}
 }

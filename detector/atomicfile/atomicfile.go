@@ -8,7 +8,26 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 )
+
+// temps are the temporary files being written now, for RemoveTemps.
+var (
+	tempMu sync.Mutex
+	temps  = map[string]bool{}
+)
+
+// RemoveTemps removes every temporary file a Write is filling now. A process
+// interrupted by a signal calls it before exiting, so that no half-written
+// file stays behind.
+func RemoveTemps() {
+	tempMu.Lock()
+	defer tempMu.Unlock()
+	for name := range temps {
+		os.Remove(name)
+		delete(temps, name)
+	}
+}
 
 // Write writes a file through fill into a temporary file beside path, syncs
 // it and renames it over path; on any error the temporary file is removed and path
@@ -19,7 +38,13 @@ func Write(path string, fill func(w io.Writer) error) (err error) {
 	if err != nil {
 		return fmt.Errorf("cannot write %s: %w", path, err)
 	}
+	tempMu.Lock()
+	temps[f.Name()] = true
+	tempMu.Unlock()
 	defer func() {
+		tempMu.Lock()
+		delete(temps, f.Name())
+		tempMu.Unlock()
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())

@@ -123,6 +123,9 @@ func Open(data []byte, name string, o Options) (*Extractor, error) {
 			e.size = 224
 		}
 	}
+	if e.size < 8 || e.size > imageio.MaxSide {
+		return nil, fmt.Errorf("the model takes %d² inputs; padim runs backbones on 8² to %d² inputs", e.size, imageio.MaxSide)
+	}
 	e.Norm = normalisationFrom(md)
 
 	opts, err := ort.NewSessionOptions()

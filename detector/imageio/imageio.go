@@ -75,6 +75,16 @@ func header(peek []byte) (Header, error) {
 
 // DecodeReader decodes an image stream into planes.
 func DecodeReader(r io.Reader) (*Planes, error) {
+	img, err := DecodeImage(r)
+	if err != nil {
+		return nil, err
+	}
+	return FromImage(img), nil
+}
+
+// DecodeImage decodes an image stream, refusing from its header an image
+// over MaxPixels before decoding it.
+func DecodeImage(r io.Reader) (image.Image, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	peek, _ := br.Peek(1 << 16)
 	h, err := header(peek)
@@ -85,7 +95,21 @@ func DecodeReader(r io.Reader) (*Planes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot decode %s image: %v", h.Format, err)
 	}
-	return FromImage(img), nil
+	return img, nil
+}
+
+// DecodeFile decodes an image file (see DecodeImage); errors name the file.
+func DecodeFile(path string) (image.Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	img, err := DecodeImage(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (is it a readable PNG, JPEG, BMP, TIFF or GIF image?)", path, err)
+	}
+	return img, nil
 }
 
 type byteReader struct {
@@ -107,44 +131,56 @@ func FromImage(img image.Image) *Planes {
 	b := img.Bounds()
 	w, h := b.Dx(), b.Dy()
 	p := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
-	R, G, B := p.Pix[:w*h], p.Pix[w*h:2*w*h], p.Pix[2*w*h:]
+	conv := rowConverter(img)
+	for y := 0; y < h; y++ {
+		conv(y, p.Pix[y*w:(y+1)*w], p.Pix[w*h+y*w:w*h+(y+1)*w], p.Pix[2*w*h+y*w:2*w*h+(y+1)*w])
+	}
+	return p
+}
+
+// rowConverter returns a function writing image row y as R, G, B on [0,1]
+// (grey repeated, alpha dropped), with fast paths for the common types.
+func rowConverter(img image.Image) func(y int, R, G, B []float32) {
+	b := img.Bounds()
+	w := b.Dx()
 	const s8, s16 = 1.0 / 255, 1.0 / 65535
 	switch m := img.(type) {
 	case *image.Gray:
-		for y := 0; y < h; y++ {
-			for x := 0; x < w; x++ {
-				v := float32(m.Pix[y*m.Stride+x]) * s8
-				R[y*w+x], G[y*w+x], B[y*w+x] = v, v, v
+		return func(y int, R, G, B []float32) {
+			for x, v := range m.Pix[y*m.Stride : y*m.Stride+w] {
+				f := float32(v) * s8
+				R[x], G[x], B[x] = f, f, f
 			}
 		}
 	case *image.Gray16:
-		for y := 0; y < h; y++ {
+		return func(y int, R, G, B []float32) {
 			for x := 0; x < w; x++ {
 				o := y*m.Stride + 2*x
 				v := float32(uint16(m.Pix[o])<<8|uint16(m.Pix[o+1])) * s16
-				R[y*w+x], G[y*w+x], B[y*w+x] = v, v, v
+				R[x], G[x], B[x] = v, v, v
 			}
 		}
 	case *image.NRGBA:
-		for y := 0; y < h; y++ {
+		return func(y int, R, G, B []float32) {
 			for x := 0; x < w; x++ {
 				o := y*m.Stride + 4*x
-				R[y*w+x], G[y*w+x], B[y*w+x] = float32(m.Pix[o])*s8, float32(m.Pix[o+1])*s8, float32(m.Pix[o+2])*s8
+				R[x], G[x], B[x] = float32(m.Pix[o])*s8, float32(m.Pix[o+1])*s8, float32(m.Pix[o+2])*s8
 			}
 		}
 	case *image.RGBA:
 		// premultiplied; PNG decodes opaque truecolour images to RGBA (alpha 255)
-		for y := 0; y < h; y++ {
+		return func(y int, R, G, B []float32) {
 			row := m.Pix[y*m.Stride : y*m.Stride+4*w]
 			for x := 0; x < w; x++ {
 				r, g, bb, a := row[4*x], row[4*x+1], row[4*x+2], row[4*x+3]
 				switch a {
 				case 255:
-					R[y*w+x], G[y*w+x], B[y*w+x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
+					R[x], G[x], B[x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
 				case 0:
+					R[x], G[x], B[x] = 0, 0, 0
 				default:
 					s := 1 / float32(a)
-					R[y*w+x], G[y*w+x], B[y*w+x] = min(float32(r)*s, 1), min(float32(g)*s, 1), min(float32(bb)*s, 1)
+					R[x], G[x], B[x] = min(float32(r)*s, 1), min(float32(g)*s, 1), min(float32(bb)*s, 1)
 				}
 			}
 		}
@@ -154,30 +190,74 @@ func FromImage(img image.Image) *Planes {
 			n := color.NRGBA64Model.Convert(c).(color.NRGBA64)
 			lut[i] = [3]float32{float32(n.R) * s16, float32(n.G) * s16, float32(n.B) * s16}
 		}
-		for y := 0; y < h; y++ {
-			for x := 0; x < w; x++ {
-				c := lut[m.Pix[y*m.Stride+x]]
-				R[y*w+x], G[y*w+x], B[y*w+x] = c[0], c[1], c[2]
+		return func(y int, R, G, B []float32) {
+			for x, v := range m.Pix[y*m.Stride : y*m.Stride+w] {
+				c := lut[v]
+				R[x], G[x], B[x] = c[0], c[1], c[2]
 			}
 		}
 	case *image.YCbCr:
-		for y := 0; y < h; y++ {
+		return func(y int, R, G, B []float32) {
 			for x := 0; x < w; x++ {
 				c := m.YCbCrAt(b.Min.X+x, b.Min.Y+y)
 				r, g, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
-				R[y*w+x], G[y*w+x], B[y*w+x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
-			}
-		}
-	default:
-		// NRGBA64 drops alpha without un-premultiplying twice and keeps 16 bits.
-		for y := 0; y < h; y++ {
-			for x := 0; x < w; x++ {
-				c := color.NRGBA64Model.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA64)
-				R[y*w+x], G[y*w+x], B[y*w+x] = float32(c.R)*s16, float32(c.G)*s16, float32(c.B)*s16
+				R[x], G[x], B[x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
 			}
 		}
 	}
-	return p
+	// NRGBA64 drops alpha without un-premultiplying twice and keeps 16 bits.
+	return func(y int, R, G, B []float32) {
+		for x := 0; x < w; x++ {
+			c := color.NRGBA64Model.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA64)
+			R[x], G[x], B[x] = float32(c.R)*s16, float32(c.G)*s16, float32(c.B)*s16
+		}
+	}
+}
+
+// ResizeImage converts and resamples an image to w×h planes in one pass over
+// its rows, as FromImage followed by Resize would, without ever holding the
+// image as float32 planes (12 bytes a pixel): a large photo fitted to the
+// network costs its decoded size and a few rows.
+func ResizeImage(img image.Image, w, h int) *Planes {
+	b := img.Bounds()
+	iw, ih := b.Dx(), b.Dy()
+	if iw == w && ih == h {
+		return FromImage(img)
+	}
+	cw := weights(iw, w)
+	ch := weights(ih, h)
+	conv := rowConverter(img)
+	rows := make([]float32, 3*iw)
+	tmp := make([]float32, 3*ih*w)
+	for y := 0; y < ih; y++ {
+		conv(y, rows[:iw], rows[iw:2*iw], rows[2*iw:])
+		for c := 0; c < 3; c++ {
+			row := rows[c*iw : (c+1)*iw]
+			out := tmp[c*ih*w+y*w : c*ih*w+(y+1)*w]
+			for x, wt := range cw {
+				var s float32
+				for k, v := range wt.w {
+					s += v * row[wt.first+k]
+				}
+				out[x] = s
+			}
+		}
+	}
+	out := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
+	for c := 0; c < 3; c++ {
+		ct := tmp[c*ih*w : (c+1)*ih*w]
+		dst := out.Pix[c*w*h : (c+1)*w*h]
+		for y, wt := range ch {
+			o := dst[y*w : (y+1)*w]
+			for k, v := range wt.w {
+				in := ct[(wt.first+k)*w : (wt.first+k+1)*w]
+				for x := range o {
+					o[x] += v * in[x]
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Resize resamples planes to w×h with a triangle (bilinear) filter whose support

@@ -197,3 +197,39 @@ func TestFastPathsMatchGeneric(t *testing.T) {
 		}
 	}
 }
+
+// Resampling straight from the decoded image gives the planes of converting
+// first and resizing after, bit for bit, for every fast path; ViewImage is View.
+func TestResizeImageEqualsConvertThenResize(t *testing.T) {
+	rgba := image.NewRGBA(image.Rect(0, 0, 97, 61))
+	for i := range rgba.Pix {
+		rgba.Pix[i] = uint8(i * 31)
+	}
+	for i := 3; i < len(rgba.Pix); i += 4 {
+		rgba.Pix[i] = 255
+	}
+	gray := image.NewGray(image.Rect(0, 0, 50, 70))
+	for i := range gray.Pix {
+		gray.Pix[i] = uint8(i * 7)
+	}
+	for name, img := range map[string]image.Image{"rgba": rgba, "gray": gray} {
+		a := ResizeImage(img, 32, 24)
+		b := FromImage(img).Resize(32, 24)
+		for i := range a.Pix {
+			if a.Pix[i] != b.Pix[i] {
+				t.Fatalf("%s: value %d: %v vs %v", name, i, a.Pix[i], b.Pix[i])
+			}
+		}
+		pp := Preprocess{Resize: 40, Crop: 32, Mean: ImageNetMean, Std: ImageNetStd}
+		v1, r1, f1, err1 := pp.ViewImage(img)
+		v2, r2, f2, err2 := pp.View(FromImage(img))
+		if err1 != nil || err2 != nil || f1 != f2 || len(r1) != 1 || r1[0] != r2[0] {
+			t.Fatalf("%s: %v %v %+v %+v", name, err1, err2, f1, f2)
+		}
+		for i := range v1.Pix {
+			if v1.Pix[i] != v2.Pix[i] {
+				t.Fatalf("%s: view value %d differs", name, i)
+			}
+		}
+	}
+}

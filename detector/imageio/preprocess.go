@@ -2,6 +2,7 @@ package imageio
 
 import (
 	"fmt"
+	"image"
 	"math"
 )
 
@@ -56,8 +57,8 @@ func (p Preprocess) Check() error {
 	if p.Tile != 0 && (p.Tile < MinTile || p.Tile > MaxTile) {
 		return fmt.Errorf("imageio: tile must be 0 (none) or in [%d, %d], got %d", MinTile, MaxTile, p.Tile)
 	}
-	if p.Overlap < 0 || (p.Tile > 0 && p.Overlap >= p.Tile) || (p.Tile == 0 && p.Overlap != 0) {
-		return fmt.Errorf("imageio: overlap %d with tile %d: need 0 ≤ overlap < tile", p.Overlap, p.Tile)
+	if p.Overlap < 0 || (p.Tile > 0 && 2*p.Overlap > p.Tile) || (p.Tile == 0 && p.Overlap != 0) {
+		return fmt.Errorf("imageio: overlap %d with tile %d: need 0 ≤ overlap ≤ tile/2", p.Overlap, p.Tile)
 	}
 	return nil
 }
@@ -160,6 +161,25 @@ func (p Preprocess) View(pl *Planes) (*Planes, []Rect, Frame, error) {
 		off := float64((p.Resize - s) / 2)
 		f.OffX, f.OffY = off*f.ScaleX, off*f.ScaleY
 	}
+	return v, []Rect{{0, 0, v.W, v.H}}, f, nil
+}
+
+// ViewImage is View for a decoded image: a fitted view is resampled straight
+// from the image (its float32 planes at full size never exist); a tiled view
+// holds the whole image as planes.
+func (p Preprocess) ViewImage(img image.Image) (*Planes, []Rect, Frame, error) {
+	if p.Tile > 0 {
+		return p.View(FromImage(img))
+	}
+	b := img.Bounds()
+	f := Frame{ImageW: b.Dx(), ImageH: b.Dy(), ScaleX: float64(b.Dx()) / float64(p.Resize), ScaleY: float64(b.Dy()) / float64(p.Resize)}
+	v := ResizeImage(img, p.Resize, p.Resize)
+	if s := p.InputSize(); s < p.Resize {
+		off := (p.Resize - s) / 2
+		v = v.Crop(off, off, s, s)
+		f.OffX, f.OffY = float64(off)*f.ScaleX, float64(off)*f.ScaleY
+	}
+	f.W, f.H = v.W, v.H
 	return v, []Rect{{0, 0, v.W, v.H}}, f, nil
 }
 

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// The one rule on outputs, checked before any work: no output may be an input
+// (after links), nor the same file as another output of the run.
+
+// canonical resolves a path's links (its folder's, when the file does not exist yet).
+func canonical(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		abs = filepath.Clean(p)
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		return r
+	}
+	if r, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		return filepath.Join(r, filepath.Base(abs))
+	}
+	return abs
+}
+
+// sameFile reports whether two paths name one file (links and hard links included).
+func sameFile(a, b string) bool {
+	if canonical(a) == canonical(b) {
+		return true
+	}
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}
+
+// checkOutputs refuses outputs that are inputs or coincide with each other,
+// naming both paths. Empty paths are ignored.
+func checkOutputs(inputs, outputs []string) error {
+	in := map[string]string{}
+	for _, p := range inputs {
+		if p != "" {
+			in[canonical(p)] = p
+		}
+	}
+	out := map[string]string{}
+	for _, o := range outputs {
+		if o == "" {
+			continue
+		}
+		c := canonical(o)
+		if p, ok := in[c]; ok {
+			return cli.Exit(fmt.Sprintf("output %s would overwrite the input %s: choose another output path", o, p), exitUsage)
+		}
+		if p, ok := out[c]; ok {
+			return cli.Exit(fmt.Sprintf("outputs %s and %s are the same file: give them different paths", p, o), exitUsage)
+		}
+		out[c] = o
+		if st, err := os.Stat(o); err == nil {
+			if st.IsDir() {
+				return cli.Exit(fmt.Sprintf("output %s is a folder: give a file path", o), exitUsage)
+			}
+			for c, p := range in { // hard links
+				if ist, err := os.Stat(p); err == nil && os.SameFile(st, ist) {
+					return cli.Exit(fmt.Sprintf("output %s is the same file as the input %s (%s): choose another output path", o, p, c), exitUsage)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Ranges of the numeric flags, by name, checked for every command (a flag
+// with the same name means the same thing everywhere). NaN and ±Inf are
+// refused for every float flag.
+var flagRanges = map[string][2]float64{
+	"dim":           {0, 1 << 16},
+	"eps":           {0, 1e6},
+	"sigma":         {0, 64},
+	"holdout":       {0, 0.99},
+	"folds":         {2, 1 << 16},
+	"batch":         {1, 256},
+	"threads":       {0, 256},
+	"resize":        {0, 4096},
+	"crop":          {0, 4096},
+	"tile":          {0, 16384},
+	"overlap":       {0, 16383},
+	"threshold":     {-1e30, 1e30},
+	"open-radius":   {0, 32},
+	"n":             {1, 1 << 20},
+	"score":         {1, 1 << 20},
+	"train":         {0, 1 << 17},
+	"test-good":     {0, 1 << 17},
+	"test-defect":   {0, 1 << 17},
+	"false-alarms":  {0.0001, 0.5},
+	"backbone-seed": {0, math.MaxUint64},
+	"seed":          {0, math.MaxUint64},
+}
+
+// sizeRanges: --size means a synthetic image's side for synth and demo, a
+// network input's for backbone and bench.
+var sizeRanges = map[string][2]float64{"synth": {32, 8192}, "demo": {32, 8192}, "backbone": {32, 2048}, "bench": {32, 2048}}
+
+// checkFlags validates every numeric flag of the command against its range.
+func checkFlags(c *cli.Context) error {
+	for _, f := range c.Command.Flags {
+		name := f.Names()[0]
+		r, ok := flagRanges[name]
+		if name == "size" {
+			r, ok = sizeRanges[c.Command.Name]
+		}
+		var v float64
+		switch f.(type) {
+		case *cli.IntFlag:
+			v = float64(c.Int(name))
+		case *cli.Float64Flag:
+			v = c.Float64(name)
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return usageError("--%s %v: want a finite number", name, v)
+			}
+		case *cli.Uint64Flag:
+			continue
+		default:
+			continue
+		}
+		if ok && (v < r[0] || v > r[1]) {
+			return usageError("--%s %v: want a value in [%g, %g]", name, v, r[0], r[1])
+		}
+	}
+	return nil
+}
+
+// memoryBudget is --max-memory, else 80 % of the memory this process may use
+// (the machine's, or its cgroup's limit when lower).
+func memoryBudget(c *cli.Context) (int64, error) {
+	if s := c.String("max-memory"); s != "" {
+		v, err := parseBytes(s)
+		if err != nil || v < 256<<20 {
+			return 0, usageError("--max-memory %q: want a size of at least 256M, like 8G or 1500M", s)
+		}
+		return v, nil
+	}
+	total := physicalMemory()
+	if total <= 0 {
+		return 8 << 30, nil
+	}
+	return total / 10 * 8, nil
+}
+
+// parseBytes reads sizes like 8G, 8GiB, 1500M, 123456.
+func parseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "IB"), "B")
+	mul := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mul, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"):
+		mul, s = 1<<20, s[:len(s)-1]
+	case strings.HasSuffix(s, "G"):
+		mul, s = 1<<30, s[:len(s)-1]
+	case strings.HasSuffix(s, "T"):
+		mul, s = 1<<40, s[:len(s)-1]
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f > 0) || f*float64(mul) > 1<<60 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return int64(f * float64(mul)), nil
+}
+
+// physicalMemory is MemTotal, or the cgroup's memory limit when lower.
+func physicalMemory() int64 {
+	var total int64
+	if f, err := os.Open("/proc/meminfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if fs := strings.Fields(sc.Text()); len(fs) >= 2 && fs[0] == "MemTotal:" {
+				kb, _ := strconv.ParseInt(fs[1], 10, 64)
+				total = kb << 10
+			}
+		}
+		f.Close()
+	}
+	for _, p := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		if b, err := os.ReadFile(p); err == nil {
+			if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 && (total == 0 || v < total) {
+				total = v
+			}
+		}
+	}
+	return total
+}
