@@ -139,9 +139,9 @@ func TestHostileInputTable(t *testing.T) {
 		prep   func(t *testing.T, dir string) []string // returns args; may create files in dir
 		env    []string
 		code   int
-		msg    string                                         // in stderr (or stdout for JSON checks)
+		msg    string                                            // in stderr (or stdout for JSON checks)
 		check  func(t *testing.T, dir, stdout string, rss int64) // optional
-		inputs []string                                       // must be byte-identical afterwards (besides dir's)
+		inputs []string                                          // must be byte-identical afterwards (besides dir's)
 	}
 	rows := []row{
 		{name: "score maps would overwrite an input mask", prep: func(t *testing.T, d string) []string {
