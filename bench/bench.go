@@ -152,15 +152,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	P, D := m.Gaussian.Shape()
 	L := float64(gauss.PackedLen(D))
 	nScore := float64(len(cfg.Score))
+	fP, fD := float64(P), float64(D)
+	perPatch := L + fD // model numbers a patch
 	flops := map[string]float64{
-		"fit":       float64(len(cfg.Train)) * float64(P) * float64(D) * float64(D+1),
-		"factorize": float64(P) * 2 * float64(D) * float64(D) * float64(D) / 3,
-		"score":     nScore * float64(P) * float64(D) * float64(D+1),
+		"fit":       float64(len(cfg.Train)) * fP * fD * (fD + 1),
+		"factorize": fP * 2 * fD * fD * fD / 3,
+		"score":     nScore * fP * fD * (fD + 1),
+	}
+	if lr, ok := m.Gaussian.(*gauss.LowRank); ok {
+		fN := float64(lr.N)
+		perPatch = fN*fD + fD
+		flops = map[string]float64{ // the fit keeps the samples; the work is the factorisation
+			"factorize": fP * (2*fN*fN*fD + fN*fN*fN/3),
+			"score":     nScore * fP * 2 * fN * fD,
+		}
 	}
 	group := float64(detector.DefaultGroup)
 	bytesMoved := map[string]float64{
 		// the model is read once per Gaussian call of up to a group of images
-		"score": float64(int((nScore+group-1)/group)) * float64(P) * (L + float64(D)) * 4,
+		"score": float64(int((nScore+group-1)/group)) * fP * perPatch * 4,
 	}
 	stages := func(tm *detector.Timings) []Stage {
 		var out []Stage
