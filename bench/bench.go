@@ -84,6 +84,7 @@ type Report struct {
 	GaussSeconds      float64 `json:"gaussian_seconds"` // fit + factorisation + scoring, busy
 	TotalSeconds      float64 `json:"end_to_end_seconds"`
 	PeakRSSBytes      int64   `json:"peak_rss_bytes"`
+	Form              string  `json:"gaussian"`
 	ModelFileBytes    int64   `json:"model_file_bytes"`
 	ModelBytes        int64   `json:"model_bytes"`
 	FullInvBytes      int64   `json:"full_inverse_model_bytes"`
@@ -201,7 +202,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		ScoreRate: nScore / scoreSec, ScoreRateWithLoad: nScore / (loadSec + scoreSec),
 		TotalSeconds:   time.Since(start).Seconds(),
 		ModelFileBytes: st.Size(),
-		ModelBytes:     int64(P) * int64(L+float64(D)) * 4,
+		ModelBytes:     int64(fP * perPatch * 4),
+		Form:           m.Gaussian.Form(),
 		FullInvBytes:   int64(P) * int64(D*D+D) * 4,
 	}
 	for _, s := range append(rep.TrainStages, rep.ScoreStages...) {
@@ -267,6 +269,6 @@ func (r *Report) Print(w io.Writer) {
 	table("score stage", r.ScoreStages)
 	fmt.Fprintf(w, "wall: train %.2fs, save %.2fs, load %.2fs, score %.2fs (%.1f images/s; %.1f with the load), end to end %.2fs\n",
 		r.TrainSeconds, r.SaveSeconds, r.LoadSeconds, r.ScoreSeconds, r.ScoreRate, r.ScoreRateWithLoad, r.TotalSeconds)
-	fmt.Fprintf(w, "Gaussian stages %.2fs busy; peak RSS %.2f GiB; model file %.1f MiB, tensors %.1f MiB (packed L⁻¹) vs %.1f MiB with a full Σ⁻¹ (ratio %.4f)\n",
-		r.GaussSeconds, float64(r.PeakRSSBytes)/(1<<30), float64(r.ModelFileBytes)/(1<<20), float64(r.ModelBytes)/(1<<20), float64(r.FullInvBytes)/(1<<20), float64(r.ModelBytes)/float64(r.FullInvBytes))
+	fmt.Fprintf(w, "Gaussian stages %.2fs busy; peak RSS %.2f GiB; %s form; model file %.1f MiB, tensors %.1f MiB vs %.1f MiB with a full Σ⁻¹ (ratio %.4f)\n",
+		r.GaussSeconds, float64(r.PeakRSSBytes)/(1<<30), r.Form, float64(r.ModelFileBytes)/(1<<20), float64(r.ModelBytes)/(1<<20), float64(r.FullInvBytes)/(1<<20), float64(r.ModelBytes)/float64(r.FullInvBytes))
 }
