@@ -30,8 +30,38 @@ type Layout struct {
 	Taps     []TapShape
 	H, W     int   // the embedding grid (the finest tap's)
 	Channels []int // kept indices into the concatenated channels, strictly increasing
+	Pool     int   // k×k average pooling of each tap before upsampling (PatchCore's locally aware features); ≤ 1: none
 	src      []srcChannel
 	index    [][]int32 // per tap, the source position of each patch (nearest upsampling)
+}
+
+// WithPool returns the layout with k×k average pooling (stride 1, zero padding
+// counted, as PyTorch's AvgPool2d(k, 1, k/2)) of every tap before upsampling;
+// k must be odd.
+func (l *Layout) WithPool(k int) (*Layout, error) {
+	if k < 0 || k > 15 || k > 1 && k%2 == 0 {
+		return nil, fmt.Errorf("embed: pooling must be an odd size up to 15 (or 0/1 for none), got %d", k)
+	}
+	c := *l
+	c.Pool = k
+	return &c, nil
+}
+
+// pool writes the k×k average of plane (h×w) into dst, zero padding counted.
+func pool(plane []float32, h, w, k int, dst []float32) {
+	r := k / 2
+	inv := 1 / float32(k*k)
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			var s float32
+			for yy := max(y-r, 0); yy <= min(y+r, h-1); yy++ {
+				for _, v := range plane[yy*w+max(x-r, 0) : yy*w+min(x+r, w-1)+1] {
+					s += v
+				}
+			}
+			dst[y*w+x] = s * inv
+		}
+	}
 }
 
 type srcChannel struct{ tap, ch int }
@@ -150,6 +180,16 @@ func (l *Layout) Embed(taps []Tap, dst []float32) (n int, err error) {
 	const block = 16
 	var planes [block][]float32
 	var index [block][]int32
+	var pooled [block][]float32
+	if l.Pool > 1 {
+		maxPlane := 0
+		for _, t := range taps {
+			maxPlane = max(maxPlane, t.H*t.W)
+		}
+		for i := range pooled {
+			pooled[i] = make([]float32, maxPlane)
+		}
+	}
 	for b := 0; b < n; b++ {
 		out := dst[b*P*D : (b+1)*P*D]
 		for k0 := 0; k0 < D; k0 += block {
@@ -158,6 +198,10 @@ func (l *Layout) Embed(taps []Tap, dst []float32) (n int, err error) {
 				s := l.src[k]
 				t := &taps[s.tap]
 				planes[k-k0] = t.Data[(b*t.C+s.ch)*t.H*t.W : (b*t.C+s.ch+1)*t.H*t.W]
+				if l.Pool > 1 {
+					pool(planes[k-k0], t.H, t.W, l.Pool, pooled[k-k0])
+					planes[k-k0] = pooled[k-k0][:t.H*t.W]
+				}
 				index[k-k0] = l.index[s.tap]
 			}
 			for p := 0; p < P; p++ {

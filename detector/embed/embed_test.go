@@ -1,6 +1,7 @@
 package embed
 
 import (
+	"math"
 	"slices"
 	"testing"
 )
@@ -100,4 +101,38 @@ func BenchmarkEmbedResnet50(b *testing.B) {
 		l.Embed(taps, dst)
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "images/s")
+}
+
+// 3×3 pooling averages each tap's neighbourhood (zero padding counted, as
+// PyTorch's AvgPool2d(3, 1, 1)) before the nearest upsampling.
+func TestPooledLayout(t *testing.T) {
+	shapes := []TapShape{{"a", 1, 4, 4}, {"b", 1, 2, 2}}
+	l, err := NewLayout(shapes, []int{0, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WithPool(2); err == nil {
+		t.Fatal("even pooling accepted")
+	}
+	lp, _ := l.WithPool(3)
+	a := make([]float32, 16)
+	for i := range a {
+		a[i] = float32(i)
+	}
+	taps := []Tap{{TapShape: shapes[0], N: 1, Data: a}, {TapShape: shapes[1], N: 1, Data: []float32{9, 0, 0, 0}}}
+	dst := make([]float32, 16*2)
+	if _, err := lp.Embed(taps, dst); err != nil {
+		t.Fatal(err)
+	}
+	// patch (0,0): tap a's corner average (0+1+4+5)/9; tap b's (9+0+0+0)/9 = 1
+	if got := dst[0]; math.Abs(float64(got)-10.0/9) > 1e-6 {
+		t.Fatalf("pooled corner %v", got)
+	}
+	if got := dst[1]; got != 1 {
+		t.Fatalf("pooled coarse tap %v", got)
+	}
+	// patch (1,1): the centre of a: (0+1+2+4+5+6+8+9+10)/9 = 5
+	if got := dst[(1*4+1)*2]; math.Abs(float64(got)-5) > 1e-6 {
+		t.Fatalf("pooled centre %v", got)
+	}
 }

@@ -3,6 +3,7 @@ package gauss
 import (
 	"errors"
 	"fmt"
+	"github.com/padim/padim/detector/internal/kernels"
 	"math"
 	"sync"
 )
@@ -124,7 +125,7 @@ func (a *cpuAccumulator) fold(x []float32, n int) {
 				}
 			}
 			// C = YᵀY, lower triangle (Y is n×D).
-			syrkLower(n, D, sc.y, sc.c)
+			kernels.SyrkLower(n, D, sc.y, sc.c)
 			mean := s.Mean[p*D : (p+1)*D]
 			m2 := s.M2[p*L : (p+1)*L]
 			// Chan: δ = μb − μa; μ += δ·nb/n; M2 += C + δδᵀ·na·nb/n.
@@ -269,7 +270,7 @@ func (s *cpuScorer) Score(x []float32, n int, dist []float32) error {
 				}
 			}
 			// Y := Y·(L⁻¹)ᵀ, so row b holds L⁻¹(x_b−μ).
-			trmmLowerT(n, D, sc.l, sc.y, ld)
+			kernels.TrmmLowerT(n, D, sc.l, sc.y, ld)
 			for b := 0; b < n; b++ {
 				var acc float64
 				for _, v := range sc.y[b*ld : b*ld+D] {

@@ -1,6 +1,10 @@
 package gauss
 
-import "math"
+import (
+	"math"
+
+	"github.com/padim/padim/detector/internal/kernels"
+)
 
 // choleskyInverse overwrites the lower triangle of the symmetric row-major a with
 // L⁻¹ where a = LLᵀ. It reports false if a is not (numerically) positive definite.
@@ -10,7 +14,7 @@ func choleskyInverse(a []float64, d int) bool {
 			return false
 		}
 	}
-	if !cholLower(a, d) {
+	if !kernels.CholLower(a, d) {
 		return false
 	}
 	// A factorisation that succeeds only through rounding gives a garbage L⁻¹:
@@ -24,7 +28,7 @@ func choleskyInverse(a []float64, d int) bool {
 			return false
 		}
 	}
-	if !invLower(a, d) {
+	if !kernels.InvLower(a, d) {
 		return false
 	}
 	for i := 0; i < d; i++ {
@@ -36,3 +40,6 @@ func choleskyInverse(a []float64, d int) bool {
 	}
 	return true
 }
+
+// KernelLibrary names the dense kernels of this build (gonum or OpenBLAS).
+const KernelLibrary = kernels.Library

@@ -3,6 +3,7 @@ package gauss
 import (
 	"errors"
 	"fmt"
+	"github.com/padim/padim/detector/internal/kernels"
 	"math"
 )
 
@@ -105,18 +106,18 @@ func (CPU) LeaveOneOut(x []float32, samples []int, p, d int, eps float64, dist [
 					out[i] = (run[i] - float64(k)*cur[i]) * c
 				}
 			}
-			dsyrkLower(m, d, ut, h)
+			kernels.DsyrkLower(m, d, ut, h)
 			for i := 0; i < m; i++ {
 				h[i*m+i] += eps
 			}
-			if !cholLower(h, m) {
+			if !kernels.CholLower(h, m) {
 				for r := range samples {
 					dist[r*p+q] = float32(math.Inf(1))
 				}
 				continue
 			}
 			copy(w, qt)
-			dtrsmLower(m, n, h, w)
+			kernels.DtrsmLower(m, n, h, w)
 			for r := 0; r < n; r++ {
 				var s float64
 				for k := 0; k < m; k++ {

@@ -3,6 +3,7 @@ package gauss
 import (
 	"errors"
 	"fmt"
+	"github.com/padim/padim/detector/internal/kernels"
 	"math"
 	"sync"
 )
@@ -116,11 +117,11 @@ func (CPU) FactorizeLowRank(x []float32, samples []int, p, d int, eps float64) (
 					row[i] = (float64(v) - mean[i]) * s
 				}
 			}
-			dsyrkLower(n, d, a, k)
+			kernels.DsyrkLower(n, d, a, k)
 			for i := 0; i < n; i++ {
 				k[i*n+i] += eps
 			}
-			if !cholLower(k, n) || !pivotsOK(k, n) {
+			if !kernels.CholLower(k, n) || !pivotsOK(k, n) {
 				mu.Lock()
 				if firstBad < 0 || q < firstBad {
 					firstBad = q
@@ -128,7 +129,7 @@ func (CPU) FactorizeLowRank(x []float32, samples []int, p, d int, eps float64) (
 				mu.Unlock()
 				continue
 			}
-			dtrsmLower(n, d, k, a)
+			kernels.DtrsmLower(n, d, k, a)
 			for i, v := range a {
 				out[i] = float32(v)
 			}
@@ -208,7 +209,7 @@ func (s *lowRankScorer) Score(x []float32, n int, dist []float32) error {
 					y[i] = float64(v) - float64(mu[i])
 				}
 			}
-			dgemmNT(n, N, D, sc.y, ld, sc.mm, sc.z, ldz)
+			kernels.DgemmNT(n, N, D, sc.y, ld, sc.mm, sc.z, ldz)
 			for b := 0; b < n; b++ {
 				var yy, zz float64
 				for _, v := range sc.y[b*ld : b*ld+D] {

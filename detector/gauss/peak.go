@@ -1,6 +1,7 @@
 package gauss
 
 import (
+	"github.com/padim/padim/detector/internal/kernels"
 	"runtime"
 	"time"
 )
@@ -18,13 +19,13 @@ func PeakGFLOPS(n int, minTime time.Duration) float64 {
 			m[i].a[j], m[i].b[j] = float32(j%7)*0.1, float32(j%5)*0.1
 		}
 	}
-	sgemm(n, m[0].a, m[0].b, m[0].c) // warm up
+	kernels.Sgemm(n, m[0].a, m[0].b, m[0].c) // warm up
 	reps := 0
 	start := time.Now()
 	for time.Since(start) < minTime {
 		ParallelFor(workers, func(lo, hi int) {
 			for w := lo; w < hi; w++ {
-				sgemm(n, m[w].a, m[w].b, m[w].c)
+				kernels.Sgemm(n, m[w].a, m[w].b, m[w].c)
 			}
 		})
 		reps++

@@ -1,6 +1,6 @@
 //go:build openblas
 
-package gauss
+package kernels
 
 /*
 #cgo LDFLAGS: -lopenblas
@@ -26,62 +26,70 @@ import "C"
 
 import "unsafe"
 
-// KernelLibrary names the dense kernels this build uses.
-const KernelLibrary = "OpenBLAS"
+// Library names the dense kernels this build uses.
+const Library = "OpenBLAS"
 
 func init() {
 	// Parallelism comes from ParallelFor over patches; one OpenBLAS thread per call.
 	C.openblas_set_num_threads(1)
 }
 
-// syrkLower sets the lower triangle of c (d×d, row-major) to yᵀy for y n×d.
-func syrkLower(n, d int, y, c []float32) {
+// SyrkLower sets the lower triangle of c (d×d, row-major) to yᵀy for y n×d.
+func SyrkLower(n, d int, y, c []float32) {
 	C.cblas_ssyrk(C.CblasRowMajor, C.CblasLower, C.CblasTrans, C.blasint(d), C.blasint(n), 1,
 		(*C.float)(unsafe.Pointer(&y[0])), C.blasint(d), 0, (*C.float)(unsafe.Pointer(&c[0])), C.blasint(d))
 }
 
-// trmmLowerT overwrites y (n×d, row stride ldy) with y·lᵀ, l lower triangular
+// TrmmLowerT overwrites y (n×d, row stride ldy) with y·lᵀ, l lower triangular
 // d×d row-major.
-func trmmLowerT(n, d int, l []float32, y []float32, ldy int) {
+func TrmmLowerT(n, d int, l []float32, y []float32, ldy int) {
 	C.cblas_strmm(C.CblasRowMajor, C.CblasRight, C.CblasLower, C.CblasTrans, C.CblasNonUnit,
 		C.blasint(n), C.blasint(d), 1, (*C.float)(unsafe.Pointer(&l[0])), C.blasint(d),
 		(*C.float)(unsafe.Pointer(&y[0])), C.blasint(ldy))
 }
 
-// cholLower overwrites the lower triangle of a with L, a = LLᵀ; false if not PD.
-func cholLower(a []float64, d int) bool {
+// CholLower overwrites the lower triangle of a with L, a = LLᵀ; false if not PD.
+func CholLower(a []float64, d int) bool {
 	return C.chol_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
 }
 
-// invLower overwrites the lower triangular a with its inverse; false if singular.
-func invLower(a []float64, d int) bool {
+// InvLower overwrites the lower triangular a with its inverse; false if singular.
+func InvLower(a []float64, d int) bool {
 	return C.inv_lower((*C.double)(unsafe.Pointer(&a[0])), C.int(d)) == 0
 }
 
-// dsyrkLower sets the lower triangle of c (n×n, row-major) to a·aᵀ for a n×k.
-func dsyrkLower(n, k int, a, c []float64) {
+// DsyrkLower sets the lower triangle of c (n×n, row-major) to a·aᵀ for a n×k.
+func DsyrkLower(n, k int, a, c []float64) {
 	C.cblas_dsyrk(C.CblasRowMajor, C.CblasLower, C.CblasNoTrans, C.blasint(n), C.blasint(k), 1,
 		(*C.double)(unsafe.Pointer(&a[0])), C.blasint(k), 0, (*C.double)(unsafe.Pointer(&c[0])), C.blasint(n))
 }
 
-// dtrsmLower overwrites b (n×k, row-major) with l⁻¹·b, l lower triangular n×n.
-func dtrsmLower(n, k int, l, b []float64) {
+// DtrsmLower overwrites b (n×k, row-major) with l⁻¹·b, l lower triangular n×n.
+func DtrsmLower(n, k int, l, b []float64) {
 	C.cblas_dtrsm(C.CblasRowMajor, C.CblasLeft, C.CblasLower, C.CblasNoTrans, C.CblasNonUnit,
 		C.blasint(n), C.blasint(k), 1, (*C.double)(unsafe.Pointer(&l[0])), C.blasint(n),
 		(*C.double)(unsafe.Pointer(&b[0])), C.blasint(k))
 }
 
-// dgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda) and
+// DgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda) and
 // b n×k (row stride k).
-func dgemmNT(m, n, k int, a []float64, lda int, b []float64, c []float64, ldc int) {
+func DgemmNT(m, n, k int, a []float64, lda int, b []float64, c []float64, ldc int) {
 	C.cblas_dgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasTrans, C.blasint(m), C.blasint(n), C.blasint(k), 1,
 		(*C.double)(unsafe.Pointer(&a[0])), C.blasint(lda), (*C.double)(unsafe.Pointer(&b[0])), C.blasint(k), 0,
 		(*C.double)(unsafe.Pointer(&c[0])), C.blasint(ldc))
 }
 
-// sgemm computes c = a·b for n×n row-major matrices.
-func sgemm(n int, a, b, c []float32) {
+// Sgemm computes c = a·b for n×n row-major matrices.
+func Sgemm(n int, a, b, c []float32) {
 	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasNoTrans, C.blasint(n), C.blasint(n), C.blasint(n), 1,
 		(*C.float)(unsafe.Pointer(&a[0])), C.blasint(n), (*C.float)(unsafe.Pointer(&b[0])), C.blasint(n), 0,
 		(*C.float)(unsafe.Pointer(&c[0])), C.blasint(n))
+}
+
+// SgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda)
+// and b n×k (row stride ldb).
+func SgemmNT(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+	C.cblas_sgemm(C.CblasRowMajor, C.CblasNoTrans, C.CblasTrans, C.blasint(m), C.blasint(n), C.blasint(k), 1,
+		(*C.float)(unsafe.Pointer(&a[0])), C.blasint(lda), (*C.float)(unsafe.Pointer(&b[0])), C.blasint(ldb), 0,
+		(*C.float)(unsafe.Pointer(&c[0])), C.blasint(ldc))
 }

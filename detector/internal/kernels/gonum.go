@@ -1,6 +1,6 @@
 //go:build !openblas
 
-package gauss
+package kernels
 
 import (
 	"gonum.org/v1/gonum/blas"
@@ -9,57 +9,64 @@ import (
 	"gonum.org/v1/gonum/lapack/lapack64"
 )
 
-// KernelLibrary names the dense kernels this build uses: pure Go (gonum). Build
+// Library names the dense kernels this build uses: pure Go (gonum). Build
 // with -tags openblas for OpenBLAS (kernels_openblas.go).
-const KernelLibrary = "gonum (pure Go)"
+const Library = "gonum (pure Go)"
 
-// syrkLower sets the lower triangle of c (d×d, row-major) to yᵀy for y n×d.
-func syrkLower(n, d int, y, c []float32) {
+// SyrkLower sets the lower triangle of c (d×d, row-major) to yᵀy for y n×d.
+func SyrkLower(n, d int, y, c []float32) {
 	blas32.Syrk(blas.Trans, 1, blas32.General{Rows: n, Cols: d, Stride: d, Data: y[:n*d]},
 		0, blas32.Symmetric{N: d, Stride: d, Uplo: blas.Lower, Data: c})
 }
 
-// trmmLowerT overwrites y (n×d, row stride ldy) with y·lᵀ, l lower triangular
+// TrmmLowerT overwrites y (n×d, row stride ldy) with y·lᵀ, l lower triangular
 // d×d row-major.
-func trmmLowerT(n, d int, l []float32, y []float32, ldy int) {
+func TrmmLowerT(n, d int, l []float32, y []float32, ldy int) {
 	blas32.Trmm(blas.Right, blas.Trans, 1,
 		blas32.Triangular{N: d, Stride: d, Uplo: blas.Lower, Diag: blas.NonUnit, Data: l},
 		blas32.General{Rows: n, Cols: d, Stride: ldy, Data: y[:(n-1)*ldy+d]})
 }
 
-// cholLower overwrites the lower triangle of a with L, a = LLᵀ; false if not PD.
-func cholLower(a []float64, d int) bool {
+// CholLower overwrites the lower triangle of a with L, a = LLᵀ; false if not PD.
+func CholLower(a []float64, d int) bool {
 	_, ok := lapack64.Potrf(blas64.Symmetric{N: d, Stride: d, Uplo: blas.Lower, Data: a})
 	return ok
 }
 
-// invLower overwrites the lower triangular a with its inverse; false if singular.
-func invLower(a []float64, d int) bool {
+// InvLower overwrites the lower triangular a with its inverse; false if singular.
+func InvLower(a []float64, d int) bool {
 	return lapack64.Trtri(blas64.Triangular{N: d, Stride: d, Uplo: blas.Lower, Diag: blas.NonUnit, Data: a})
 }
 
-// sgemm computes c = a·b for n×n row-major matrices.
-func sgemm(n int, a, b, c []float32) {
+// Sgemm computes c = a·b for n×n row-major matrices.
+func Sgemm(n int, a, b, c []float32) {
 	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, blas32.General{Rows: n, Cols: n, Stride: n, Data: a},
 		blas32.General{Rows: n, Cols: n, Stride: n, Data: b}, 0, blas32.General{Rows: n, Cols: n, Stride: n, Data: c})
 }
 
-// dsyrkLower sets the lower triangle of c (n×n, row-major) to a·aᵀ for a n×k.
-func dsyrkLower(n, k int, a, c []float64) {
+// DsyrkLower sets the lower triangle of c (n×n, row-major) to a·aᵀ for a n×k.
+func DsyrkLower(n, k int, a, c []float64) {
 	blas64.Syrk(blas.NoTrans, 1, blas64.General{Rows: n, Cols: k, Stride: k, Data: a[:n*k]},
 		0, blas64.Symmetric{N: n, Stride: n, Uplo: blas.Lower, Data: c[:n*n]})
 }
 
-// dtrsmLower overwrites b (n×k, row-major) with l⁻¹·b, l lower triangular n×n.
-func dtrsmLower(n, k int, l, b []float64) {
+// DtrsmLower overwrites b (n×k, row-major) with l⁻¹·b, l lower triangular n×n.
+func DtrsmLower(n, k int, l, b []float64) {
 	blas64.Trsm(blas.Left, blas.NoTrans, 1,
 		blas64.Triangular{N: n, Stride: n, Uplo: blas.Lower, Diag: blas.NonUnit, Data: l[:n*n]},
 		blas64.General{Rows: n, Cols: k, Stride: k, Data: b[:n*k]})
 }
 
-// dgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda) and
+// DgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda) and
 // b n×k (row stride k).
-func dgemmNT(m, n, k int, a []float64, lda int, b []float64, c []float64, ldc int) {
+func DgemmNT(m, n, k int, a []float64, lda int, b []float64, c []float64, ldc int) {
 	blas64.Gemm(blas.NoTrans, blas.Trans, 1, blas64.General{Rows: m, Cols: k, Stride: lda, Data: a[:(m-1)*lda+k]},
 		blas64.General{Rows: n, Cols: k, Stride: k, Data: b[:n*k]}, 0, blas64.General{Rows: m, Cols: n, Stride: ldc, Data: c[:(m-1)*ldc+n]})
+}
+
+// SgemmNT sets c (m×n, row stride ldc) to a·bᵀ for a m×k (row stride lda)
+// and b n×k (row stride ldb).
+func SgemmNT(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+	blas32.Gemm(blas.NoTrans, blas.Trans, 1, blas32.General{Rows: m, Cols: k, Stride: lda, Data: a[:(m-1)*lda+k]},
+		blas32.General{Rows: n, Cols: k, Stride: ldb, Data: b[:(n-1)*ldb+k]}, 0, blas32.General{Rows: m, Cols: n, Stride: ldc, Data: c[:(m-1)*ldc+n]})
 }
