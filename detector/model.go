@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/detector/safetensors"
 )
 
@@ -41,6 +43,8 @@ type Meta struct {
 	TotalChannels  int
 	Sigma          float64
 	GridH, GridW   int
+	Method         string // MethodPaDiM (default), nn.MethodSPADE or nn.MethodPatchCore
+	Pool           int    // k×k average pooling of the taps (PatchCore: 3); 0: none
 }
 
 // Calibration holds the thresholds derived from held-out good images.
@@ -79,6 +83,15 @@ func (m *Model) Save(path string) error {
 			safetensors.F32("mean", g.Mean, g.P, g.D),
 			safetensors.F32("lowrank_m", g.M, g.P, g.N, g.D),
 		}
+	case *nn.SPADE:
+		md["dim"], md["k"] = strconv.Itoa(g.D), strconv.Itoa(g.K)
+		ts = []safetensors.Tensor{
+			safetensors.F32("gallery", g.Gallery, g.N, g.P, g.D),
+			safetensors.F32("pooled", g.Pooled, g.N, g.D),
+		}
+	case *nn.PatchCore:
+		md["dim"], md["reweight"] = strconv.Itoa(g.D), strconv.Itoa(g.Reweight)
+		ts = []safetensors.Tensor{safetensors.F32("bank", g.Bank, g.M, g.D)}
 	default:
 		return fmt.Errorf("cannot save a model of type %T", m.Gaussian)
 	}
@@ -92,6 +105,16 @@ func (m *Model) Save(path string) error {
 			safetensors.F32("calibration_pixel_quantiles", c.PixelQuantiles, len(c.PixelQuantiles)))
 	}
 	return safetensors.Write(path, md, append(ts, m.sharedTensors()...))
+}
+
+// The method of PaDiM itself (the Gaussian, in either form).
+const MethodPaDiM = "padim"
+
+func (m *Model) method() string {
+	if m.Method == "" {
+		return MethodPaDiM
+	}
+	return m.Method
 }
 
 // metadata describes the model in safetensors metadata; format names the file kind.
@@ -115,6 +138,8 @@ func (m *Model) metadata(format string) map[string]string {
 		"total_channels":  strconv.Itoa(m.TotalChannels),
 		"sigma":           strconv.FormatFloat(m.Sigma, 'g', -1, 64),
 		"grid":            fmt.Sprintf("%d,%d", m.GridH, m.GridW),
+		"method":          m.method(),
+		"pool":            strconv.Itoa(m.Pool),
 	}
 }
 
@@ -142,6 +167,7 @@ func (m *Model) NewPipeline(ext Extractor, opt PipelineOptions) (*Pipeline, erro
 			return nil, fmt.Errorf("backbone tap %v differs from the model's %v: the model was trained with another backbone", got[i], m.Taps[i])
 		}
 	}
+	opt.Pool = m.Pool
 	return NewPipeline(ext, m.Channels, m.Preprocess, opt)
 }
 
@@ -236,6 +262,12 @@ func fromFile(f *safetensors.File) (*Model, error) {
 		}
 		return nil, fmt.Errorf("tensor %q missing", name)
 	}
+	if m.Method != MethodPaDiM {
+		if err := m.loadNN(f, get); err != nil {
+			return nil, err
+		}
+		return m, m.loadCalibration(f)
+	}
 	tm, err := get("mean")
 	if err != nil {
 		return nil, err
@@ -299,11 +331,17 @@ func fromFile(f *safetensors.File) (*Model, error) {
 	if P != m.GridH*m.GridW || D != len(m.Channels) {
 		return nil, fmt.Errorf("model arrays P=%d D=%d disagree with its %dx%d grid and %d channels", P, D, m.GridH, m.GridW, len(m.Channels))
 	}
+	return m, m.loadCalibration(f)
+}
+
+// loadCalibration reads the thresholds and their material, if any.
+func (m *Model) loadCalibration(f *safetensors.File) error {
+	md := f.Metadata
 	if t := f.Tensor("thresholds"); t != nil {
 		c := &Calibration{Rule: md["calibration_rule"]}
 		th, err := t.Float32s()
 		if err != nil || len(th) != 2 {
-			return nil, fmt.Errorf("thresholds tensor must be 2 float32 values")
+			return fmt.Errorf("thresholds tensor must be 2 float32 values")
 		}
 		c.Image, c.Pixel = th[0], th[1]
 		c.Images, _ = strconv.Atoi(md["calibration_images"])
@@ -316,12 +354,71 @@ func fromFile(f *safetensors.File) (*Model, error) {
 		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))
 		for name, v := range map[string][]float32{"thresholds": th, "calibration_image_scores": c.ImageScores, "calibration_pixel_quantiles": c.PixelQuantiles} {
 			if err := allFinite(name, v); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		m.Calibration = c
 	}
-	return m, nil
+	return nil
+}
+
+// loadNN reads a nearest-neighbour method's arrays.
+func (m *Model) loadNN(f *safetensors.File, get func(string) (*safetensors.Tensor, error)) error {
+	P, D := m.GridH*m.GridW, len(m.Channels)
+	switch m.Method {
+	case nn.MethodSPADE:
+		tg, err := get("gallery")
+		if err != nil {
+			return err
+		}
+		tp, err := get("pooled")
+		if err != nil {
+			return err
+		}
+		if len(tg.Shape) != 3 || tg.Shape[1] != P || tg.Shape[2] != D || !slices.Equal(tp.Shape, []int{tg.Shape[0], D}) {
+			return fmt.Errorf("gallery %v and pooled %v do not match %d patches × %d channels", tg.Shape, tp.Shape, P, D)
+		}
+		k, err := strconv.Atoi(f.Metadata["k"])
+		if err != nil || k < 1 || k > 100000 {
+			return fmt.Errorf("metadata k=%q: want a number of nearest images in [1, 100000]", f.Metadata["k"])
+		}
+		g := &nn.SPADE{P: P, D: D, N: tg.Shape[0], K: k, Backing: f.Keep()}
+		if g.Gallery, err = tg.Float32s(); err != nil {
+			return err
+		}
+		if g.Pooled, err = tp.Float32s(); err != nil {
+			return err
+		}
+		for name, v := range map[string][]float32{"gallery": g.Gallery, "pooled": g.Pooled} {
+			if err := allFinite(name, v); err != nil {
+				return err
+			}
+		}
+		m.Gaussian = g
+		return g.Check()
+	case nn.MethodPatchCore:
+		tb, err := get("bank")
+		if err != nil {
+			return err
+		}
+		if len(tb.Shape) != 2 || tb.Shape[1] != D || tb.Shape[0] < 1 {
+			return fmt.Errorf("bank %v does not match %d channels", tb.Shape, D)
+		}
+		rw, err := strconv.Atoi(f.Metadata["reweight"])
+		if err != nil || rw < 0 || rw > 1000 {
+			return fmt.Errorf("metadata reweight=%q: want a number of neighbours in [0, 1000]", f.Metadata["reweight"])
+		}
+		g := &nn.PatchCore{P: P, D: D, M: tb.Shape[0], Reweight: rw, Backing: f.Keep()}
+		if g.Bank, err = tb.Float32s(); err != nil {
+			return err
+		}
+		if err := allFinite("bank", g.Bank); err != nil {
+			return err
+		}
+		m.Gaussian = g
+		return g.Check()
+	}
+	return fmt.Errorf("metadata method=%q: want padim, spade or patchcore", m.Method)
 }
 
 // parseShared reads what models and statistics files share: metadata, channel
@@ -351,6 +448,13 @@ func parseShared(f *safetensors.File, format string) (*Model, error) {
 		return v
 	}
 	m.Created, _ = time.Parse(time.RFC3339, md["created"])
+	m.Method = md["method"]
+	if m.Method == "" {
+		m.Method = MethodPaDiM
+	}
+	if m.Pool, _ = strconv.Atoi(md["pool"]); m.Pool < 0 || m.Pool > 15 || m.Pool > 1 && m.Pool%2 == 0 {
+		errs = append(errs, fmt.Errorf("metadata pool=%q: want 0 or an odd size up to 15", md["pool"]))
+	}
 	m.BackboneName, m.BackboneSHA256 = md["backbone_name"], md["backbone_sha256"]
 	if err := json.Unmarshal([]byte(md["taps"]), &m.Taps); err != nil {
 		errs = append(errs, fmt.Errorf("metadata taps: %v", err))

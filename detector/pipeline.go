@@ -65,6 +65,7 @@ const (
 
 // PipelineOptions tune a pipeline; zero values take the defaults.
 type PipelineOptions struct {
+	Pool    int   // k×k average pooling of the taps (PatchCore: 3); 0: none
 	Batch   int   // backbone inputs per run (DefaultBatch)
 	Workers int   // decode and map workers (GOMAXPROCS)
 	Memory  int64 // bound on decoded images, backbone inputs and maps in flight (DefaultMemory)
@@ -101,6 +102,11 @@ func NewPipeline(ext Extractor, channels []int, pre imageio.Preprocess, opt Pipe
 	layout, err := embed.NewLayout(ext.Taps(), channels)
 	if err != nil {
 		return nil, err
+	}
+	if opt.Pool > 1 {
+		if layout, err = layout.WithPool(opt.Pool); err != nil {
+			return nil, err
+		}
 	}
 	if opt.Batch <= 0 {
 		opt.Batch = DefaultBatch

@@ -150,10 +150,12 @@ func (s *Scorer) Thresholds() *Thresholds { return s.set.Thresholds }
 
 // scoreState collects one item's distances until all its samples are scored.
 type scoreState struct {
-	it     *item
-	grid   []float32
-	left   int
-	result chan *Result
+	it       *item
+	grid     []float32
+	left     int
+	image    float32 // the method's own image score (max over samples), when it has one
+	hasImage bool
+	result   chan *Result
 }
 
 // Score runs the inputs through the pipeline and calls fn with each result, in
@@ -201,13 +203,25 @@ func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(Chunk) erro
 					dist = make([]float32, c.n*P)
 				}
 				t := time.Now()
-				if err := s.gs.Score(c.emb, c.n, dist[:c.n*P]); err != nil {
+				var img []float32
+				if ssc, ok := s.gs.(gauss.SampleScorer); ok {
+					img = make([]float32, c.n)
+					if err := ssc.ScoreSamples(c.emb, c.n, nil, dist[:c.n*P], img); err != nil {
+						return err
+					}
+				} else if err := s.gs.Score(c.emb, c.n, dist[:c.n*P]); err != nil {
 					return err
 				}
 				p.Timings.Since("score", t, c.n)
 				for i, r := range c.refs {
 					ss := r.it.state.(*scoreState)
 					copy(ss.grid[r.k*P:(r.k+1)*P], dist[i*P:(i+1)*P])
+					if img != nil {
+						if !ss.hasImage || img[i] > ss.image {
+							ss.image = img[i]
+						}
+						ss.hasImage = true
+					}
 					if ss.left--; ss.left == 0 {
 						select {
 						case mapJobs <- ss:
@@ -317,6 +331,9 @@ func (s *Scorer) finish(ss *scoreState) (*Result, error) {
 	m, score, err := s.maps.Make(ss.grid, mapRects(it.rects), it.w, it.h)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", it.name, err)
+	}
+	if ss.hasImage {
+		score = ss.image // the method's own image score
 	}
 	r := &Result{Index: it.index, Name: it.name, W: it.w, H: it.h, Map: m, Grid: ss.grid, Score: score, Frame: it.frame, Image: it.view, Warning: it.warning}
 	if th := s.set.Thresholds; th != nil {

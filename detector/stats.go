@@ -40,6 +40,9 @@ func (s *Shard) ID() string {
 // SaveStats writes a fit's shard with the model's settings (no Gaussian, no
 // calibration), to be merged with other shards (MergeStats).
 func SaveStats(path string, m *Model, s *Shard) error {
+	if m.Method != "" && m.Method != MethodPaDiM {
+		return fmt.Errorf("shards merge PaDiM's statistics; a %s model is not made of shards", m.Method)
+	}
 	md := m.metadata("padim-stats")
 	md["count"] = strconv.Itoa(s.N)
 	md["shard_id"] = s.ID()

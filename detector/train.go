@@ -13,6 +13,7 @@ import (
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/nn"
 )
 
 // Defaults of the method.
@@ -131,6 +132,10 @@ type TrainConfig struct {
 	SampleMemory int64   // bound on kept training embeddings (DefaultSampleMemory)
 	Rule         *Rule   // how scores become thresholds (default: CrossFitRule or HoldoutRule)
 	MaxMemory    int64   // refuse a fit whose statistics would need more (0: no check)
+	Method       string  // MethodPaDiM (default), nn.MethodSPADE or nn.MethodPatchCore
+	K            int     // SPADE: nearest training images (nn.DefaultK)
+	Coreset      float64 // PatchCore: fraction of the patch features kept (nn.DefaultCoreset)
+	Reweight     int     // PatchCore: neighbours of the reweighted image score (nn.DefaultReweightB; negative: none)
 	Backend      gauss.Backend
 	BackboneName string
 	BackboneONNX []byte
@@ -159,6 +164,9 @@ type TrainReport struct {
 func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, nil, err
+	}
+	if cfg.Method != MethodPaDiM {
+		return trainNN(ctx, ext, files, cfg)
 	}
 	taps := ext.Taps()
 	total := embed.TotalChannels(taps)
@@ -341,6 +349,33 @@ func (cfg *TrainConfig) defaults() error {
 	}
 	if cfg.SampleMemory <= 0 {
 		cfg.SampleMemory = DefaultSampleMemory
+	}
+	if cfg.Method == "" {
+		cfg.Method = MethodPaDiM
+	}
+	if cfg.K == 0 {
+		cfg.K = nn.DefaultK
+	}
+	if cfg.Coreset == 0 {
+		cfg.Coreset = nn.DefaultCoreset
+	}
+	switch {
+	case cfg.Reweight == 0:
+		cfg.Reweight = nn.DefaultReweightB
+	case cfg.Reweight < 0:
+		cfg.Reweight = 0
+	}
+	switch cfg.Method {
+	case MethodPaDiM:
+	case nn.MethodSPADE, nn.MethodPatchCore:
+		if cfg.Calibration == CalibrateHoldout {
+			return fmt.Errorf("%s sets thresholds by scoring each training image without its own features; hold-out is for padim", cfg.Method)
+		}
+	default:
+		return fmt.Errorf("unknown method %q (padim, spade, patchcore)", cfg.Method)
+	}
+	if cfg.K < 1 || cfg.K > 100000 || !(cfg.Coreset > 0 && cfg.Coreset <= 1) {
+		return fmt.Errorf("SPADE's K %d must be in [1, 100000] and PatchCore's coreset fraction %v in (0, 1]", cfg.K, cfg.Coreset)
 	}
 	if cfg.Rule == nil {
 		r := CrossFitRule

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/nn"
 )
 
 func trainCfg(mod func(*TrainConfig)) TrainConfig {
@@ -184,5 +185,57 @@ func TestCrossFitTiles(t *testing.T) {
 	}
 	if m.NTrain != 16 || rep.Folds != 4 || len(m.Calibration.ImageScores) != 4 {
 		t.Fatalf("N %d, %d folds, %d scores", m.NTrain, rep.Folds, len(m.Calibration.ImageScores))
+	}
+}
+
+// SPADE and PatchCore train, save, load and score through the same pipeline:
+// thresholds from each training image scored without its own features, the
+// defect above the good images, the file round trip exact.
+func TestNearestNeighbourMethods(t *testing.T) {
+	dir := t.TempDir()
+	good := writeImages(t, filepath.Join(dir, "good"), 8, 37, false)
+	bad := writeImages(t, filepath.Join(dir, "bad"), 1, 38, true)
+	for _, method := range []string{nn.MethodSPADE, nn.MethodPatchCore} {
+		m, rep, err := Train(ctx, newFake(32), good[:6], trainCfg(func(c *TrainConfig) { c.Method, c.K, c.Coreset = method, 3, 0.5 }))
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		if m.Method != method || m.Gaussian.Form() != method || m.Calibration == nil || rep.Folds != 6 {
+			t.Fatalf("%s: method %s form %s calibration %v folds %d", method, m.Method, m.Gaussian.Form(), m.Calibration, rep.Folds)
+		}
+		p := filepath.Join(dir, method+".padim")
+		if err := m.Save(p); err != nil {
+			t.Fatal(err)
+		}
+		m2, err := Load(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m2.Method != method || m2.Pool != m.Pool {
+			t.Fatalf("%s: loaded method %s pool %d", method, m2.Method, m2.Pool)
+		}
+		var scores [2][]float32
+		for i, mm := range []*Model{m, m2} {
+			sc, err := mm.NewScorer(newFake(32), ScoreConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range scoreAll(t, sc, FileInputs(append(slices.Clone(good[6:]), bad...))) {
+				if r.Err != nil {
+					t.Fatal(r.Err)
+				}
+				scores[i] = append(scores[i], r.Score)
+			}
+			sc.Close()
+		}
+		if !slices.Equal(scores[0], scores[1]) {
+			t.Fatalf("%s: scores change on a round trip: %v vs %v", method, scores[0], scores[1])
+		}
+		if !(scores[0][2] > scores[0][0] && scores[0][2] > scores[0][1]) {
+			t.Fatalf("%s: the defect %v does not outscore the good images %v", method, scores[0][2], scores[0][:2])
+		}
+		if method == nn.MethodPatchCore && m.Pool != 3 {
+			t.Fatalf("PatchCore pooling %d, want 3", m.Pool)
+		}
 	}
 }

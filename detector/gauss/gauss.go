@@ -224,6 +224,8 @@ func NewModelScorer(b Backend, m Model) (Scorer, error) {
 			return nil, fmt.Errorf("gauss: backend %s has no low-rank form", b.Name())
 		}
 		return lr.NewLowRankScorer(m)
+	case interface{ NewScorer(Backend) (Scorer, error) }:
+		return m.NewScorer(b) // a model that scores itself (the nearest-neighbour methods)
 	}
 	return nil, fmt.Errorf("gauss: unknown model type %T", m)
 }
@@ -290,6 +292,15 @@ type Scorer interface {
 	Score(x []float32, n int, dist []float32) error
 	// Close releases the scorer's resources.
 	Close() error
+}
+
+// SampleScorer is a Scorer that also gives an image score per sample (a
+// method whose image score is not the maximum of its map: PatchCore, SPADE),
+// and can leave a training group (an image) out of its references for
+// out-of-sample calibration: skip names per sample the group to leave out.
+type SampleScorer interface {
+	Scorer
+	ScoreSamples(x []float32, n int, skip []int32, dist, image []float32) error
 }
 
 // ParallelFor splits [0,n) into contiguous chunks run on GOMAXPROCS goroutines.
