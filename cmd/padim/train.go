@@ -13,6 +13,7 @@ import (
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/models/mobilenetv2"
 )
 
@@ -72,6 +73,9 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "calibrate", Value: detector.CalibrateCrossFit, Usage: "how thresholds are set: crossfit (every image scored by a model fitted without it), holdout, none"},
 			&cli.IntFlag{Name: "folds", Value: detector.DefaultFolds, Usage: "cross-fitting folds (the low-rank form leaves one out with ≤ 20 images)"},
 			&cli.Float64Flag{Name: "holdout", Usage: "hold out this fraction of the images for thresholds instead of cross-fitting (0: no thresholds)"},
+			&cli.StringFlag{Name: "method", Value: detector.MethodPaDiM, Usage: "padim, or a baseline on the same pipeline: spade (kNN on images, then on their patches), patchcore (coreset memory bank; taps layer2,layer3 pooled 3×3 unless --layers)"},
+			&cli.IntFlag{Name: "k", Value: nn.DefaultK, Usage: "spade: nearest training images"},
+			&cli.Float64Flag{Name: "coreset", Value: nn.DefaultCoreset, Usage: "patchcore: fraction of the training patch features kept in the memory bank"},
 			&cli.Float64Flag{Name: "sigma", Value: anomalymap.DefaultSigma, Usage: "Gaussian blur of the anomaly map, in pixels of the network input"},
 			&cli.StringFlag{Name: "stats-out", Usage: "also save the fit's statistics, to merge with other shards (padim merge)"},
 			&cli.BoolFlag{Name: "strict", Usage: "stop at the first unreadable image instead of skipping it"},
@@ -118,7 +122,11 @@ func trainAction(c *cli.Context) error {
 		bbName, bbData = mobilenetv2.Arch+" (shipped, ImageNet-pretrained)", mobilenetv2.ONNX()
 		notef(c, "backbone: %s, the ImageNet MobileNetV2 shipped inside padim (Apache-2.0, padim backbone --license); give --backbone for another", mobilenetv2.Arch)
 	}
-	ext, err := openBackbone(c, bbName, bbData, splitList(c.String("layers")))
+	layers := splitList(c.String("layers"))
+	if c.String("method") == nn.MethodPatchCore && len(layers) == 0 {
+		layers = []string{"layer2", "layer3"} // PatchCore's mid-level features
+	}
+	ext, err := openBackbone(c, bbName, bbData, layers)
 	if err != nil {
 		return err
 	}
@@ -148,6 +156,7 @@ func trainAction(c *cli.Context) error {
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
 		Gaussian: c.String("gaussian"), Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
+		Method: c.String("method"), K: c.Int("k"), Coreset: c.Float64("coreset"),
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
 		Progress: prog.update, KeepStats: c.String("stats-out") != "", MaxMemory: budget,
@@ -180,8 +189,11 @@ func trainAction(c *cli.Context) error {
 	fmt.Printf("wrote %s: %d samples, %d patches × %d channels, %s form (%s)", c.String("out"), m.NTrain, P, D, rep.Form, rep.FormReason)
 	if cal := m.Calibration; cal != nil {
 		how := fmt.Sprintf("%d-fold cross-fitting", rep.Folds)
-		if rep.Folds == 0 {
+		switch {
+		case rep.Folds == 0:
 			how = "held-out images"
+		case rep.Folds == rep.Trained:
+			how = "leave-one-out"
 		}
 		fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' out-of-sample scores (%s)", cal.Image, cal.Pixel, cal.Images, how)
 	} else {
