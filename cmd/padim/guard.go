@@ -99,6 +99,7 @@ var flagRanges = map[string][2]float64{
 	"test-good":     {0, 1 << 17},
 	"test-defect":   {0, 1 << 17},
 	"false-alarms":  {0.0001, 0.5},
+	"repeats":       {1, 100},
 	"k":             {1, 100000},
 	"coreset":       {0.0001, 1},
 	"backbone-seed": {0, math.MaxUint64},

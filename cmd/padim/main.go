@@ -110,7 +110,7 @@ func newApp() *cli.App {
 		},
 		Commands: []*cli.Command{
 			trainCommand(), scoreCommand(), evalCommand(), infoCommand(), synthCommand(),
-			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(),
+			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(), experimentCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit(fmt.Sprintf("%v (see padim --help)", err), exitUsage)
@@ -122,35 +122,46 @@ func newApp() *cli.App {
 		HideHelpCommand: true,
 	}
 	app.ExitErrHandler = func(*cli.Context, error) {} // run prints errors and picks exit codes
-	for _, cmd := range app.Commands {
-		cmd.HideHelpCommand = true // arguments are never sub-command names
-		cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
-			return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.Name), exitUsage)
-		}
-		// Required flags are checked here: urfave/cli's own check prints help
-		// and reads the first argument as a command name.
-		var required []string
-		for _, f := range cmd.Flags {
-			if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
-				sf.Required = false
-				required = append(required, sf.Name)
-			}
-		}
-		if action := cmd.Action; action != nil {
-			cmd.Action = func(c *cli.Context) error {
-				for _, name := range required {
-					if !c.IsSet(name) {
-						return usageError("--%s is required (see padim %s --help)", name, c.Command.Name)
-					}
-				}
-				if err := checkFlags(c); err != nil {
-					return err
-				}
-				return action(c)
-			}
+	var setup func(cmds []*cli.Command)
+	setup = func(cmds []*cli.Command) {
+		for _, cmd := range cmds {
+			setupCommand(cmd)
+			setup(cmd.Subcommands)
 		}
 	}
+	setup(app.Commands)
 	return app
+}
+
+// setupCommand gives a command padim's usage handling: no help sub-command,
+// exit 2 for usage errors, required flags and numeric ranges checked first.
+func setupCommand(cmd *cli.Command) {
+	cmd.HideHelpCommand = true // arguments are never sub-command names
+	cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
+		return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.FullName()), exitUsage)
+	}
+	// Required flags are checked here: urfave/cli's own check prints help
+	// and reads the first argument as a command name.
+	var required []string
+	for _, f := range cmd.Flags {
+		if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
+			sf.Required = false
+			required = append(required, sf.Name)
+		}
+	}
+	if action := cmd.Action; action != nil {
+		cmd.Action = func(c *cli.Context) error {
+			for _, name := range required {
+				if !c.IsSet(name) {
+					return usageError("--%s is required (see padim %s --help)", name, c.Command.FullName())
+				}
+			}
+			if err := checkFlags(c); err != nil {
+				return err
+			}
+			return action(c)
+		}
+	}
 }
 
 // withHint adds to a library error the flag or setting that changes it.
