@@ -40,6 +40,7 @@ type Config struct {
 	Eps          float64
 	Gaussian     string // as train --gaussian
 	Calibration  string // as train --calibrate (none: the comparator has no thresholds)
+	Method       string // as train --method
 	Backend      gauss.Backend
 	PeakGFLOPS   float64 // the machine's fp32 SGEMM rate, 0 if not measured
 	Dir          string  // where the model file is written and read (default: a temporary folder)
@@ -105,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	start := time.Now()
 	m, trep, err := detector.Train(ctx, cfg.Extractor, cfg.Train, detector.TrainConfig{
 		Preprocess: cfg.Preprocess, Pipeline: cfg.Pipeline, Dim: cfg.Dim, Seed: cfg.Seed, Eps: cfg.Eps,
-		Gaussian: cfg.Gaussian, Calibration: cfg.Calibration, Sigma: anomalymap.DefaultSigma, Backend: cfg.Backend,
+		Gaussian: cfg.Gaussian, Calibration: cfg.Calibration, Method: cfg.Method, Sigma: anomalymap.DefaultSigma, Backend: cfg.Backend,
 		BackboneName: cfg.Backbone, BackboneONNX: cfg.BackboneONNX,
 	})
 	if err != nil {
@@ -159,6 +160,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		"fit":       float64(len(cfg.Train)) * fP * fD * (fD + 1),
 		"factorize": fP * 2 * fD * fD * fD / 3,
 		"score":     nScore * fP * fD * (fD + 1),
+	}
+	if _, ok := m.Gaussian.(*gauss.Gaussian); !ok {
+		flops = map[string]float64{} // the baselines: no Gaussian flops to count
 	}
 	if lr, ok := m.Gaussian.(*gauss.LowRank); ok {
 		fN := float64(lr.N)

@@ -12,6 +12,7 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -34,6 +35,7 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim},
 			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default layer1,layer2,layer3)"},
 			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "as train --gaussian"},
+			&cli.StringFlag{Name: "method", Value: detector.MethodPaDiM, Usage: "as train --method (padim, spade, patchcore)"},
 			&cli.StringFlag{Name: "calibrate", Value: detector.CalibrateNone, Usage: "as train --calibrate (default none, like the PyTorch comparator)"},
 			&cli.BoolFlag{Name: "peak", Value: true, Usage: "measure the machine's fp32 SGEMM peak first"},
 			&cli.BoolFlag{Name: "json"},
@@ -54,7 +56,11 @@ func benchAction(c *cli.Context) error {
 		}
 		name = fmt.Sprintf("%s (seed %d)", c.String("arch"), c.Uint64("backbone-seed"))
 	}
-	ext, err := openBackbone(c, name, data, splitList(c.String("layers")))
+	layers := splitList(c.String("layers"))
+	if c.String("method") == nn.MethodPatchCore && len(layers) == 0 {
+		layers = []string{"layer2", "layer3"}
+	}
+	ext, err := openBackbone(c, name, data, layers)
 	if err != nil {
 		return err
 	}
@@ -97,7 +103,7 @@ func benchAction(c *cli.Context) error {
 	rep, err := bench.Run(c.Context, bench.Config{Extractor: ext, Backbone: name, BackboneONNX: ext.Data,
 		Train: pick(0, c.Int("n")), Score: pick(c.Int("n"), c.Int("score")),
 		Preprocess: ext.DefaultPreprocess(), Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: detector.DefaultSeed,
-		Eps: detector.DefaultEps, Gaussian: c.String("gaussian"), Calibration: c.String("calibrate"), Backend: be, PeakGFLOPS: peak})
+		Eps: detector.DefaultEps, Gaussian: c.String("gaussian"), Calibration: c.String("calibrate"), Method: c.String("method"), Backend: be, PeakGFLOPS: peak})
 	if err != nil {
 		return err
 	}
