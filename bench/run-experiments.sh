@@ -18,7 +18,9 @@ bin/padim backbone --arch mobilenet_v2 --out "$tmp/mobilenet_v2.onnx" >/dev/null
 ex() { local name=$1; shift; echo "== $name"; /usr/bin/time -f "%e s, %M KB" bin/padim -q experiment "$@" --data "$data" --device cpu \
          --json --csv "$out/$name.csv" --report "$out/$name" > "$out/$name.json" 2> "$out/$name.err"; tail -1 "$out/$name.err"; }
 for sweep in layers dim samples methods; do
-  ex "$sweep-resnet50_cbam" "$sweep"
-  ex "$sweep-mobilenet_v2" "$sweep" --backbone "$tmp/mobilenet_v2.onnx"
+  rep=1
+  case $sweep in dim|samples) rep=3 ;; esac   # the seed sensitivity of channel subsets and samples
+  ex "$sweep-resnet50_cbam" "$sweep" --repeats $rep
+  ex "$sweep-mobilenet_v2" "$sweep" --repeats $rep --backbone "$tmp/mobilenet_v2.onnx"
 done
 ex backbones backbones
