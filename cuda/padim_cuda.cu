@@ -1078,6 +1078,63 @@ void padim_acc_destroy(padim_acc *a) {
   g_live--;
 }
 
+}  // extern "C"
+
+namespace {
+
+// FitPlan: how an accumulator of P patches of dimension D lays out its data in
+// `avail` device bytes. The stage takes at most half; the statistics stay on the
+// device if they fit beside it, else they live in pinned host memory and pass
+// through device buffers of pb patches, which take at most half of what is left
+// (the other half is for the factorisation).
+struct FitPlan {
+  int S = 0, pb = 0;
+  bool resident = false;
+  size_t stage_bytes = 0, per_patch = 0, device_bytes = 0, pinned_bytes = 0;
+};
+bool plan_fit(int P, int D, int stage, size_t av, FitPlan *f) {
+  const long long L = packed_len(D);
+  const size_t img = (size_t)P * D * sizeof(float);
+  f->S = stage;
+  if ((size_t)f->S * img > av / 2) f->S = (int)(av / 2 / img);
+  if (f->S < 1) return false;
+  f->stage_bytes = (size_t)f->S * img;
+  f->per_patch = (size_t)(L + D) * sizeof(double) + (size_t)D * (sizeof(float) + sizeof(double));
+  const size_t rest = av - f->stage_bytes;
+  if ((size_t)P * f->per_patch <= rest) {
+    f->resident = true;
+    f->pb = P;
+  } else {
+    f->resident = false;
+    f->pb = (int)(rest / 2 / f->per_patch);
+    if (f->pb < 1) return false;
+    f->pinned_bytes = (size_t)P * (D + L) * sizeof(double);
+  }
+  f->device_bytes = f->stage_bytes + (size_t)f->pb * f->per_patch;
+  return true;
+}
+
+// factor_ws: device bytes of one patch's factorisation workspace.
+size_t factor_ws(int D) { return (size_t)tri(ntiles(D, FT)) * FT * FT * 8; }
+
+}  // namespace
+
+extern "C" {
+
+int padim_plan_fit(int P, int D, int stage, size_t avail_bytes, padim_plan *out) {
+  FitPlan f;
+  memset(out, 0, sizeof *out);
+  if (P <= 0 || D <= 0 || stage <= 0 || !plan_fit(P, D, stage, avail_bytes, &f)) return PADIM_ERR_OOM;
+  out->resident = f.resident;
+  out->patch_block = f.pb;
+  out->stage = f.S;
+  out->device_bytes = f.device_bytes;
+  out->pinned_bytes = f.pinned_bytes;
+  return PADIM_OK;
+}
+
+size_t padim_factor_workspace(int D) { return factor_ws(D); }
+
 static int acc_init(padim_acc *a, int stage, char *err, size_t errlen) {
   padim_ctx *c = a->ctx;
   const int P = a->P, D = a->D;
@@ -1087,27 +1144,16 @@ static int acc_init(padim_acc *a, int stage, char *err, size_t errlen) {
   TRY(a->bb.init(err, errlen));
   size_t av = 0;
   TRY(avail(c, &av, err, errlen));
-  const size_t img = (size_t)P * D * sizeof(float);
-  // The stage: up to half of what is available.
-  int S = stage;
-  if ((size_t)S * img > av / 2) S = (int)(av / 2 / img);
-  if (S < 1)
-    return fail(err, errlen, PADIM_ERR_OOM, "one embedding (P=%d, D=%d: %.1f MiB) does not fit the device memory available (%.1f MiB)", P,
-                D, img / 1048576.0, av / 1048576.0);
-  a->S = S;
-  a->b_stage = (size_t)S * img;
-  const size_t per_patch = (size_t)(L + D) * sizeof(double) + (size_t)D * (sizeof(float) + sizeof(double));
-  const size_t rest = av - a->b_stage;
-  if ((size_t)P * per_patch <= rest) {
-    a->resident = true;
-    a->pb = P;
-  } else {
-    a->resident = false;
-    a->pb = (int)(rest / per_patch);
-    if (a->pb < 1)
-      return fail(err, errlen, PADIM_ERR_OOM, "the statistics of one patch (D=%d: %.1f MiB) do not fit beside the stage (%.1f MiB available)",
-                  D, per_patch / 1048576.0, av / 1048576.0);
-  }
+  FitPlan f;
+  if (!plan_fit(P, D, stage, av, &f))
+    return fail(err, errlen, PADIM_ERR_OOM,
+                "an accumulator for P=%d, D=%d needs at least one staged image (%.1f MiB) and one patch of statistics (%.1f MiB) "
+                "in device memory; %.1f MiB available",
+                P, D, (double)P * D * 4 / 1048576.0, f.per_patch / 1048576.0, av / 1048576.0);
+  a->S = f.S;
+  a->b_stage = f.stage_bytes;
+  a->resident = f.resident;
+  a->pb = f.pb;
   const int pb = a->pb;
   a->b_mean = (size_t)pb * D * sizeof(double);
   a->b_m2 = (size_t)pb * L * sizeof(double);
@@ -1320,10 +1366,9 @@ namespace {
 int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t count, const double *m2_dev, const double *m2_host,
                bool host_pinned, double eps, padim_model *m, float *linv_out, int *bad_patch, char *err, size_t errlen) {
   const long long L = packed_len(D);
-  const int nt = ntiles(D, FT);
   const int prec = precision_of(c);
   const size_t vsize = 8;  // double or float2
-  const size_t ws = (size_t)tri(nt) * FT * FT * vsize;
+  const size_t ws = factor_ws(D);
   const size_t per = ws + (m2_dev ? 0 : (size_t)L * sizeof(double)) + (m->resident ? 0 : (size_t)L * sizeof(float)) + sizeof(int);
   size_t av = 0;
   TRY(avail(c, &av, err, errlen));
@@ -1420,9 +1465,8 @@ int padim_acc_factorize(padim_acc *a, double eps, float *mean_out, float *linv_o
   if (a->count < 2) return fail(err, errlen, PADIM_ERR_ARG, "need at least 2 training images for a covariance, got %lld", (long long)a->count);
   if (!(eps >= 0) || !std::isfinite(eps)) return fail(err, errlen, PADIM_ERR_ARG, "regularisation eps must be finite and >= 0");
   CK(cudaStreamSynchronize(a->st));
-  const int nt = ntiles(a->D, FT);
   padim_model *m = nullptr;
-  TRY(model_new(c, a->P, a->D, (size_t)tri(nt) * FT * FT * 8 * (a->P < 64 ? a->P : 64), &m, err, errlen));
+  TRY(model_new(c, a->P, a->D, factor_ws(a->D) * (a->P < 64 ? a->P : 64), &m, err, errlen));
   int rc = factor_run(c, a->st, a->bb, a->P, a->D, a->count, a->resident ? a->m2 : nullptr, a->resident ? nullptr : a->h_m2, true, eps, m,
                       linv_out, bad_patch, err, errlen);
   std::vector<double> hmean;
@@ -1453,9 +1497,8 @@ int padim_factorize(padim_ctx *c, int P, int D, int64_t count, const double *mea
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   Bounce bb;
   padim_model *m = nullptr;
-  const int nt = ntiles(D, FT);
   int rc = bb.init(err, errlen);
-  if (rc == PADIM_OK) rc = model_new(c, P, D, (size_t)tri(nt) * FT * FT * 8 * (P < 64 ? P : 64), &m, err, errlen);
+  if (rc == PADIM_OK) rc = model_new(c, P, D, factor_ws(D) * (P < 64 ? P : 64), &m, err, errlen);
   if (rc == PADIM_OK) rc = factor_run(c, st, bb, P, D, count, nullptr, m2, false, eps, m, linv_out, bad_patch, err, errlen);
   if (rc == PADIM_OK) rc = finish_model(m, mean, mean_out, st, bb, err, errlen);
   cudaStreamSynchronize(st);

@@ -91,6 +91,12 @@ typedef struct padim_plan {
   size_t pinned_bytes; /* held in pinned host memory */
 } padim_plan;
 
+/* The layout an accumulator would choose with avail_bytes of device memory (no
+ * allocation): PADIM_ERR_OOM when even one image and one patch do not fit. */
+int padim_plan_fit(int P, int D, int stage, size_t avail_bytes, padim_plan *out);
+/* Device bytes of one patch's factorisation workspace (tiles of 32, 8-byte values). */
+size_t padim_factor_workspace(int D);
+
 /* Streaming statistics. Images are staged on the device, stage at a time (at least
  * 128 unless memory forbids), and folded into the float64 statistics per pass. */
 typedef struct padim_acc padim_acc;

@@ -535,3 +535,13 @@ func (b *Backend) probeLaunch(threads, smem int, checked bool) error {
 		return C.padim_probe_launch(ctx, C.int(threads), C.size_t(smem), C.int(c), e, l)
 	})
 }
+
+// planFit is the layout an accumulator would choose with avail device bytes.
+func planFit(p, d, stage int, avail int64) (Plan, bool) {
+	var pl C.padim_plan
+	rc := C.padim_plan_fit(C.int(p), C.int(d), C.int(stage), C.size_t(avail), &pl)
+	return planOf(pl), rc == C.PADIM_OK
+}
+
+// factorWorkspace is the device bytes of one patch's factorisation workspace.
+func factorWorkspace(d int) int64 { return int64(C.padim_factor_workspace(C.int(d))) }

@@ -27,3 +27,5 @@ func emuCounters(bool) []KernelCounters { return nil }
 func emuPageableCopies() uint64         { return 0 }
 func emuDeviceBytes() uint64            { return 0 }
 func emuSticky(bool) string             { return "" }
+func emuCopied() (h2d, d2h uint64)      { return 0, 0 }
+func emuSetCopyDelay(int)               {}

@@ -13,6 +13,8 @@ void padim_emu_set_counting(int on);
 int padim_emu_counters(char *buf, size_t len, int reset);
 unsigned long long padim_emu_pageable_copies(void);
 unsigned long long padim_emu_device_bytes(void);
+void padim_emu_copied(unsigned long long *h2d, unsigned long long *d2h);
+void padim_emu_set_copy_delay_us(int us);
 const char *padim_emu_sticky(int clear);
 */
 import "C"
@@ -83,3 +85,14 @@ func emuSticky(clear bool) string {
 	}
 	return C.GoString(C.padim_emu_sticky(C.int(c)))
 }
+
+// emuCopied returns the bytes copied host to device and device to host so far.
+func emuCopied() (h2d, d2h uint64) {
+	var a, b C.ulonglong
+	C.padim_emu_copied(&a, &b)
+	return uint64(a), uint64(b)
+}
+
+// emuSetCopyDelay gives every copy a latency (microseconds), so that a missing wait
+// between streams shows as a wrong result.
+func emuSetCopyDelay(us int) { C.padim_emu_set_copy_delay_us(C.int(us)) }
