@@ -1258,6 +1258,13 @@ int padim_acc_add(padim_acc *a, const float *x, int n, char *err, size_t errlen)
   return PADIM_OK;
 }
 
+int padim_acc_flush(padim_acc *a, char *err, size_t errlen) {
+  CK(cudaSetDevice(a->ctx->device));
+  TRY(acc_fold(a, err, errlen));
+  CK(cudaStreamSynchronize(a->st));
+  return PADIM_OK;
+}
+
 int padim_acc_stats(padim_acc *a, double *mean, double *m2, int64_t *count, char *err, size_t errlen) {
   CK(cudaSetDevice(a->ctx->device));
   TRY(acc_fold(a, err, errlen));

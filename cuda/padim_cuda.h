@@ -104,6 +104,8 @@ int padim_acc_create(padim_ctx *ctx, int P, int D, int stage, padim_acc **out, c
 void padim_acc_plan(padim_acc *acc, padim_plan *out);
 int padim_acc_add(padim_acc *acc, const float *x, int n, char *err, size_t errlen);
 int padim_acc_stats(padim_acc *acc, double *mean, double *m2, int64_t *count, char *err, size_t errlen);
+/* Folds the staged images into the statistics and waits for the device (timing). */
+int padim_acc_flush(padim_acc *acc, char *err, size_t errlen);
 void padim_acc_destroy(padim_acc *acc);
 
 /* A model: float32 mean and packed L^-1, on the device when it fits (else in pinned host

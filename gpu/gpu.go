@@ -332,6 +332,16 @@ func (a *accumulator) Factorize(eps float64) (*gauss.Gaussian, error) {
 	return g, nil
 }
 
+// flush folds the staged images and waits for the device.
+func (a *accumulator) flush() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.acc == nil {
+		return fmt.Errorf("%w: accumulator", ErrClosed)
+	}
+	return call("flush", func(e *C.char, l C.size_t) C.int { return C.padim_acc_flush(a.acc, e, l) })
+}
+
 func (a *accumulator) plan() Plan {
 	a.mu.Lock()
 	defer a.mu.Unlock()
