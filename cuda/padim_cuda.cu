@@ -123,6 +123,7 @@ __host__ __device__ inline long long tri(long long n) { return n * (n + 1) / 2; 
 __global__ void __launch_bounds__(MTHREADS)
     k_stage_mean(gptr<const float> x, long long xstride, int nb, int pcount, int D, double na, gptr<double> mean,
                  gptr<float> bmean, gptr<double> delta) {
+  const bool first = na == 0;  // nothing to read yet: the statistics are written, not updated
   const long long n = (long long)pcount * D;
   for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
     float s = 0.f, c = 0.f;  // Kahan
@@ -134,7 +135,7 @@ __global__ void __launch_bounds__(MTHREADS)
     }
     FLOPS(4 * nb);
     const double mb = ((double)s - (double)c) / nb;
-    const double m = mean[e];
+    const double m = first ? 0.0 : (double)mean[e];
     const double d = mb - m;
     mean[e] = m + d * nb / (na + nb);
     delta[e] = d;
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(MTHREADS)
 // one patch run together and share its images in L2.
 __global__ void __launch_bounds__(STHREADS)
     k_syrk_fold(gptr<const float> x, long long xstride, int nb, int D, int pairs, gptr<const float> bmean,
-                gptr<const double> delta, double f, gptr<double> m2) {
+                gptr<const double> delta, double f, int first, gptr<double> m2) {
   DYNAMIC_SHARED(float, sm);
   float *sA = sm;                   // [SK][ST + 4]
   float *sB = sm + SK * (ST + 4);   // [SK][ST + 4]
@@ -209,7 +210,11 @@ __global__ void __launch_bounds__(STHREADS)
     for (int b = 0; b < 4; b++) {
       const int j = j0 + tx + 16 * b;
       if (j <= i) {
-        m[(long long)i * (i + 1) / 2 + j] += (double)acc[a][b] + di * (double)dp[j];
+        const double v = (double)acc[a][b] + di * (double)dp[j];
+        if (first)
+          m[(long long)i * (i + 1) / 2 + j] = v;  // the first pass writes M2 without reading it
+        else
+          m[(long long)i * (i + 1) / 2 + j] += v;
         FP64OPS(3);
       }
     }
@@ -602,7 +607,7 @@ constexpr int QLD = QJ + 1;   // sL row stride
 constexpr int QYLD = QB + 1;  // sY row stride
 constexpr size_t score_smem() { return ((size_t)QI * QLD + (size_t)QJ * QYLD) * sizeof(float); }
 
-// k_score: block (patch of the block, group of 64 images). For each tile of 64 rows of
+// k_score: block (patch of the block, group of 64 images), groups fastest. For each tile of 64 rows of
 // L⁻¹: z = L⁻¹_rows · (x − μ) over column chunks of 32, in 4×4 register tiles (4 rows ×
 // 4 images per thread); then Σ z² per image. L⁻¹ is read once per block, the images
 // once per row tile (from L2).
@@ -612,8 +617,10 @@ __global__ void __launch_bounds__(QTHREADS)
   DYNAMIC_SHARED(float, sm);
   float *sL = sm;             // [QI][QLD]
   float *sY = sm + QI * QLD;  // [QJ][QYLD]: column-major images
-  const int p = blockIdx.x;
-  const int g0 = blockIdx.y * QB;
+  // the image groups of a patch are adjacent blocks: they run together and share its L⁻¹ in L2
+  const int groups = (nb + QB - 1) / QB;
+  const int p = (int)(blockIdx.x / groups);
+  const int g0 = (int)(blockIdx.x % groups) * QB;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const long long L = packed_len(D);
   gptr<const float> lp = linv + (long long)p * L;
@@ -1165,10 +1172,7 @@ static int acc_init(padim_acc *a, int stage, char *err, size_t errlen) {
   TRY(dev_alloc(c, &a->bmean, a->b_bmean, "the batch means", err, errlen));
   TRY(dev_alloc(c, &a->delta, a->b_delta, "the mean updates", err, errlen));
   a->dev_bytes = a->b_stage + a->b_mean + a->b_m2 + a->b_bmean + a->b_delta;
-  if (a->resident) {
-    CK(cudaMemsetAsync(a->mean, 0, a->b_mean, a->st));
-    CK(cudaMemsetAsync(a->m2, 0, a->b_m2, a->st));
-  } else {
+  if (!a->resident) {  // (on the device the first pass writes the statistics)
     TRY(host_alloc(&a->h_mean, (size_t)P * D * sizeof(double), "the running means", err, errlen));
     TRY(host_alloc(&a->h_m2, (size_t)P * L * sizeof(double), "the second moments", err, errlen));
     memset(a->h_mean, 0, (size_t)P * D * sizeof(double));
@@ -1222,7 +1226,7 @@ static int acc_fold(padim_acc *a, char *err, size_t errlen) {
     const int np = a->P - p0 < a->pb ? a->P - p0 : a->pb;
     double *mean = a->resident ? a->mean + (size_t)p0 * D : a->mean;
     double *m2 = a->resident ? a->m2 + (size_t)p0 * L : a->m2;
-    if (!a->resident) {
+    if (!a->resident && a->count > 0) {  // the first pass reads no statistics
       CK(cudaMemcpyAsync(mean, a->h_mean + (size_t)p0 * D, (size_t)np * D * sizeof(double), cudaMemcpyHostToDevice, a->st));
       CK(cudaMemcpyAsync(m2, a->h_m2 + (size_t)p0 * L, (size_t)np * L * sizeof(double), cudaMemcpyHostToDevice, a->st));
     }
@@ -1231,7 +1235,8 @@ static int acc_fold(padim_acc *a, char *err, size_t errlen) {
     if (blocks > 65535LL * 16) blocks = 65535LL * 16;
     RUN(c, k_stage_mean, (unsigned)blocks, MTHREADS, 0, a->st, x, xstride, nb, np, D, na, mean, a->bmean, a->delta);
     const size_t smem = 2 * (size_t)SK * (ST + 4) * sizeof(float);
-    RUN(c, k_syrk_fold, (unsigned)((long long)np * pairs), STHREADS, smem, a->st, x, xstride, nb, D, pairs, a->bmean, a->delta, f, m2);
+    RUN(c, k_syrk_fold, (unsigned)((long long)np * pairs), STHREADS, smem, a->st, x, xstride, nb, D, pairs, a->bmean, a->delta, f,
+        a->count == 0 ? 1 : 0, m2);
     if (!a->resident) {
       CK(cudaMemcpyAsync(a->h_mean + (size_t)p0 * D, mean, (size_t)np * D * sizeof(double), cudaMemcpyDeviceToHost, a->st));
       CK(cudaMemcpyAsync(a->h_m2 + (size_t)p0 * L, m2, (size_t)np * L * sizeof(double), cudaMemcpyDeviceToHost, a->st));
@@ -1269,7 +1274,10 @@ int padim_acc_stats(padim_acc *a, double *mean, double *m2, int64_t *count, char
   CK(cudaSetDevice(a->ctx->device));
   TRY(acc_fold(a, err, errlen));
   const size_t bm = (size_t)a->P * a->D * sizeof(double), b2 = (size_t)a->P * a->L * sizeof(double);
-  if (a->resident) {
+  if (a->count == 0) {  // nothing folded yet: the device buffers hold nothing
+    memset(mean, 0, bm);
+    memset(m2, 0, b2);
+  } else if (a->resident) {
     TRY(a->bb.download(mean, a->mean, bm, a->st, err, errlen));
     TRY(a->bb.download(m2, a->m2, b2, a->st, err, errlen));
   } else {
@@ -1579,7 +1587,8 @@ static int scorer_init(padim_scorer *s, int max_batch, char *err, size_t errlen)
 int padim_scorer_create(padim_model *m, int max_batch, padim_scorer **out, char *err, size_t errlen) {
   *out = nullptr;
   if (max_batch <= 0) return fail(err, errlen, PADIM_ERR_ARG, "scorer batch %d", max_batch);
-  if (m->P > 2147483647 || ntiles(max_batch, QB) > 65535) return fail(err, errlen, PADIM_ERR_LIMIT, "scorer batch %d too large", max_batch);
+  if ((long long)m->P * ntiles(max_batch, QB) > 2147483647LL)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "scorer: %d patches × %d images is more blocks than one grid holds", m->P, max_batch);
   padim_scorer *s = new padim_scorer();
   padim_model_retain(m);
   padim_ctx_retain(m->ctx);
@@ -1622,8 +1631,8 @@ int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char
         CK(cudaMemcpyAsync(s->lblk, m->h_linv + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
         lv = s->lblk;
       }
-      RUN(c, k_score, dim3(np, ntiles(nb, QB)), QTHREADS, score_smem(), s->st, s->x + (size_t)p0 * D, (long long)img, nb, D,
-          m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
+      RUN(c, k_score, (unsigned)((long long)np * ntiles(nb, QB)), QTHREADS, score_smem(), s->st, s->x + (size_t)p0 * D, (long long)img,
+          nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
     }
     TRY(s->bb.download(dist + (size_t)off * P, s->dist, (size_t)nb * P * sizeof(float), s->st, err, errlen));
   }

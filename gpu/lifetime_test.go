@@ -211,7 +211,7 @@ func TestConcurrentAccumulators(t *testing.T) {
 	ref := fit(t, gauss.CPU{}, x, 48, ltP, ltD, 48)
 	var wg sync.WaitGroup
 	got := make([]*gauss.Stats, 3)
-	errs := make(chan error, 3)
+	errs := make(chan error, 9) // room for every goroutine's error: a failure must not hang the test
 	for k := range got {
 		wg.Add(1)
 		go func() {

@@ -544,16 +544,12 @@ struct Pool {
       unsigned long long b;
       {
         std::unique_lock<std::mutex> l(mu);
-        for (;;) {
-          while (!q.empty() && q.front()->next.load() >= q.front()->nblocks) q.pop_front();
-          if (!q.empty()) {
-            j = q.front();
-            b = j->next.fetch_add(1);
-            if (b < j->nblocks) break;
-            continue;
-          }
-          cv.wait(l);
-        }
+        // A job leaves the queue when its last block is handed out (under mu), so the
+        // queue never holds a job whose owner may already have freed it.
+        while (q.empty()) cv.wait(l);
+        j = q.front();
+        b = j->next.fetch_add(1);
+        if (b + 1 >= j->nblocks) q.pop_front();
       }
       e->job = j;
       if (e->last_job != j->id) {
@@ -785,12 +781,17 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 
 namespace emu {
 
-struct Event {
+// An event's state is shared with the stream operations that record or wait for it,
+// so that destroying the event while they are queued is safe (as the runtime defers it).
+struct EventState {
   std::mutex mu;
   std::condition_variable cv;
   unsigned long long recorded = 0, completed = 0;
   std::chrono::steady_clock::time_point when;
   bool timing = true;
+};
+struct Event {
+  std::shared_ptr<EventState> st = std::make_shared<EventState>();
 };
 
 struct Stream {
@@ -838,7 +839,9 @@ struct Stream {
 };
 
 inline std::mutex streams_mu;
-inline std::set<Stream *> streams;  // live streams, for device-wide synchronisation
+// live streams, for device-wide synchronisation; shared so that a stream destroyed by
+// one thread while another synchronises the device stays alive until both are done
+inline std::map<Stream *, std::shared_ptr<Stream>> streams;
 
 // legacy is the default stream (0). Its work runs on a worker of its own, in order;
 // the library's streams are non-blocking, so it waits for none of them, nor they for it.
@@ -848,12 +851,12 @@ inline Stream *legacy() {
 }
 
 inline void drain_all() {
-  std::vector<Stream *> all;
+  std::vector<std::shared_ptr<Stream>> all;
   {
     std::lock_guard<std::mutex> l(streams_mu);
-    all.assign(streams.begin(), streams.end());
+    for (auto &kv : streams) all.push_back(kv.second);
   }
-  for (Stream *s : all) s->drain();
+  for (auto &s : all) s->drain();
   legacy()->drain();
 }
 inline bool live_stream(Stream *s) {
@@ -1213,19 +1216,24 @@ inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t st) {
 inline cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
 
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
-  *s = new emu::Stream();
+  auto sp = std::make_shared<emu::Stream>();
+  *s = sp.get();
   std::lock_guard<std::mutex> l(emu::streams_mu);
-  emu::streams.insert(*s);
+  emu::streams[sp.get()] = sp;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
   if (!s) return emu::ret(cudaErrorInvalidResourceHandle);
+  std::shared_ptr<emu::Stream> sp;
   {
     std::lock_guard<std::mutex> l(emu::streams_mu);
-    if (!emu::streams.erase(s)) return emu::ret(cudaErrorInvalidResourceHandle);
+    auto it = emu::streams.find(s);
+    if (it == emu::streams.end()) return emu::ret(cudaErrorInvalidResourceHandle);
+    sp = std::move(it->second);
+    emu::streams.erase(it);
   }
-  delete s;  // runs what is queued, then stops the worker
+  sp.reset();  // the last holder runs what is queued, then stops the worker
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
@@ -1239,63 +1247,66 @@ inline cudaError_t cudaDeviceSynchronize() {
 
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
   *e = new emu::Event();
-  (*e)->timing = !(flags & cudaEventDisableTiming);
+  (*e)->st->timing = !(flags & cudaEventDisableTiming);
   return cudaSuccess;
 }
 inline cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
   if (!e) return emu::ret(cudaErrorInvalidResourceHandle);
-  {  // destruction is deferred by the runtime until the event completes
-    std::unique_lock<std::mutex> l(e->mu);
-    e->cv.wait(l, [e] { return e->completed >= e->recorded; });
-  }
-  delete e;
+  delete e;  // queued operations hold the state until they have run
   return cudaSuccess;
 }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (s && !emu::live_stream(s)) return emu::ret(cudaErrorInvalidResourceHandle);
+  std::shared_ptr<emu::EventState> st = e->st;
   unsigned long long gen;
   {
-    std::lock_guard<std::mutex> l(e->mu);
-    gen = ++e->recorded;
+    std::lock_guard<std::mutex> l(st->mu);
+    gen = ++st->recorded;
   }
-  emu::submit(s, [e, gen] {
-    std::lock_guard<std::mutex> l(e->mu);
-    if (gen > e->completed) e->completed = gen;
-    e->when = std::chrono::steady_clock::now();
-    e->cv.notify_all();
+  emu::submit(s, [st, gen] {
+    std::lock_guard<std::mutex> l(st->mu);
+    if (gen > st->completed) st->completed = gen;
+    st->when = std::chrono::steady_clock::now();
+    st->cv.notify_all();
   });
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  std::shared_ptr<emu::EventState> st = e->st;
   unsigned long long gen;
   {
-    std::lock_guard<std::mutex> l(e->mu);
-    gen = e->recorded;
+    std::lock_guard<std::mutex> l(st->mu);
+    gen = st->recorded;
   }
   if (gen == 0) return cudaSuccess;  // never recorded: nothing to wait for
-  emu::submit(s, [e, gen] {
-    std::unique_lock<std::mutex> l(e->mu);
-    e->cv.wait(l, [e, gen] { return e->completed >= gen; });
+  emu::submit(s, [st, gen] {
+    std::unique_lock<std::mutex> l(st->mu);
+    st->cv.wait(l, [&st, gen] { return st->completed >= gen; });
   });
   return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-  std::unique_lock<std::mutex> l(e->mu);
-  const unsigned long long gen = e->recorded;
-  e->cv.wait(l, [e, gen] { return e->completed >= gen; });
+  emu::EventState *st = e->st.get();
+  std::unique_lock<std::mutex> l(st->mu);
+  const unsigned long long gen = st->recorded;
+  st->cv.wait(l, [st, gen] { return st->completed >= gen; });
   l.unlock();
   return emu::get_sticky();
 }
 inline cudaError_t cudaEventQuery(cudaEvent_t e) {
-  std::lock_guard<std::mutex> l(e->mu);
-  return e->completed >= e->recorded ? cudaSuccess : cudaErrorNotReady;
+  std::lock_guard<std::mutex> l(e->st->mu);
+  return e->st->completed >= e->st->recorded ? cudaSuccess : cudaErrorNotReady;
 }
 inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
-  if (!a->timing || !b->timing) return emu::ret(cudaErrorInvalidResourceHandle);
+  if (!a->st->timing || !b->st->timing) return emu::ret(cudaErrorInvalidResourceHandle);
   if (cudaEventQuery(a) != cudaSuccess || cudaEventQuery(b) != cudaSuccess) return cudaErrorNotReady;
-  std::scoped_lock l(a->mu, b->mu);
-  *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
+  if (a->st == b->st) {
+    *ms = 0;
+    return cudaSuccess;
+  }
+  std::scoped_lock l(a->st->mu, b->st->mu);
+  *ms = std::chrono::duration<float, std::milli>(b->st->when - a->st->when).count();
   return cudaSuccess;
 }
 
