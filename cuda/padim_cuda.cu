@@ -677,7 +677,7 @@ __global__ void __launch_bounds__(QTHREADS)
 }
 
 // k_probe: fills and sums its dynamic shared memory (padim_probe_launch).
-__global__ void k_probe(int words, gptr<int> out) {
+__device__ void probe_body(int words, gptr<int> out) {
   DYNAMIC_SHARED(int, s);
   for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = i;
   __syncthreads();
@@ -687,6 +687,10 @@ __global__ void k_probe(int words, gptr<int> out) {
     out[0] = (int)(t == (long long)words * (words - 1) / 2);
   }
 }
+__global__ void k_probe(int words, gptr<int> out) { probe_body(words, out); }
+// k_probe_bare is only ever launched bare, so it never has the opt-in (the attribute
+// is per kernel, for the life of the process).
+__global__ void k_probe_bare(int words, gptr<int> out) { probe_body(words, out); }
 
 // ---------------------------------------------------------------- context
 
@@ -1654,7 +1658,7 @@ int padim_probe_launch(padim_ctx *c, int threads, size_t smem, int checked, char
       if (checked) {
         RUN(c, k_probe, 1, threads, smem, st, words, d);
       } else {
-        LAUNCH(k_probe, 1, threads, smem, st, words, d);
+        LAUNCH(k_probe_bare, 1, threads, smem, st, words, d);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return fail(err, errlen, cuda_code(e), "kernel k_probe: %s", cudaGetErrorString(e));
       }
