@@ -12,9 +12,9 @@
 //                  template: float64 where the card runs it at ≥ 1/4 of the float32 rate,
 //                  else "double-float" (float hi + float lo, error-free transformations
 //                  on FMA), so consumer cards run no float64 in the O(D³) loops.
-//   scoring        k_score: block (patch, 64 images); L⁻¹ row tiles (64 rows × 32) and the
-//                  centred images in shared memory, 4×4 register tiles; every patch's L⁻¹
-//                  is read once per 64 images.
+//   scoring        k_score: block (patch, 64 images; 16 for calls of ≤ 16); L⁻¹ row tiles
+//                  (64 rows × 32) and the centred images in shared memory, 4×4 register
+//                  tiles; every patch's L⁻¹ is read once per 64 images.
 // Every kernel's shared memory is dynamic and independent of D, so no size of D needs
 // more than 48 KiB per block; launches still go through launch_prep, which opts in to
 // larger shared memory where a kernel asks for it and refuses, before launch, what the
@@ -106,7 +106,6 @@ constexpr int FTHREADS = 64;    // factorisation threads per block (4×4 outputs
 constexpr int ST = 64;          // accumulation output tile side
 constexpr int SK = 32;          // images per accumulation shared-memory chunk
 constexpr int STHREADS = 256;   // accumulation threads per block (4×4 outputs each)
-constexpr int QI = 64;          // scoring: L⁻¹ rows per tile
 constexpr int QJ = 32;          // scoring: columns per chunk
 constexpr int QB = 64;          // scoring: images per block (L⁻¹ read once per QB images)
 constexpr int QTHREADS = 256;   // scoring threads per block (4 rows × 4 images each)
@@ -603,53 +602,73 @@ __global__ void __launch_bounds__(FTHREADS)
 
 // ---------------------------------------------------------------- scoring
 
-constexpr int QLD = QJ + 1;   // sL row stride
-constexpr int QYLD = QB + 1;  // sY row stride
-constexpr size_t score_smem() { return ((size_t)QI * QLD + (size_t)QJ * QYLD) * sizeof(float); }
+constexpr int QLD = QJ + 1;  // sL row stride
+// Shared memory of k_score<G> (G images per block): L⁻¹ rows × 32 columns, and the
+// images' 32 columns; each thread holds 4 rows × 4 images.
+template <int G>
+constexpr int score_rows() {
+  return QTHREADS / (G / 4) * 4;
+}
+template <int G>
+constexpr size_t score_smem() {
+  return ((size_t)score_rows<G>() * QLD + (size_t)QJ * (G + 1)) * sizeof(float);
+}
 
-// k_score: block (patch of the block, group of 64 images), groups fastest. For each tile of 64 rows of
-// L⁻¹: z = L⁻¹_rows · (x − μ) over column chunks of 32, in 4×4 register tiles (4 rows ×
-// 4 images per thread); then Σ z² per image. L⁻¹ is read once per block, the images
-// once per row tile (from L2).
+// k_score<G>: block (patch of the block, group of G images), groups fastest. For each
+// tile of rows of L⁻¹: z = L⁻¹_rows · (x − μ) over column chunks of 32, in 4×4 register
+// tiles (4 rows × 4 images per thread); then Σ z² per image. L⁻¹ is read once per
+// block; the images once per row tile (from L2). G = 64 for batches, 16 for small calls.
+template <int G>
 __global__ void __launch_bounds__(QTHREADS)
     k_score(gptr<const float> x, long long xstride, int nb, int D, gptr<const float> mean, gptr<const float> linv,
             int P, int p0, gptr<float> dist) {
+  constexpr int IL = G / 4;         // image lanes
+  constexpr int RL = QTHREADS / IL;  // row lanes
+  constexpr int QIT = RL * 4;        // rows per tile
+  static_assert(RL == 16 || RL == 64, "the row classes (i mod 64) assume 16 or 64 row lanes");
   DYNAMIC_SHARED(float, sm);
-  float *sL = sm;             // [QI][QLD]
-  float *sY = sm + QI * QLD;  // [QJ][QYLD]: column-major images
+  float *sL = sm;              // [QIT][QLD]
+  float *sY = sm + QIT * QLD;  // [QJ][G + 1]: column-major images
   // the image groups of a patch are adjacent blocks: they run together and share its L⁻¹ in L2
-  const int groups = (nb + QB - 1) / QB;
+  const int groups = (nb + G - 1) / G;
   const int p = (int)(blockIdx.x / groups);
-  const int g0 = (int)(blockIdx.x % groups) * QB;
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int g0 = (int)(blockIdx.x % groups) * G;
+  const int tid = threadIdx.x, tx = tid % IL, ty = tid / IL;
   const long long L = packed_len(D);
   gptr<const float> lp = linv + (long long)p * L;
   gptr<const float> mu = mean + (long long)p * D;
   gptr<const float> xp = x + (long long)g0 * xstride + (long long)p * D;
-  float sq[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int i0 = 0; i0 < D; i0 += QI) {
+  // Σ z² accumulates per row class (i mod 64), rows in increasing order, and the 64
+  // classes are summed in a fixed order: every G, and any split of a call into
+  // launches, gives the same bits.
+  float sq[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) sq[a][b] = 0.f;
+  for (int i0 = 0; i0 < D; i0 += QIT) {
     float acc[4][4];
 #pragma unroll
     for (int a = 0; a < 4; a++)
 #pragma unroll
       for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
-    const int jend = min(i0 + QI, D);
+    const int jend = min(i0 + QIT, D);
     for (int j0 = 0; j0 < jend; j0 += QJ) {
-      for (int e = tid; e < QI * QJ; e += QTHREADS) {
+      for (int e = tid; e < QIT * QJ; e += QTHREADS) {
         const int r = e / QJ, c = e % QJ, i = i0 + r, j = j0 + c;
         sL[r * QLD + c] = (i < D && j <= i) ? (float)lp[(long long)i * (i + 1) / 2 + j] : 0.f;
       }
-      for (int e = tid; e < QB * QJ; e += QTHREADS) {
+      for (int e = tid; e < G * QJ; e += QTHREADS) {
         const int b = e / QJ, c = e % QJ, j = j0 + c;
-        sY[c * QYLD + b] = (g0 + b < nb && j < D) ? (float)xp[b * xstride + j] - (float)mu[j] : 0.f;
+        sY[c * (G + 1) + b] = (g0 + b < nb && j < D) ? (float)xp[b * xstride + j] - (float)mu[j] : 0.f;
       }
       __syncthreads();
       for (int k = 0; k < QJ; k++) {
         float lv[4], yv[4];
 #pragma unroll
-        for (int a = 0; a < 4; a++) lv[a] = sL[(ty + 16 * a) * QLD + k];
+        for (int a = 0; a < 4; a++) lv[a] = sL[(ty + RL * a) * QLD + k];
 #pragma unroll
-        for (int b = 0; b < 4; b++) yv[b] = sY[k * QYLD + tx + 16 * b];
+        for (int b = 0; b < 4; b++) yv[b] = sY[k * (G + 1) + tx + IL * b];
 #pragma unroll
         for (int a = 0; a < 4; a++)
 #pragma unroll
@@ -661,36 +680,50 @@ __global__ void __launch_bounds__(QTHREADS)
 #pragma unroll
     for (int a = 0; a < 4; a++)
 #pragma unroll
-      for (int b = 0; b < 4; b++) sq[b] = fmaf(acc[a][b], acc[a][b], sq[b]);
+      for (int b = 0; b < 4; b++) {
+        // rows ty + RL·a: with RL ≥ 64 all four are in class ty, in row order
+        float &q = RL >= 64 ? sq[0][b] : sq[a][b];
+        q = fmaf(acc[a][b], acc[a][b], q);
+      }
     FLOPS(32);
   }
-  // Σ over the 16 row groups of each image: through shared memory (sL reused).
-  float *red = sL;  // [16][QB]
-#pragma unroll
-  for (int b = 0; b < 4; b++) red[ty * QB + tx + 16 * b] = sq[b];
+  // Σ over the 64 row classes of each image, through shared memory.
+  float *red = sm;  // [64][G]
+  static_assert(64 * G <= QIT * QLD + QJ * (G + 1), "reduction fits the shared memory");
   __syncthreads();
-  if (tid < QB && g0 + tid < nb) {
+  if (RL >= 64) {
+    if (ty < 64)
+#pragma unroll
+      for (int b = 0; b < 4; b++) red[ty * G + tx + IL * b] = sq[0][b];
+  } else {
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) red[(ty + RL * a) * G + tx + IL * b] = sq[a][b];
+  }
+  __syncthreads();
+  if (tid < G && g0 + tid < nb) {
     double s = 0;
-    for (int r = 0; r < 16; r++) s += red[r * QB + tid];
+    for (int r = 0; r < 64; r++) s += red[r * G + tid];
     dist[(long long)(g0 + tid) * P + p0 + p] = (float)sqrt(s);
   }
 }
 
-// k_probe: fills and sums its dynamic shared memory (padim_probe_launch).
-__device__ void probe_body(int words, gptr<int> out) {
-  DYNAMIC_SHARED(int, s);
-  for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = i;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    long long t = 0;
-    for (int i = 0; i < words; i++) t += s[i];
-    out[0] = (int)(t == (long long)words * (words - 1) / 2);
+// k_probe: fills and sums its dynamic shared memory (padim_probe_launch). k_probe_bare
+// is only ever launched bare, so it never has the opt-in (the attribute is per kernel,
+// for the life of the process). The body is a macro: with it in a __device__ function
+// (inlined or not), ptxas 11.8 crashes on sm_90 after compiling every kernel.
+#define PROBE_BODY                                                    \
+  DYNAMIC_SHARED(int, s);                                             \
+  for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = i;     \
+  __syncthreads();                                                    \
+  if (threadIdx.x == 0) {                                             \
+    long long t = 0;                                                  \
+    for (int i = 0; i < words; i++) t += s[i];                        \
+    out[0] = (int)(t == (long long)words * (words - 1) / 2);         \
   }
-}
-__global__ void k_probe(int words, gptr<int> out) { probe_body(words, out); }
-// k_probe_bare is only ever launched bare, so it never has the opt-in (the attribute
-// is per kernel, for the life of the process).
-__global__ void k_probe_bare(int words, gptr<int> out) { probe_body(words, out); }
+__global__ void k_probe(int words, gptr<int> out) { PROBE_BODY }
+__global__ void k_probe_bare(int words, gptr<int> out) { PROBE_BODY }
 
 // ---------------------------------------------------------------- context
 
@@ -1635,8 +1668,12 @@ int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char
         CK(cudaMemcpyAsync(s->lblk, m->h_linv + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
         lv = s->lblk;
       }
-      RUN(c, k_score, (unsigned)((long long)np * ntiles(nb, QB)), QTHREADS, score_smem(), s->st, s->x + (size_t)p0 * D, (long long)img,
-          nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
+      if (nb <= 16)
+        RUN(c, k_score<16>, (unsigned)((long long)np * ntiles(nb, 16)), QTHREADS, score_smem<16>(), s->st, s->x + (size_t)p0 * D,
+            (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
+      else
+        RUN(c, k_score<QB>, (unsigned)((long long)np * ntiles(nb, QB)), QTHREADS, score_smem<QB>(), s->st, s->x + (size_t)p0 * D,
+            (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
     }
     TRY(s->bb.download(dist + (size_t)off * P, s->dist, (size_t)nb * P * sizeof(float), s->st, err, errlen));
   }

@@ -137,7 +137,7 @@ func TestCountersAndFP64(t *testing.T) {
 	for i0 := 0; i0 < d; i0 += 64 {
 		score += int64((min(i0+64, d)+31)/32)*64*64*32*2 + 64*64*2
 	}
-	if f := got["k_score"].Flops; f != int64(p)*score {
+	if f := got["k_score<QB>"].Flops; f != int64(p)*score {
 		t.Errorf("k_score: %d flops, want %d", f, int64(p)*score)
 	}
 	// The O(D³) work is ~2D³/3 flops per patch in both precisions; float64 operations
