@@ -48,19 +48,38 @@ cuda-check: cuda
 	$(GO) vet -tags cuda ./...
 	$(GO) test -c -tags cuda -o $(CUDA_BUILD)/gpu.test ./gpu
 
-# Everything a GPU machine without Go needs for scripts/device-check.sh.
-device-bundle: cuda
-	mkdir -p build/device
-	$(GO) test -c -tags cuda -o build/device/gpu.test ./gpu
-	cp .cache/onnxruntime/libonnxruntime.so.1 build/device/
+# Everything a GPU machine with only the NVIDIA driver needs for scripts/device-check.sh,
+# in one compressed file to carry there (at most 64 MiB): the cuda-tagged test binary and
+# padim (static cudart; pure-Go CPU kernels, so no OpenBLAS needed there), ONNX Runtime,
+# the model files the tests read, the PyTorch comparator, a manifest of checksums.
+DEVICE := build/device
+SHARED ?= ../shared
+device-bundle: onnxruntime
+	cmake -S . -B $(CUDA_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CUDA_BUILD) -j
+	rm -rf $(DEVICE) build/device-bundle.tar.xz
+	mkdir -p $(DEVICE)/models $(DEVICE)/bench
+	$(GO) test -c -tags cuda -o $(DEVICE)/gpu.test ./gpu
+	$(GO) build -tags cuda -o $(DEVICE)/padim ./cmd/padim
+	cp .cache/onnxruntime/libonnxruntime.so.1 $(DEVICE)/
+	cp $(SHARED)/models/mobilenet_v2_imagenet.onnx models/export.py $(DEVICE)/models/
+	cp bench/torch_padim.py $(DEVICE)/bench/
+	{ git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/modified: /'; } > $(DEVICE)/COMMIT
+	cd $(DEVICE) && find . -type f ! -name MANIFEST.sha256 | sort | xargs sha256sum > MANIFEST.sha256
+	tar -C build -cf - device | xz -T0 -6 > build/device-bundle.tar.xz
+	@size=$$(stat -c %s build/device-bundle.tar.xz); echo "build/device-bundle.tar.xz: $$size bytes"; \
+	  test $$size -le 67108864 || { echo "device bundle over 64 MiB" >&2; exit 1; }
 
 # The same kernel source on the host emulator (cuda/emu): the CUDA backend's tests
-# without a GPU, run by make test.
+# without a GPU, run by make test; and the emulator's own self-test (run by go test).
+# -march=native: the library is built where its tests run (6x faster emulation).
 EMU_BUILD := build/emu
+EMU_CXXFLAGS ?= -std=c++20 -O3 -march=native -pthread -Wall -Wno-unknown-pragmas
 cuda-emu:
 	mkdir -p $(EMU_BUILD)
-	$${CXX:-g++} -std=c++20 -O2 -pthread -x c++ -include cuda/emu/cuda_emu.h -Icuda -c cuda/padim_cuda.cu -o $(EMU_BUILD)/padim_cuda.o
+	$${CXX:-g++} $(EMU_CXXFLAGS) -x c++ -include cuda/emu/cuda_emu.h -Icuda -c cuda/padim_cuda.cu -o $(EMU_BUILD)/padim_cuda.o
 	ar rcs $(EMU_BUILD)/libpadim_cuda_emu.a $(EMU_BUILD)/padim_cuda.o
+	$${CXX:-g++} $(EMU_CXXFLAGS) -x c++ -include cuda/emu/cuda_emu.h cuda/emu/selftest.cu -o $(EMU_BUILD)/emu_selftest
 
 bench: build
 	$(BIN) bench

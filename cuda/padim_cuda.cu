@@ -1,24 +1,60 @@
-// padim_cuda.cu — CUDA kernels for PaDiM's Gaussian stages behind padim_cuda.h:
-// streaming per-patch covariance (Chan's merge, tiled lower triangle), batched
-// Cholesky and triangular inversion in float64, and batched Mahalanobis distances
-// that read each patch's L^-1 once per block of images.
+// padim_cuda.cu — CUDA kernels for PaDiM's Gaussian stages behind padim_cuda.h.
+//
+//   accumulation   images are staged on the device (128 per pass by default); per pass
+//                  k_stage_mean takes the batch means (compensated float32 sums) and
+//                  folds them into the float64 running mean, and k_syrk_fold forms the
+//                  centred batch product YᵀY in float32 register tiles (64×64 per block)
+//                  and folds it, with Chan's δδᵀ term, into the float64 M2: float64
+//                  appears only in that once-per-pass fold.
+//   factorisation  k_factor: one block per patch, tiled (32×32) left-looking Cholesky then
+//                  an in-place bottom-up triangular inverse, tiles in shared memory, the
+//                  factor in a per-patch tile workspace in global memory. Arithmetic is a
+//                  template: float64 where the card runs it at ≥ 1/4 of the float32 rate,
+//                  else "double-float" (float hi + float lo, error-free transformations
+//                  on FMA), so consumer cards run no float64 in the O(D³) loops.
+//   scoring        k_score: block (patch, 64 images; 16 for calls of ≤ 16); L⁻¹ row tiles
+//                  (64 rows × 32) and the centred images in shared memory, 4×4 register
+//                  tiles; every patch's L⁻¹ is read once per 64 images.
+// Every kernel's shared memory is dynamic and independent of D, so no size of D needs
+// more than 48 KiB per block; launches still go through launch_prep, which opts in to
+// larger shared memory where a kernel asks for it and refuses, before launch, what the
+// device cannot run.
 #include "padim_cuda.h"
 
 #ifndef PADIM_CUDA_EMU
 #include <cuda_runtime.h>
-// LAUNCH and DYNAMIC_SHARED let cuda/emu run this same source on the host.
+// LAUNCH, DYNAMIC_SHARED, gptr and the counters let cuda/emu run this same source on
+// the host; on the GPU they are the plain constructs.
 #define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
-#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+extern __shared__ __align__(16) unsigned char padim_dynamic_smem[];
+#define DYNAMIC_SHARED(T, name) T *name = reinterpret_cast<T *>(padim_dynamic_smem)
+template <class T>
+using gptr = T *;
+template <class U, class T>
+__host__ __device__ inline U *gptr_cast(T *p) {
+  return reinterpret_cast<U *>(p);
+}
+#define FLOPS(n) ((void)0)
+#define FP64OPS(n) ((void)0)
 #endif
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
 
 namespace {
 
-int g_debug_sync = 0;
+std::atomic<int> g_debug_sync{0};
+std::atomic<int> g_profile{0};
+std::atomic<int> g_live{0};
 
 int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   if (err && errlen) {
@@ -44,7 +80,7 @@ int cuda_code(cudaError_t e) {
 
 }  // namespace
 
-// CK returns from the calling API function on a CUDA error, with the call named.
+// CK returns from the calling function on a CUDA error, with the call named.
 #define CK(call)                                                                                   \
   do {                                                                                             \
     cudaError_t e_ = (call);                                                                       \
@@ -54,292 +90,910 @@ int cuda_code(cudaError_t e) {
     }                                                                                              \
   } while (0)
 
-// LAUNCHED checks a kernel launch (and, in debug mode, its execution).
-#define LAUNCHED(name)                                                                             \
-  do {                                                                                             \
-    cudaError_t e_ = cudaGetLastError();                                                           \
-    if (e_ == cudaSuccess && g_debug_sync) e_ = cudaDeviceSynchronize();                           \
-    if (e_ != cudaSuccess) return fail(err, errlen, cuda_code(e_), "kernel %s: %s", name, cudaGetErrorString(e_)); \
+// TRY returns from the calling function when a library call failed.
+#define TRY(call)                  \
+  do {                             \
+    int rc_ = (call);              \
+    if (rc_ != PADIM_OK) return rc_; \
   } while (0)
 
 // ---------------------------------------------------------------- helpers
 
 __host__ __device__ inline long long packed_len(int d) { return (long long)d * (d + 1) / 2; }
 
-// unpack maps a packed lower-triangular index to (i, j<=i).
-__device__ inline void unpack(long long e, int &i, int &j) {
-  int r = (int)((sqrt(8.0 * (double)e + 1.0) - 1.0) * 0.5);
-  while ((long long)(r + 1) * (r + 2) / 2 <= e) r++;
-  while ((long long)r * (r + 1) / 2 > e) r--;
-  i = r;
-  j = (int)(e - (long long)r * (r + 1) / 2);
-}
+constexpr int FT = 32;          // factorisation tile side
+constexpr int FTHREADS = 64;    // factorisation threads per block (4×4 outputs each)
+constexpr int ST = 64;          // accumulation output tile side
+constexpr int SK = 32;          // images per accumulation shared-memory chunk
+constexpr int STHREADS = 256;   // accumulation threads per block (4×4 outputs each)
+constexpr int QJ = 32;          // scoring: columns per chunk
+constexpr int QB = 64;          // scoring: images per block (L⁻¹ read once per QB images)
+constexpr int QTHREADS = 256;   // scoring threads per block (4 rows × 4 images each)
+constexpr int MTHREADS = 256;   // mean threads per block
+
+__host__ __device__ inline int ntiles(int d, int t) { return (d + t - 1) / t; }
+__host__ __device__ inline long long tri(long long n) { return n * (n + 1) / 2; }
 
 // ---------------------------------------------------------------- accumulation
 
-// k_batch_mean: per (patch, channel) the batch mean, δ = batch mean − running
-// mean, and the running mean's Chan update.
-__global__ void k_batch_mean(const float *__restrict__ x, int n, long long PD, double na, double *mean,
-                             double *delta, double *bmean) {
-  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < PD;
-       idx += (long long)gridDim.x * blockDim.x) {
-    double s = 0;
-    for (int b = 0; b < n; b++) s += x[b * PD + idx];
-    double mb = s / n;
-    double d = mb - mean[idx];
-    bmean[idx] = mb;
-    delta[idx] = d;
-    mean[idx] += d * n / (na + n);
+// k_stage_mean: per (patch, channel) of a patch block, the batch mean of nb staged
+// images (compensated float32 sum), δ = batch mean − running mean, and the running
+// mean's Chan update (the float64 fold: a few float64 operations per element per pass).
+__global__ void __launch_bounds__(MTHREADS)
+    k_stage_mean(gptr<const float> x, long long xstride, int nb, int pcount, int D, double na, gptr<double> mean,
+                 gptr<float> bmean, gptr<double> delta) {
+  const bool first = na == 0;  // nothing to read yet: the statistics are written, not updated
+  const long long n = (long long)pcount * D;
+  for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+    float s = 0.f, c = 0.f;  // Kahan
+    for (int b = 0; b < nb; b++) {
+      const float y = (float)x[b * xstride + e] - c;
+      const float t = s + y;
+      c = (t - s) - y;
+      s = t;
+    }
+    FLOPS(4 * nb);
+    const double mb = ((double)s - (double)c) / nb;
+    const double m = first ? 0.0 : (double)mean[e];
+    const double d = mb - m;
+    mean[e] = m + d * nb / (na + nb);
+    delta[e] = d;
+    bmean[e] = (float)mb;
+    FP64OPS(7);
   }
 }
 
-constexpr int TILE = 32;   // output tile side
-constexpr int KB = 32;     // images per shared-memory chunk
-constexpr int TROWS = 8;   // thread rows: each thread owns TILE/TROWS outputs
-
-// k_m2_update adds, for one patch (blockIdx.x) and one 32×32 tile of the lower
-// triangle (blockIdx.y enumerates tile pairs ti ≥ tj), the centred batch product
-// Σ_b (x_b − m_b)(x_b − m_b)ᵀ (float32 products, exact enough for ≤ KB·chunks
-// centred terms) plus f·δδᵀ into the float64 statistics.
-__global__ void __launch_bounds__(TILE *TROWS) k_m2_update(const float *__restrict__ x, int n, int P, int D,
-                                                           const double *__restrict__ bmean,
-                                                           const double *__restrict__ delta, double f, double *m2) {
-  const int p = blockIdx.x;
-  const int t = blockIdx.y;
-  int ti = (int)((sqrt(8.0 * t + 1.0) - 1.0) * 0.5);
-  while ((ti + 1) * (ti + 2) / 2 <= t) ti++;
-  while (ti * (ti + 1) / 2 > t) ti--;
-  const int tj = t - ti * (ti + 1) / 2;
-  const int i0 = ti * TILE, j0 = tj * TILE;
-  const long long PD = (long long)P * D;
-  const double *bm = bmean + (long long)p * D;
-
-  __shared__ float A[KB][TILE + 1];
-  __shared__ float B[KB][TILE + 1];
-  float acc[TILE / TROWS] = {0};
-  const int tid = threadIdx.y * TILE + threadIdx.x;
-  for (int b0 = 0; b0 < n; b0 += KB) {
-    for (int e = tid; e < KB * TILE; e += TILE * TROWS) {
-      const int bb = e / TILE, c = e % TILE, b = b0 + bb;
+// k_syrk_fold: block (tile pair of the lower triangle, patch of the block). The centred
+// images of two 64-channel column ranges pass through shared memory 32 images at a
+// time; each thread accumulates a 4×4 float32 tile of YᵀY in registers, then folds it
+// into the float64 M2 with f·δ_iδ_j (Chan). Tile pairs vary fastest, so the blocks of
+// one patch run together and share its images in L2.
+__global__ void __launch_bounds__(STHREADS)
+    k_syrk_fold(gptr<const float> x, long long xstride, int nb, int D, int pairs, gptr<const float> bmean,
+                gptr<const double> delta, double f, int first, gptr<double> m2) {
+  DYNAMIC_SHARED(float, sm);
+  float *sA = sm;                   // [SK][ST + 4]
+  float *sB = sm + SK * (ST + 4);   // [SK][ST + 4]
+  const long long blk = blockIdx.x;
+  const int p = (int)(blk / pairs);
+  const int t = (int)(blk % pairs);
+  int ti = (int)((sqrtf(8.f * t + 1.f) - 1.f) * 0.5f);
+  while (tri(ti + 1) <= t) ti++;
+  while (tri(ti) > t) ti--;
+  const int tj = t - (int)tri(ti);
+  const int i0 = ti * ST, j0 = tj * ST;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  gptr<const float> xp = x + (long long)p * D;
+  gptr<const float> bm = bmean + (long long)p * D;
+  float acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+  for (int b0 = 0; b0 < nb; b0 += SK) {
+    for (int e = tid; e < SK * ST; e += STHREADS) {
+      const int bb = e / ST, c = e % ST, b = b0 + bb;
       float va = 0.f, vb = 0.f;
-      if (b < n) {
-        const float *row = x + b * PD + (long long)p * D;
+      if (b < nb) {
         const int ci = i0 + c, cj = j0 + c;
-        if (ci < D) va = (float)((double)row[ci] - bm[ci]);
-        if (cj < D) vb = (float)((double)row[cj] - bm[cj]);
+        if (ci < D) va = (float)xp[b * xstride + ci] - (float)bm[ci];
+        if (cj < D) vb = (float)xp[b * xstride + cj] - (float)bm[cj];
       }
-      A[bb][c] = va;
-      B[bb][c] = vb;
+      sA[bb * (ST + 4) + c] = va;
+      sB[bb * (ST + 4) + c] = vb;
     }
     __syncthreads();
-    const int kmax = min(KB, n - b0);
+    const int kmax = min(SK, nb - b0);
     for (int k = 0; k < kmax; k++) {
-      const float bv = B[k][threadIdx.x];
+      float av[4], bv[4];
 #pragma unroll
-      for (int r = 0; r < TILE / TROWS; r++) acc[r] += A[k][threadIdx.y + TROWS * r] * bv;
+      for (int a = 0; a < 4; a++) av[a] = sA[k * (ST + 4) + ty + 16 * a];
+#pragma unroll
+      for (int b = 0; b < 4; b++) bv[b] = sB[k * (ST + 4) + tx + 16 * b];
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
     }
+    FLOPS(32 * kmax);
     __syncthreads();
   }
-  const int j = j0 + threadIdx.x;
-  const double *dp = delta + (long long)p * D;
-  double *m = m2 + (long long)p * packed_len(D);
+  gptr<const double> dp = delta + (long long)p * D;
+  gptr<double> m = m2 + (long long)p * packed_len(D);
 #pragma unroll
-  for (int r = 0; r < TILE / TROWS; r++) {
-    const int i = i0 + threadIdx.y + TROWS * r;
-    if (i < D && j <= i) m[(long long)i * (i + 1) / 2 + j] += (double)acc[r] + f * dp[i] * dp[j];
+  for (int a = 0; a < 4; a++) {
+    const int i = i0 + ty + 16 * a;
+    if (i >= D) continue;
+    const double di = (double)dp[i] * f;
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      const int j = j0 + tx + 16 * b;
+      if (j <= i) {
+        const double v = (double)acc[a][b] + di * (double)dp[j];
+        if (first)
+          m[(long long)i * (i + 1) / 2 + j] = v;  // the first pass writes M2 without reading it
+        else
+          m[(long long)i * (i + 1) / 2 + j] += v;
+        FP64OPS(3);
+      }
+    }
   }
 }
+
+// ---------------------------------------------------------------- factorisation arithmetic
+
+// F64: native float64.
+struct F64 {
+  typedef double V;
+  struct Acc {
+    double s;
+  };
+  static __device__ __forceinline__ V from_double(double x) { return x; }
+  static __device__ __forceinline__ float to_float(V v) { return (float)v; }
+  static __device__ __forceinline__ double approx(V v) { return v; }
+  static __device__ __forceinline__ V zero() { return 0.0; }
+  static __device__ __forceinline__ Acc acc(V c) { return Acc{c}; }
+  // sub: a −= x·y; add: a += x·y
+  static __device__ __forceinline__ void sub(Acc &a, V x, V y) {
+    a.s = fma(-x, y, a.s);
+    FP64OPS(2);
+  }
+  static __device__ __forceinline__ void add(Acc &a, V x, V y) {
+    a.s = fma(x, y, a.s);
+    FP64OPS(2);
+  }
+  static __device__ __forceinline__ V get(const Acc &a) { return a.s; }
+  static __device__ __forceinline__ V mul(V a, V b) {
+    FP64OPS(1);
+    return a * b;
+  }
+  static __device__ __forceinline__ V div(V a, V b) {
+    FP64OPS(1);
+    return a / b;
+  }
+  static __device__ __forceinline__ V sqrt_(V a) {
+    FP64OPS(1);
+    return sqrt(a);
+  }
+  static __device__ __forceinline__ V neg(V a) { return -a; }
+  static __device__ __forceinline__ bool finite(V a) { return isfinite(a); }
+};
+
+// DF32: a value is hi + lo, two floats (about 44 significant bits), with error-free
+// sums and FMA products. Dot products accumulate as an unevaluated pair (s, c):
+// Ogita–Rump–Oishi Dot2, about 12 float32 operations per multiply-add.
+struct DF32 {
+  typedef float2 V;
+  struct Acc {
+    float s, c;
+  };
+  static __device__ __forceinline__ V two_sum(float a, float b) {
+    const float s = a + b;
+    const float bb = s - a;
+    return make_float2(s, (a - (s - bb)) + (b - bb));
+  }
+  static __device__ __forceinline__ V fast_two_sum(float a, float b) {
+    const float s = a + b;
+    return make_float2(s, b - (s - a));
+  }
+  static __device__ __forceinline__ V from_double(double x) {
+    const float hi = (float)x;
+    FP64OPS(2);
+    return make_float2(hi, (float)(x - (double)hi));
+  }
+  static __device__ __forceinline__ float to_float(V v) { return v.x + v.y; }
+  static __device__ __forceinline__ double approx(V v) { return (double)v.x + (double)v.y; }
+  static __device__ __forceinline__ V zero() { return make_float2(0.f, 0.f); }
+  static __device__ __forceinline__ Acc acc(V c) { return Acc{c.x, c.y}; }
+  static __device__ __forceinline__ void sub(Acc &a, V x, V y) {
+    const float ph = x.x * y.x;
+    float pe = __fmaf_rn(x.x, y.x, -ph);
+    pe = __fmaf_rn(x.x, y.y, __fmaf_rn(x.y, y.x, pe));
+    const V s = two_sum(a.s, -ph);
+    a.s = s.x;
+    a.c += s.y - pe;
+  }
+  static __device__ __forceinline__ void add(Acc &a, V x, V y) {
+    const float ph = x.x * y.x;
+    float pe = __fmaf_rn(x.x, y.x, -ph);
+    pe = __fmaf_rn(x.x, y.y, __fmaf_rn(x.y, y.x, pe));
+    const V s = two_sum(a.s, ph);
+    a.s = s.x;
+    a.c += s.y + pe;
+  }
+  static __device__ __forceinline__ V get(const Acc &a) { return two_sum(a.s, a.c); }
+  static __device__ __forceinline__ V mul(V a, V b) {
+    const float ph = a.x * b.x;
+    float pe = __fmaf_rn(a.x, b.x, -ph);
+    pe = __fmaf_rn(a.x, b.y, __fmaf_rn(a.y, b.x, pe));
+    return fast_two_sum(ph, pe);
+  }
+  static __device__ __forceinline__ V div(V a, V b) {
+    const float q1 = a.x / b.x;
+    // r = a − q1·b, exactly enough: a.x − q1·b.x cancels (Sterbenz), the rest is small
+    const float ph = q1 * b.x;
+    const float pe = __fmaf_rn(q1, b.x, -ph);
+    const float r = ((a.x - ph) - pe) + (a.y - q1 * b.y);
+    return fast_two_sum(q1, r / b.x);
+  }
+  static __device__ __forceinline__ V sqrt_(V a) {
+    if (!(a.x > 0.f)) return make_float2(sqrtf(a.x), 0.f);
+    const float s = sqrtf(a.x);
+    const float p = s * s;
+    const float e = __fmaf_rn(s, s, -p);
+    const float r = ((a.x - p) - e) + a.y;
+    return fast_two_sum(s, r / (2.f * s));
+  }
+  static __device__ __forceinline__ V neg(V a) { return make_float2(-a.x, -a.y); }
+  static __device__ __forceinline__ bool finite(V a) { return isfinite(a.x) && isfinite(a.y); }
+};
 
 // ---------------------------------------------------------------- factorisation
 
-// k_expand fills the lower triangle of each patch's dense Σ = M2/(N−1) + εI.
-__global__ void k_expand(const double *__restrict__ m2, double *A, int D, double inv, double eps) {
-  const long long L = packed_len(D);
-  const double *src = m2 + blockIdx.x * L;
-  double *a = A + (long long)blockIdx.x * D * D;
-  for (long long e = threadIdx.x; e < L; e += blockDim.x) {
-    int i, j;
-    unpack(e, i, j);
-    double v = src[e] * inv;
-    if (i == j) v += eps;
-    a[(long long)i * D + j] = v;
+// Shared memory of k_factor: four 32×33 tiles (A, B, diagonal L, diagonal inverse X)
+// and a few flags. 33 columns: rows of a tile fall in different banks.
+constexpr int FLD = FT + 1;
+template <class T>
+constexpr size_t factor_smem() {
+  return 4 * (size_t)FT * FLD * sizeof(typename T::V) + 64;
+}
+
+// The workspace of a patch holds the nt(nt+1)/2 lower tiles, tile (I, J) at
+// I(I+1)/2+J, each 32×32 row-major. Columns and rows past D are the identity.
+template <class T>
+__device__ __forceinline__ gptr<typename T::V> tile_at(gptr<typename T::V> w, int I, int J) {
+  return w + (tri(I) + J) * (long long)(FT * FT);
+}
+
+// load_tile copies tile (I, J) of w into s (row-major, stride FLD); transposed if asked.
+template <class T>
+__device__ __forceinline__ void load_tile(gptr<typename T::V> w, int I, int J, typename T::V *s, bool transpose) {
+  gptr<typename T::V> t = tile_at<T>(w, I, J);
+  for (int e = threadIdx.x; e < FT * FT; e += FTHREADS) {
+    const int r = e / FT, c = e % FT;
+    const typename T::V v = t[e];
+    if (transpose)
+      s[c * FLD + r] = v;
+    else
+      s[r * FLD + c] = v;
   }
 }
 
-// k_cholesky factorises each patch's lower triangle in place (right-looking,
-// column k cached in shared memory). bad[patch] = 1 when a pivot is not positive.
-__global__ void k_cholesky(double *A, int D, int *bad) {
-  DYNAMIC_SHARED(double, colk);  // D values
-  __shared__ int failed;
-  __shared__ double piv;
-  double *a = A + (long long)blockIdx.x * D * D;
-  if (threadIdx.x == 0) failed = 0;
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-  for (int k = 0; k < D; k++) {
+// potrf factorises the symmetric 32×32 tile in s (lower part read) in place: L with
+// zeros above the diagonal. A pivot that is not positive sets *bad; max_diag/min_diag
+// collect the diagonal of L for the CPU backend's pivot-ratio test.
+template <class T>
+__device__ void potrf_tile(typename T::V *s, int base, int D, int *bad, double *diag_max, double *diag_min) {
+  typedef typename T::V V;
+  for (int k = 0; k < FT; k++) {
     if (threadIdx.x == 0) {
-      const double v = a[(long long)k * D + k];
-      if (!(v > 0) || !isfinite(v)) {
-        failed = 1;
-      } else {
-        piv = sqrt(v);
-        a[(long long)k * D + k] = piv;
+      V d = s[k * FLD + k];
+      if (!(T::approx(d) > 0.0) || !T::finite(d)) {
+        *bad = 1;
+        d = T::from_double(1.0);  // go on with a harmless pivot; the patch is rejected
+      }
+      const V piv = T::sqrt_(d);
+      s[k * FLD + k] = piv;
+      if (base + k < D) {  // the padding's unit pivots do not count
+        const double pa = T::approx(piv);
+        *diag_max = fmax(*diag_max, pa);
+        *diag_min = fmin(*diag_min, pa);
       }
     }
     __syncthreads();
-    if (failed) break;
-    for (int i = k + 1 + threadIdx.x; i < D; i += blockDim.x) {
-      const double v = a[(long long)i * D + k] / piv;
-      a[(long long)i * D + k] = v;
-      colk[i] = v;
+    const V piv = s[k * FLD + k];
+    for (int i = k + 1 + threadIdx.x; i < FT; i += FTHREADS) {
+      s[i * FLD + k] = T::div(s[i * FLD + k], piv);
+      FLOPS(1);
     }
     __syncthreads();
-    for (int i = k + 1 + warp; i < D; i += nw) {
-      const double lik = colk[i];
-      double *row = a + (long long)i * D;
-      for (int j = k + 1 + lane; j <= i; j += 32) row[j] -= lik * colk[j];
+    for (int e = threadIdx.x; e < FT * FT; e += FTHREADS) {
+      const int i = e / FT, j = e % FT;
+      if (j > k && j <= i) {
+        typename T::Acc a = T::acc(s[i * FLD + j]);
+        T::sub(a, s[i * FLD + k], s[j * FLD + k]);
+        s[i * FLD + j] = T::get(a);
+        FLOPS(2);
+      }
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) bad[blockIdx.x] = failed;
-}
-
-// k_trinv computes X = L⁻¹ row by row (row i of L cached in shared memory), after
-// the same pivot check as the CPU backend: every L_ii > 1e-7·max L_jj.
-__global__ void k_trinv(const double *A, double *X, int D, int *bad) {
-  DYNAMIC_SHARED(double, li);  // row i of L
-  __shared__ int failed;
-  if (bad[blockIdx.x]) return;  // uniform across the block
-  const double *l = A + (long long)blockIdx.x * D * D;
-  double *x = X + (long long)blockIdx.x * D * D;
-  if (threadIdx.x == 0) {
-    double m = 0;
-    for (int i = 0; i < D; i++) m = fmax(m, l[(long long)i * D + i]);
-    failed = 0;
-    for (int i = 0; i < D; i++)
-      if (!(l[(long long)i * D + i] > m * 1e-7)) failed = 1;
+  for (int e = threadIdx.x; e < FT * FT; e += FTHREADS) {
+    const int i = e / FT, j = e % FT;
+    if (j > i) s[i * FLD + j] = T::zero();
   }
   __syncthreads();
-  if (failed) {
-    if (threadIdx.x == 0) bad[blockIdx.x] = 1;
-    return;
+}
+
+// trtri_tile writes X = L⁻¹ of the lower-triangular tile l into x (zeros above), one
+// column per thread of the first warp (forward substitution).
+template <class T>
+__device__ void trtri_tile(const typename T::V *l, typename T::V *x) {
+  for (int e = threadIdx.x; e < FT * FT; e += FTHREADS) {
+    const int i = e / FT, j = e % FT;
+    if (j > i) x[i * FLD + j] = T::zero();
   }
-  for (int i = 0; i < D; i++) {
-    for (int k = threadIdx.x; k <= i; k += blockDim.x) li[k] = l[(long long)i * D + k];
+  const int c = threadIdx.x;
+  if (c < FT) {
+    typename T::Acc one = T::acc(T::from_double(1.0));
+    x[c * FLD + c] = T::div(T::get(one), l[c * FLD + c]);
+    for (int i = c + 1; i < FT; i++) {
+      typename T::Acc a = T::acc(T::zero());
+      for (int k = c; k < i; k++) T::sub(a, l[i * FLD + k], x[k * FLD + c]);
+      x[i * FLD + c] = T::div(T::get(a), l[i * FLD + i]);
+      FLOPS(2 * (i - c) + 1);
+    }
+  }
+  __syncthreads();
+}
+
+// k_factor: one block per patch of a chunk. Σ = M2·inv + eps·I is read from the packed
+// float64 statistics as the left-looking Cholesky needs each tile, L overwrites nothing
+// but the workspace, then L⁻¹ replaces L tile by tile (bottom-up, in place), and each
+// final tile of L⁻¹ is also rounded to float32 into the packed output. status[patch]:
+// 0 fine, 1 not positive definite (or a pivot ratio below 1e-7, or non-finite).
+template <class T>
+__global__ void __launch_bounds__(FTHREADS)
+    k_factor(gptr<const double> m2, int D, double inv, double eps, gptr<typename T::V> work, long long work_stride,
+             gptr<float> out, gptr<int> status) {
+  typedef typename T::V V;
+  DYNAMIC_SHARED(V, sm);
+  V *sA = sm, *sB = sm + FT * FLD, *sD = sm + 2 * FT * FLD, *sX = sm + 3 * FT * FLD;
+  int *flags = reinterpret_cast<int *>(sm + 4 * FT * FLD);
+  double *dstat = reinterpret_cast<double *>(flags + 4);  // [0] max diag, [1] min diag
+  const int patch = blockIdx.x;
+  const long long L = packed_len(D);
+  gptr<const double> mp = m2 + (long long)patch * L;
+  gptr<V> w = work + (long long)patch * work_stride;
+  gptr<float> o = out + (long long)patch * L;
+  const int nt = ntiles(D, FT);
+  const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+  if (tid == 0) {
+    flags[0] = 0;
+    flags[1] = 0;
+    dstat[0] = 0.0;
+    dstat[1] = INFINITY;
+  }
+  __syncthreads();
+
+  // Cholesky, column of tiles by column of tiles.
+  for (int J = 0; J < nt; J++) {
+    for (int I = J; I < nt; I++) {
+      typename T::Acc acc[4][4];
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+          const int i = I * FT + ty + 8 * a, j = J * FT + tx + 8 * b;
+          double v;
+          if (i < D && j <= i)
+            v = (double)mp[(long long)i * (i + 1) / 2 + j] * inv + (i == j ? eps : 0.0);
+          else
+            v = i == j ? 1.0 : 0.0;
+          FP64OPS(2);
+          acc[a][b] = T::acc(T::from_double(v));
+        }
+      for (int K = 0; K < J; K++) {
+        load_tile<T>(w, I, K, sA, false);
+        load_tile<T>(w, J, K, sB, false);
+        __syncthreads();
+        for (int k = 0; k < FT; k++) {
+          V av[4], bv[4];
+#pragma unroll
+          for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
+#pragma unroll
+          for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
+#pragma unroll
+          for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) T::sub(acc[a][b], av[a], bv[b]);
+        }
+        FLOPS(2 * 16 * FT);
+        __syncthreads();
+      }
+      if (I == J) {
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) sD[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+        __syncthreads();
+        potrf_tile<T>(sD, J * FT, D, &flags[0], &dstat[0], &dstat[1]);
+        trtri_tile<T>(sD, sX);
+        gptr<V> t = tile_at<T>(w, J, J);
+        for (int e = tid; e < FT * FT; e += FTHREADS) t[e] = sD[(e / FT) * FLD + e % FT];
+      } else {
+        // L_IJ = A_IJ · L_JJ⁻ᵀ = A_IJ · X_JJᵀ
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) sA[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+        __syncthreads();
+        gptr<V> t = tile_at<T>(w, I, J);
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const int r = ty + 8 * a, c = tx + 8 * b;
+            typename T::Acc s = T::acc(T::zero());
+            for (int k = 0; k <= c; k++) T::add(s, sA[r * FLD + k], sX[c * FLD + k]);
+            t[r * FT + c] = T::get(s);
+            FLOPS(2 * (c + 1));
+          }
+      }
+      __syncthreads();
+    }
+  }
+  // The CPU backend's test: every pivot above 1e-7 of the largest.
+  if (tid == 0 && !(dstat[1] > dstat[0] * 1e-7)) flags[0] = 1;
+  __syncthreads();
+  if (flags[0]) {
+    if (tid == 0) status[patch] = 1;
+    return;  // uniform: every thread read the same flag after the barrier
+  }
+
+  // Inverse, bottom-up and in place: X_IJ = −(Σ_{K=J+1..I} X_IK L_KJ) X_JJ.
+  for (int J = nt - 1; J >= 0; J--) {
+    load_tile<T>(w, J, J, sD, false);
     __syncthreads();
-    const double inv = 1.0 / li[i];
-    for (int j = threadIdx.x; j <= i; j += blockDim.x) {
-      // k runs from 0 for every thread so a warp reads row k of X contiguously;
-      // X is lower triangular, so terms with k < j are skipped.
-      double s = (i == j) ? 1.0 : 0.0;
-      for (int k = 0; k < i; k++)
-        if (k >= j) s -= li[k] * x[(long long)k * D + j];
-      x[(long long)i * D + j] = s * inv;
+    trtri_tile<T>(sD, sX);
+    for (int I = nt - 1; I > J; I--) {
+      typename T::Acc acc[4][4];
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = T::acc(T::zero());
+      for (int K = J + 1; K <= I; K++) {
+        load_tile<T>(w, I, K, sA, false);
+        load_tile<T>(w, K, J, sB, true);
+        __syncthreads();
+        for (int k = 0; k < FT; k++) {
+          V av[4], bv[4];
+#pragma unroll
+          for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
+#pragma unroll
+          for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
+#pragma unroll
+          for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) T::add(acc[a][b], av[a], bv[b]);
+        }
+        FLOPS(2 * 16 * FT);
+        __syncthreads();
+      }
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) sA[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+      __syncthreads();
+      gptr<V> t = tile_at<T>(w, I, J);
+      bool finite = true;
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+          const int r = ty + 8 * a, c = tx + 8 * b;
+          typename T::Acc s = T::acc(T::zero());
+          for (int k = c; k < FT; k++) T::sub(s, sA[r * FLD + k], sX[k * FLD + c]);
+          const V v = T::get(s);
+          t[r * FT + c] = v;
+          const int i = I * FT + r, j = J * FT + c;
+          if (i < D) o[(long long)i * (i + 1) / 2 + j] = T::to_float(v);
+          finite = finite && T::finite(v);
+          FLOPS(2 * (FT - c));
+        }
+      if (!finite) flags[1] = 1;
+      __syncthreads();
+    }
+    gptr<V> t = tile_at<T>(w, J, J);
+    for (int e = tid; e < FT * FT; e += FTHREADS) {
+      const int r = e / FT, c = e % FT;
+      const V v = sX[r * FLD + c];
+      t[e] = v;
+      const int i = J * FT + r, j = J * FT + c;
+      if (i < D && j <= i) {
+        o[(long long)i * (i + 1) / 2 + j] = T::to_float(v);
+        if (!T::finite(v)) flags[1] = 1;
+      }
     }
     __syncthreads();
   }
-}
-
-// k_pack rounds each patch's L⁻¹ to float32 in packed form; non-finite values mark the patch bad.
-__global__ void k_pack(const double *X, float *linv, int D, int *bad) {
-  const long long L = packed_len(D);
-  const double *x = X + (long long)blockIdx.x * D * D;
-  float *o = linv + blockIdx.x * L;
-  if (bad[blockIdx.x]) return;
-  for (long long e = threadIdx.x; e < L; e += blockDim.x) {
-    int i, j;
-    unpack(e, i, j);
-    const double v = x[(long long)i * D + j];
-    if (!isfinite(v)) bad[blockIdx.x] = 1;
-    o[e] = (float)v;
-  }
+  if (tid == 0) status[patch] = flags[1] ? 1 : 0;
 }
 
 // ---------------------------------------------------------------- scoring
 
-// k_mahalanobis: block (patch, group of NB images). The centred embeddings sit in
-// shared memory; each warp takes rows of L⁻¹ (read once, coalesced), forms
-// z_bi = Σ_j L⁻¹_ij y_bj for the NB images with a warp reduction, and sums z².
-template <int NB>
-__global__ void k_mahalanobis(const float *__restrict__ x, int n, int P, int D, const float *__restrict__ mean,
-                              const float *__restrict__ linv, float *dist) {
+constexpr int QLD = QJ + 1;  // sL row stride
+// Shared memory of k_score<G> (G images per block): L⁻¹ rows × 32 columns, and the
+// images' 32 columns; each thread holds 4 rows × 4 images.
+template <int G>
+constexpr int score_rows() {
+  return QTHREADS / (G / 4) * 4;
+}
+template <int G>
+constexpr size_t score_smem() {
+  return ((size_t)score_rows<G>() * QLD + (size_t)QJ * (G + 1)) * sizeof(float);
+}
+
+// k_score<G>: block (patch of the block, group of G images), groups fastest. For each
+// tile of rows of L⁻¹: z = L⁻¹_rows · (x − μ) over column chunks of 32, in 4×4 register
+// tiles (4 rows × 4 images per thread); then Σ z² per image. L⁻¹ is read once per
+// block; the images once per row tile (from L2). G = 64 for batches, 16 for small calls.
+template <int G>
+__global__ void __launch_bounds__(QTHREADS)
+    k_score(gptr<const float> x, long long xstride, int nb, int D, gptr<const float> mean, gptr<const float> linv,
+            int P, int p0, gptr<float> dist) {
+  constexpr int IL = G / 4;         // image lanes
+  constexpr int RL = QTHREADS / IL;  // row lanes
+  constexpr int QIT = RL * 4;        // rows per tile
+  static_assert(RL == 16 || RL == 64, "the row classes (i mod 64) assume 16 or 64 row lanes");
   DYNAMIC_SHARED(float, sm);
-  float *y = sm;                 // [NB][D]
-  double *part = (double *)(sm + ((NB * D + 1) & ~1));  // [warps][NB], 8-byte aligned
-  const int p = blockIdx.x;
-  const int b0 = blockIdx.y * NB;
-  const int nb = min(NB, n - b0);
-  const float *mu = mean + (long long)p * D;
-  for (int e = threadIdx.x; e < NB * D; e += blockDim.x) {
-    const int b = e / D, i = e % D;
-    y[e] = b < nb ? x[((long long)(b0 + b) * P + p) * D + i] - mu[i] : 0.f;
-  }
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-  const float *lp = linv + (long long)p * packed_len(D);
-  double sq[NB];
+  float *sL = sm;              // [QIT][QLD]
+  float *sY = sm + QIT * QLD;  // [QJ][G + 1]: column-major images
+  // the image groups of a patch are adjacent blocks: they run together and share its L⁻¹ in L2
+  const int groups = (nb + G - 1) / G;
+  const int p = (int)(blockIdx.x / groups);
+  const int g0 = (int)(blockIdx.x % groups) * G;
+  const int tid = threadIdx.x, tx = tid % IL, ty = tid / IL;
+  const long long L = packed_len(D);
+  gptr<const float> lp = linv + (long long)p * L;
+  gptr<const float> mu = mean + (long long)p * D;
+  gptr<const float> xp = x + (long long)g0 * xstride + (long long)p * D;
+  // Σ z² accumulates per row class (i mod 64), rows in increasing order, and the 64
+  // classes are summed in a fixed order: every G, and any split of a call into
+  // launches, gives the same bits.
+  float sq[4][4];
 #pragma unroll
-  for (int b = 0; b < NB; b++) sq[b] = 0;
-  for (int i = warp; i < D; i += nw) {
-    const float *row = lp + (long long)i * (i + 1) / 2;
-    float acc[NB];
+  for (int a = 0; a < 4; a++)
 #pragma unroll
-    for (int b = 0; b < NB; b++) acc[b] = 0.f;
-    for (int j = lane; j <= i; j += 32) {
-      const float l = row[j];
+    for (int b = 0; b < 4; b++) sq[a][b] = 0.f;
+  for (int i0 = 0; i0 < D; i0 += QIT) {
+    float acc[4][4];
 #pragma unroll
-      for (int b = 0; b < NB; b++) acc[b] += l * y[b * D + j];
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) acc[a][b] = 0.f;
+    const int jend = min(i0 + QIT, D);
+    for (int j0 = 0; j0 < jend; j0 += QJ) {
+      for (int e = tid; e < QIT * QJ; e += QTHREADS) {
+        const int r = e / QJ, c = e % QJ, i = i0 + r, j = j0 + c;
+        sL[r * QLD + c] = (i < D && j <= i) ? (float)lp[(long long)i * (i + 1) / 2 + j] : 0.f;
+      }
+      for (int e = tid; e < G * QJ; e += QTHREADS) {
+        const int b = e / QJ, c = e % QJ, j = j0 + c;
+        sY[c * (G + 1) + b] = (g0 + b < nb && j < D) ? (float)xp[b * xstride + j] - (float)mu[j] : 0.f;
+      }
+      __syncthreads();
+      for (int k = 0; k < QJ; k++) {
+        float lv[4], yv[4];
+#pragma unroll
+        for (int a = 0; a < 4; a++) lv[a] = sL[(ty + RL * a) * QLD + k];
+#pragma unroll
+        for (int b = 0; b < 4; b++) yv[b] = sY[k * (G + 1) + tx + IL * b];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) acc[a][b] = fmaf(lv[a], yv[b], acc[a][b]);
+      }
+      FLOPS(2 * 16 * QJ);
+      __syncthreads();
     }
 #pragma unroll
-    for (int b = 0; b < NB; b++) {
-      float v = acc[b];
-      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      sq[b] += (double)v * v;
-    }
-  }
-  if (lane == 0) {
+    for (int a = 0; a < 4; a++)
 #pragma unroll
-    for (int b = 0; b < NB; b++) part[warp * NB + b] = sq[b];
+      for (int b = 0; b < 4; b++) {
+        // rows ty + RL·a: with RL ≥ 64 all four are in class ty, in row order
+        float &q = RL >= 64 ? sq[0][b] : sq[a][b];
+        q = fmaf(acc[a][b], acc[a][b], q);
+      }
+    FLOPS(32);
+  }
+  // Σ over the 64 row classes of each image, through shared memory.
+  float *red = sm;  // [64][G]
+  static_assert(64 * G <= QIT * QLD + QJ * (G + 1), "reduction fits the shared memory");
+  __syncthreads();
+  if (RL >= 64) {
+    if (ty < 64)
+#pragma unroll
+      for (int b = 0; b < 4; b++) red[ty * G + tx + IL * b] = sq[0][b];
+  } else {
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) red[(ty + RL * a) * G + tx + IL * b] = sq[a][b];
   }
   __syncthreads();
-  if (threadIdx.x < nb) {
+  if (tid < G && g0 + tid < nb) {
     double s = 0;
-    for (int w = 0; w < nw; w++) s += part[w * NB + threadIdx.x];
-    dist[(long long)(b0 + threadIdx.x) * P + p] = (float)sqrt(s);
+    for (int r = 0; r < 64; r++) s += red[r * G + tid];
+    dist[(long long)(g0 + tid) * P + p0 + p] = (float)sqrt(s);
   }
 }
 
-// ---------------------------------------------------------------- API
+// k_probe: fills and sums its dynamic shared memory (padim_probe_launch). k_probe_bare
+// is only ever launched bare, so it never has the opt-in (the attribute is per kernel,
+// for the life of the process). The body is a macro: with it in a __device__ function
+// (inlined or not), ptxas 11.8 crashes on sm_90 after compiling every kernel.
+#define PROBE_BODY                                                    \
+  DYNAMIC_SHARED(int, s);                                             \
+  for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = i;     \
+  __syncthreads();                                                    \
+  if (threadIdx.x == 0) {                                             \
+    long long t = 0;                                                  \
+    for (int i = 0; i < words; i++) t += s[i];                        \
+    out[0] = (int)(t == (long long)words * (words - 1) / 2);         \
+  }
+__global__ void k_probe(int words, gptr<int> out) { PROBE_BODY }
+__global__ void k_probe_bare(int words, gptr<int> out) { PROBE_BODY }
+
+// ---------------------------------------------------------------- context
+
+struct ProfAgg {
+  long long launches = 0;
+  double total = 0, mn = 1e300, mx = 0;
+};
+struct ProfRec {
+  const char *name;
+  cudaEvent_t a, b;
+};
 
 struct padim_ctx {
-  int device;
-  cudaStream_t compute, copy;
+  std::atomic<int> refs{1};
+  int device = 0;
+  cudaDeviceProp prop{};
+  int optin = 0;
+  int fp64_ratio = 1;
+  std::atomic<size_t> budget{0};
+  std::atomic<size_t> used{0};
+  std::atomic<int> precision{PADIM_PREC_AUTO};
+  std::mutex prof_mu;
+  std::vector<ProfRec> pending;
+  std::map<std::string, ProfAgg> agg;
+};
+
+namespace {
+
+// reserve: device memory left to the driver, the display and other processes.
+size_t reserve_bytes(const padim_ctx *c) {
+  const size_t r = c->prop.totalGlobalMem / 32;
+  return r > ((size_t)256 << 20) ? r : ((size_t)256 << 20);
+}
+
+// avail: device bytes a new allocation plan may use.
+int avail(padim_ctx *c, size_t *out, char *err, size_t errlen) {
+  size_t freeb = 0, total = 0;
+  CK(cudaMemGetInfo(&freeb, &total));
+  const size_t r = reserve_bytes(c);
+  size_t a = freeb > r ? freeb - r : 0;
+  const size_t b = c->budget.load(), u = c->used.load();
+  if (b) a = a < (b > u ? b - u : 0) ? a : (b > u ? b - u : 0);
+  *out = a;
+  return PADIM_OK;
+}
+
+int precision_of(padim_ctx *c) {
+  const int p = c->precision.load();
+  if (p != PADIM_PREC_AUTO) return p;
+  return c->fp64_ratio <= 4 ? PADIM_PREC_FP64 : PADIM_PREC_DF32;
+}
+
+// dev_alloc allocates device memory on the context's account.
+template <class T>
+int dev_alloc(padim_ctx *c, T **p, size_t bytes, const char *what, char *err, size_t errlen) {
+  *p = nullptr;
+  cudaError_t e = cudaMalloc((void **)p, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    *p = nullptr;
+    return fail(err, errlen, cuda_code(e), "allocating %s (%.1f MiB on the device): %s", what, bytes / 1048576.0, cudaGetErrorString(e));
+  }
+  c->used += bytes;
+  return PADIM_OK;
+}
+template <class T>
+void dev_free(padim_ctx *c, T *&p, size_t bytes) {
+  if (!p) return;
+  cudaFree((void *)p);
+  c->used -= bytes;
+  p = nullptr;
+}
+
+template <class T>
+int host_alloc(T **p, size_t bytes, const char *what, char *err, size_t errlen) {
+  *p = nullptr;
+  cudaError_t e = cudaMallocHost((void **)p, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    *p = nullptr;
+    return fail(err, errlen, PADIM_ERR_OOM, "allocating %s (%.1f MiB of pinned host memory): %s", what, bytes / 1048576.0,
+                cudaGetErrorString(e));
+  }
+  return PADIM_OK;
+}
+
+// launch_prep checks a launch against the device and the compiled kernel, before it is
+// made: threads per block, grid, shared memory (opting in above 48 KiB where allowed).
+template <class K>
+int launch_prep(padim_ctx *c, K *kernel, const char *name, dim3 grid, dim3 block, size_t smem, char *err, size_t errlen) {
+  const long long threads = (long long)block.x * block.y * block.z;
+  if (threads > c->prop.maxThreadsPerBlock || grid.x > (unsigned)c->prop.maxGridSize[0] ||
+      grid.y > (unsigned)c->prop.maxGridSize[1] || grid.z > (unsigned)c->prop.maxGridSize[2] || grid.x == 0 || grid.y == 0)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "kernel %s: grid (%u,%u,%u) of blocks of %lld threads exceeds the device's limits", name,
+                grid.x, grid.y, grid.z, threads);
+  cudaFuncAttributes fa;
+  CK(cudaFuncGetAttributes(&fa, kernel));
+  if (threads > fa.maxThreadsPerBlock)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "kernel %s: %lld threads per block, the compiled kernel runs at most %d", name, threads,
+                fa.maxThreadsPerBlock);
+  if (smem + fa.sharedSizeBytes > (size_t)c->optin)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "kernel %s needs %zu bytes of shared memory per block; %s allows %d", name,
+                smem + fa.sharedSizeBytes, c->prop.name, c->optin);
+  if (smem > (size_t)fa.maxDynamicSharedSizeBytes)
+    CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  return PADIM_OK;
+}
+
+int launched(padim_ctx *c, const char *name, cudaStream_t st, char *err, size_t errlen) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && g_debug_sync.load()) e = cudaStreamSynchronize(st);
+  if (e != cudaSuccess) return fail(err, errlen, cuda_code(e), "kernel %s: %s", name, cudaGetErrorString(e));
+  (void)c;
+  return PADIM_OK;
+}
+
+void prof_begin(padim_ctx *c, cudaStream_t st, ProfRec *r, const char *name) {
+  r->name = name;
+  r->a = r->b = nullptr;
+  if (!g_profile.load()) return;
+  if (cudaEventCreate(&r->a) != cudaSuccess || cudaEventCreate(&r->b) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  cudaEventRecord(r->a, st);
+  (void)c;
+}
+void prof_end(padim_ctx *c, cudaStream_t st, ProfRec *r) {
+  if (!r->a || !r->b) return;
+  cudaEventRecord(r->b, st);
+  std::lock_guard<std::mutex> l(c->prof_mu);
+  c->pending.push_back(*r);
+}
+
+}  // namespace
+
+// RUN launches a kernel after launch_prep, checks the launch, and times it when profiling.
+#define RUN(ctx, kernel, grid, block, smem, stream, ...)                                      \
+  do {                                                                                       \
+    TRY(launch_prep(ctx, kernel, #kernel, dim3(grid), dim3(block), smem, err, errlen));      \
+    ProfRec pr_;                                                                             \
+    prof_begin(ctx, stream, &pr_, #kernel);                                                  \
+    LAUNCH(kernel, dim3(grid), dim3(block), smem, stream, __VA_ARGS__);                      \
+    prof_end(ctx, stream, &pr_);                                                             \
+    TRY(launched(ctx, #kernel, stream, err, errlen));                                        \
+  } while (0)
+
+// ---------------------------------------------------------------- bounce buffers
+
+namespace {
+
+// Bounce: two pinned host buffers through which pageable host memory is copied to and
+// from the device on a stream, the host copy of one overlapping the DMA of the other.
+struct Bounce {
+  static constexpr size_t kChunk = (size_t)16 << 20;
+  char *h[2] = {nullptr, nullptr};
+  cudaEvent_t ev[2] = {nullptr, nullptr};
+  int slot = 0;
+  int init(char *err, size_t errlen) {
+    for (int k = 0; k < 2; k++) {
+      TRY(host_alloc(&h[k], kChunk, "copy buffers", err, errlen));
+      CK(cudaEventCreateWithFlags(&ev[k], cudaEventDisableTiming));
+    }
+    return PADIM_OK;
+  }
+  void destroy() {
+    for (int k = 0; k < 2; k++) {
+      if (ev[k]) {
+        cudaEventSynchronize(ev[k]);
+        cudaEventDestroy(ev[k]);
+      }
+      if (h[k]) cudaFreeHost(h[k]);
+      h[k] = nullptr;
+      ev[k] = nullptr;
+    }
+  }
+  // upload copies n bytes from host src to device dst, ordered on st. src may be reused
+  // when it returns; the copy completes in stream order.
+  int upload(void *dst, const void *src, size_t n, cudaStream_t st, char *err, size_t errlen) {
+    for (size_t off = 0; off < n; off += kChunk) {
+      const size_t m = n - off < kChunk ? n - off : kChunk;
+      const int k = slot;
+      slot ^= 1;
+      CK(cudaEventSynchronize(ev[k]));  // the slot's previous copy has left it
+      memcpy(h[k], (const char *)src + off, m);
+      CK(cudaMemcpyAsync((char *)dst + off, h[k], m, cudaMemcpyHostToDevice, st));
+      CK(cudaEventRecord(ev[k], st));
+    }
+    return PADIM_OK;
+  }
+  // download copies n bytes from device src (ready in stream order on st) to host dst;
+  // on return dst holds them.
+  int download(void *dst, const void *src, size_t n, cudaStream_t st, char *err, size_t errlen) {
+    size_t prev_off = 0, prev_n = 0;
+    int prev_k = -1;
+    for (size_t off = 0; off < n; off += kChunk) {
+      const size_t m = n - off < kChunk ? n - off : kChunk;
+      const int k = slot;
+      slot ^= 1;
+      CK(cudaEventSynchronize(ev[k]));
+      CK(cudaMemcpyAsync(h[k], (const char *)src + off, m, cudaMemcpyDeviceToHost, st));
+      CK(cudaEventRecord(ev[k], st));
+      if (prev_k >= 0) {
+        CK(cudaEventSynchronize(ev[prev_k]));
+        memcpy((char *)dst + prev_off, h[prev_k], prev_n);
+      }
+      prev_k = k;
+      prev_off = off;
+      prev_n = m;
+    }
+    if (prev_k >= 0) {
+      CK(cudaEventSynchronize(ev[prev_k]));
+      memcpy((char *)dst + prev_off, h[prev_k], prev_n);
+    }
+    return PADIM_OK;
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- objects
+
+struct padim_model {
+  std::atomic<int> refs{1};
+  padim_ctx *ctx = nullptr;
+  int P = 0, D = 0;
+  long long L = 0;
+  bool resident = false;
+  float *mean = nullptr;    // device [P][D]
+  float *linv = nullptr;    // device [P][L] (resident)
+  float *h_linv = nullptr;  // pinned host [P][L] (streamed)
 };
 
 struct padim_acc {
-  padim_ctx *ctx;
-  int P, D, maxb, slot;
-  long long L;
-  int64_t count;
-  double *mean, *m2, *delta, *bmean;
-  float *x[2], *h[2];
-  cudaEvent_t copied[2], consumed[2];
+  padim_ctx *ctx = nullptr;
+  cudaStream_t st = nullptr;
+  int P = 0, D = 0;
+  long long L = 0;
+  int S = 0, staged = 0;
+  int64_t count = 0;
+  bool resident = true;
+  int pb = 0;
+  float *stage = nullptr;   // device [S][P][D]
+  double *mean = nullptr;   // device [P or pb][D]
+  double *m2 = nullptr;     // device [P or pb][L]
+  float *bmean = nullptr;   // device [pb][D]
+  double *delta = nullptr;  // device [pb][D]
+  double *h_mean = nullptr, *h_m2 = nullptr;  // pinned host [P][D], [P][L] (streamed)
+  size_t dev_bytes = 0, pinned_bytes = 0;
+  size_t b_stage = 0, b_mean = 0, b_m2 = 0, b_bmean = 0, b_delta = 0;
+  Bounce bb;
 };
 
 struct padim_scorer {
-  padim_ctx *ctx;
-  int P, D, maxb, slot;
-  long long L;
-  float *mean, *linv;
-  float *x[2], *dist[2], *hx[2], *hdist[2];
-  cudaEvent_t copied[2], done[2];
-  float *pending_dst[2];  // where a slot's distances go once its copy is done
-  int pending_n[2];
+  padim_model *m = nullptr;
+  padim_ctx *ctx = nullptr;
+  cudaStream_t st = nullptr;
+  int maxb = 0, pb = 0;
+  float *x = nullptr;      // device [maxb][P][D]
+  float *dist = nullptr;   // device [maxb][P]
+  float *lblk = nullptr;   // device [pb][L] (streamed model)
+  size_t b_x = 0, b_dist = 0, b_lblk = 0;
+  Bounce bb;
 };
 
 extern "C" {
 
 void padim_set_debug_sync(int on) { g_debug_sync = on; }
+void padim_set_profile(int on) { g_profile = on; }
+int padim_live_objects(void) { return g_live.load(); }
 
 int padim_device_count(int *count, char *err, size_t errlen) {
   *count = 0;
@@ -349,305 +1003,715 @@ int padim_device_count(int *count, char *err, size_t errlen) {
     *count = 0;
     return fail(err, errlen, PADIM_ERR_NO_DEVICE, "no usable CUDA device: %s", cudaGetErrorString(e));
   }
+  if (*count == 0) return fail(err, errlen, PADIM_ERR_NO_DEVICE, "no CUDA device");
   return PADIM_OK;
 }
 
-int padim_device_info(int device, char *name, size_t namelen, size_t *total_mem, size_t *free_mem, int *cc_major,
-                      int *cc_minor, char *err, size_t errlen) {
+int padim_device_props_get(int device, padim_device_props *out, char *err, size_t errlen) {
   cudaDeviceProp prop;
+  memset(out, 0, sizeof *out);
   CK(cudaGetDeviceProperties(&prop, device));
   CK(cudaSetDevice(device));
-  CK(cudaMemGetInfo(free_mem, total_mem));
-  snprintf(name, namelen, "%s", prop.name);
-  *cc_major = prop.major;
-  *cc_minor = prop.minor;
+  CK(cudaMemGetInfo(&out->free_mem, &out->total_mem));
+  int optin = 0, ratio = 0;
+  CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  CK(cudaDeviceGetAttribute(&ratio, cudaDevAttrSingleToDoublePrecisionPerfRatio, device));
+  snprintf(out->name, sizeof out->name, "%s", prop.name);
+  out->cc_major = prop.major;
+  out->cc_minor = prop.minor;
+  out->multiprocessors = prop.multiProcessorCount;
+  out->max_threads_per_block = prop.maxThreadsPerBlock;
+  out->smem_per_block = prop.sharedMemPerBlock;
+  out->smem_per_block_optin = (size_t)optin;
+  out->fp32_to_fp64_ratio = ratio;
+#ifdef PADIM_CUDA_EMU
+  out->emulated = 1;
+#endif
   return PADIM_OK;
 }
 
 int padim_ctx_create(int device, padim_ctx **out, char *err, size_t errlen) {
   *out = nullptr;
   int n = 0;
-  int rc = padim_device_count(&n, err, errlen);
-  if (rc != PADIM_OK) return rc;
+  TRY(padim_device_count(&n, err, errlen));
   if (device < 0 || device >= n) return fail(err, errlen, PADIM_ERR_NO_DEVICE, "CUDA device %d requested, %d present", device, n);
   CK(cudaSetDevice(device));
-  padim_ctx *c = new padim_ctx{device, nullptr, nullptr};
-  cudaError_t e = cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking);
-  if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking);
+  padim_ctx *c = new padim_ctx();
+  c->device = device;
+  cudaError_t e = cudaGetDeviceProperties(&c->prop, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&c->optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&c->fp64_ratio, cudaDevAttrSingleToDoublePrecisionPerfRatio, device);
   if (e != cudaSuccess) {
-    padim_ctx_destroy(c);
-    return fail(err, errlen, cuda_code(e), "creating streams: %s", cudaGetErrorString(e));
+    cudaGetLastError();
+    delete c;
+    return fail(err, errlen, cuda_code(e), "device %d properties: %s", device, cudaGetErrorString(e));
   }
+  if (c->optin < (int)c->prop.sharedMemPerBlock) c->optin = (int)c->prop.sharedMemPerBlock;
+  g_live++;
   *out = c;
   return PADIM_OK;
 }
 
-void padim_ctx_destroy(padim_ctx *c) {
-  if (!c) return;
+void padim_ctx_retain(padim_ctx *c) { c->refs++; }
+
+void padim_ctx_release(padim_ctx *c) {
+  if (!c || --c->refs > 0) return;
   cudaSetDevice(c->device);
-  if (c->compute) cudaStreamDestroy(c->compute);
-  if (c->copy) cudaStreamDestroy(c->copy);
+  for (ProfRec &r : c->pending) {
+    cudaEventDestroy(r.a);
+    cudaEventDestroy(r.b);
+  }
   delete c;
+  g_live--;
 }
+
+void padim_ctx_set_budget(padim_ctx *c, size_t bytes) { c->budget = bytes; }
+void padim_ctx_set_precision(padim_ctx *c, int p) { c->precision = p; }
+
+int padim_ctx_profile(padim_ctx *c, char *buf, size_t len, int reset, char *err, size_t errlen) {
+  std::lock_guard<std::mutex> l(c->prof_mu);
+  CK(cudaSetDevice(c->device));
+  for (ProfRec &r : c->pending) {
+    float ms = 0;
+    cudaError_t e = cudaEventSynchronize(r.b);
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, r.a, r.b);
+    cudaEventDestroy(r.a);
+    cudaEventDestroy(r.b);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    ProfAgg &g = c->agg[r.name];
+    g.launches++;
+    g.total += ms;
+    g.mn = ms < g.mn ? ms : g.mn;
+    g.mx = ms > g.mx ? ms : g.mx;
+  }
+  c->pending.clear();
+  size_t off = 0;
+  if (len) buf[0] = 0;
+  for (auto &kv : c->agg) {
+    int w = snprintf(buf + off, off < len ? len - off : 0, "%s %lld %.4f %.4f %.4f\n", kv.first.c_str(), kv.second.launches,
+                     kv.second.total, kv.second.mn, kv.second.mx);
+    if (w > 0) off += (size_t)w;
+  }
+  if (reset) c->agg.clear();
+  if (off >= len) return fail(err, errlen, PADIM_ERR_ARG, "profile report needs %zu bytes", off + 1);
+  return PADIM_OK;
+}
+
+// ---------------------------------------------------------------- accumulator
 
 void padim_acc_destroy(padim_acc *a) {
   if (!a) return;
-  cudaSetDevice(a->ctx->device);
-  cudaStreamSynchronize(a->ctx->compute);
-  cudaFree(a->mean);
-  cudaFree(a->m2);
-  cudaFree(a->delta);
-  cudaFree(a->bmean);
-  for (int s = 0; s < 2; s++) {
-    cudaFree(a->x[s]);
-    cudaFreeHost(a->h[s]);
-    if (a->copied[s]) cudaEventDestroy(a->copied[s]);
-    if (a->consumed[s]) cudaEventDestroy(a->consumed[s]);
-  }
-  delete a;
-}
-
-int padim_acc_create(padim_ctx *ctx, int P, int D, int max_batch, padim_acc **out, char *err, size_t errlen) {
-  *out = nullptr;
-  if (P <= 0 || D <= 0 || max_batch <= 0) return fail(err, errlen, PADIM_ERR_ARG, "accumulator P=%d D=%d batch=%d", P, D, max_batch);
-  CK(cudaSetDevice(ctx->device));
-  padim_acc *a = new padim_acc();
-  a->ctx = ctx;
-  a->P = P;
-  a->D = D;
-  a->L = packed_len(D);
-  a->maxb = max_batch;
-  const size_t pd = (size_t)P * D;
-  const size_t xb = (size_t)max_batch * pd * sizeof(float);
-  cudaError_t e = cudaMalloc(&a->mean, pd * sizeof(double));
-  if (e == cudaSuccess) e = cudaMalloc(&a->m2, (size_t)P * a->L * sizeof(double));
-  if (e == cudaSuccess) e = cudaMalloc(&a->delta, pd * sizeof(double));
-  if (e == cudaSuccess) e = cudaMalloc(&a->bmean, pd * sizeof(double));
-  for (int s = 0; s < 2 && e == cudaSuccess; s++) {
-    e = cudaMalloc(&a->x[s], xb);
-    if (e == cudaSuccess) e = cudaMallocHost(&a->h[s], xb);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&a->copied[s], cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&a->consumed[s], cudaEventDisableTiming);
-  }
-  if (e == cudaSuccess) e = cudaMemsetAsync(a->mean, 0, pd * sizeof(double), ctx->compute);
-  if (e == cudaSuccess) e = cudaMemsetAsync(a->m2, 0, (size_t)P * a->L * sizeof(double), ctx->compute);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    padim_acc_destroy(a);
-    return fail(err, errlen, cuda_code(e), "allocating the accumulator (P=%d, D=%d: %.2f GiB of statistics, batch %d): %s", P, D,
-                (double)P * (packed_len(D) + 3.0 * D) * 8 / (1 << 30), max_batch, cudaGetErrorString(e));
-  }
-  *out = a;
-  return PADIM_OK;
-}
-
-int padim_acc_add(padim_acc *a, const float *x, int n, char *err, size_t errlen) {
-  if (n <= 0) return fail(err, errlen, PADIM_ERR_ARG, "batch of %d images", n);
   padim_ctx *c = a->ctx;
-  CK(cudaSetDevice(c->device));
-  const long long pd = (long long)a->P * a->D;
-  const int tiles = (a->D + TILE - 1) / TILE;
-  for (int off = 0; off < n; off += a->maxb) {
-    const int nb = n - off < a->maxb ? n - off : a->maxb;
-    const int s = a->slot;
-    a->slot ^= 1;
-    const size_t bytes = (size_t)nb * pd * sizeof(float);
-    CK(cudaEventSynchronize(a->consumed[s]));  // the slot's previous batch is done with
-    memcpy(a->h[s], x + (size_t)off * pd, bytes);
-    CK(cudaMemcpyAsync(a->x[s], a->h[s], bytes, cudaMemcpyHostToDevice, c->copy));
-    CK(cudaEventRecord(a->copied[s], c->copy));
-    CK(cudaStreamWaitEvent(c->compute, a->copied[s], 0));
-    const double na = (double)a->count;
-    const int threads = 256;
-    long long blocks = (pd + threads - 1) / threads;
-    if (blocks > 65535LL * 16) blocks = 65535LL * 16;
-    LAUNCH(k_batch_mean, (unsigned)blocks, threads, 0, c->compute, a->x[s], nb, pd, na, a->mean, a->delta, a->bmean);
-    LAUNCHED("batch_mean");
-    const double f = na * nb / (na + nb);
-    LAUNCH(k_m2_update, dim3(a->P, tiles * (tiles + 1) / 2), dim3(TILE, TROWS), 0, c->compute, a->x[s], nb, a->P, a->D,
-           a->bmean, a->delta, f, a->m2);
-    LAUNCHED("m2_update");
-    CK(cudaEventRecord(a->consumed[s], c->compute));
-    a->count += nb;
-  }
-  return PADIM_OK;
-}
-
-int padim_acc_stats(padim_acc *a, double *mean, double *m2, int64_t *count, char *err, size_t errlen) {
-  CK(cudaSetDevice(a->ctx->device));
-  CK(cudaStreamSynchronize(a->ctx->compute));
-  CK(cudaMemcpy(mean, a->mean, (size_t)a->P * a->D * sizeof(double), cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(m2, a->m2, (size_t)a->P * a->L * sizeof(double), cudaMemcpyDeviceToHost));
-  *count = a->count;
-  return PADIM_OK;
-}
-
-int padim_factorize(padim_ctx *c, int P, int D, int64_t count, const double *m2, double eps, float *linv,
-                    int *bad_patch, char *err, size_t errlen) {
-  *bad_patch = -1;
-  if (P <= 0 || D <= 0 || D > 1024 || count < 2)
-    return fail(err, errlen, PADIM_ERR_ARG, "factorize P=%d D=%d (at most 1024) N=%lld (at least 2)", P, D, (long long)count);
-  CK(cudaSetDevice(c->device));
-  const long long L = packed_len(D);
-  size_t freeb = 0, total = 0;
-  CK(cudaMemGetInfo(&freeb, &total));
-  // two dense float64 matrices per patch in flight, within half the free memory
-  const size_t per = (size_t)D * D * 8 * 2 + (size_t)L * (8 + 4) + 4;
-  int chunk = (int)((freeb / 2) / per);
-  if (chunk > P) chunk = P;
-  if (chunk > 4096) chunk = 4096;
-  if (chunk < 1) return fail(err, errlen, PADIM_ERR_OOM, "factorising D=%d needs %.1f MiB of free device memory per patch, %.1f MiB free", D, per / 1048576.0, freeb / 1048576.0);
-  double *dm2 = nullptr, *A = nullptr, *X = nullptr;
-  float *dl = nullptr;
-  int *dbad = nullptr;
-  int *hbad = new int[chunk];
-  int rc = PADIM_OK;
-  cudaError_t e = cudaMalloc(&dm2, (size_t)chunk * L * 8);
-  if (e == cudaSuccess) e = cudaMalloc(&A, (size_t)chunk * D * D * 8);
-  if (e == cudaSuccess) e = cudaMalloc(&X, (size_t)chunk * D * D * 8);
-  if (e == cudaSuccess) e = cudaMalloc(&dl, (size_t)chunk * L * 4);
-  if (e == cudaSuccess) e = cudaMalloc(&dbad, (size_t)chunk * 4);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    rc = fail(err, errlen, cuda_code(e), "allocating factorisation workspace (%d patches of D=%d): %s", chunk, D, cudaGetErrorString(e));
-  }
-  const double inv = 1.0 / (double)(count - 1);
-  const int threads = 256;
-  for (int p0 = 0; rc == PADIM_OK && p0 < P; p0 += chunk) {
-    const int np = P - p0 < chunk ? P - p0 : chunk;
-    e = cudaMemcpyAsync(dm2, m2 + (size_t)p0 * L, (size_t)np * L * 8, cudaMemcpyHostToDevice, c->compute);
-    if (e != cudaSuccess) break;
-    LAUNCH(k_expand, np, threads, 0, c->compute, dm2, A, D, inv, eps);
-    LAUNCH(k_cholesky, np, threads, D * sizeof(double), c->compute, A, D, dbad);
-    LAUNCH(k_trinv, np, threads, D * sizeof(double), c->compute, A, X, D, dbad);
-    LAUNCH(k_pack, np, threads, 0, c->compute, X, dl, D, dbad);
-    if ((e = cudaGetLastError()) != cudaSuccess) break;
-    if ((e = cudaMemcpyAsync(linv + (size_t)p0 * L, dl, (size_t)np * L * 4, cudaMemcpyDeviceToHost, c->compute)) != cudaSuccess) break;
-    if ((e = cudaMemcpyAsync(hbad, dbad, (size_t)np * 4, cudaMemcpyDeviceToHost, c->compute)) != cudaSuccess) break;
-    if ((e = cudaStreamSynchronize(c->compute)) != cudaSuccess) break;
-    for (int i = 0; i < np; i++) {
-      if (hbad[i]) {
-        *bad_patch = p0 + i;
-        rc = fail(err, errlen, PADIM_ERR_NOT_PD, "covariance of patch %d is not positive definite", p0 + i);
-        break;
-      }
-    }
-  }
-  if (rc == PADIM_OK && e != cudaSuccess) {
-    cudaGetLastError();
-    rc = fail(err, errlen, cuda_code(e), "factorisation: %s", cudaGetErrorString(e));
-  }
-  cudaFree(dm2);
-  cudaFree(A);
-  cudaFree(X);
-  cudaFree(dl);
-  cudaFree(dbad);
-  delete[] hbad;
-  return rc;
-}
-
-void padim_scorer_destroy(padim_scorer *s) {
-  if (!s) return;
-  cudaSetDevice(s->ctx->device);
-  cudaStreamSynchronize(s->ctx->compute);
-  cudaFree(s->mean);
-  cudaFree(s->linv);
-  for (int k = 0; k < 2; k++) {
-    cudaFree(s->x[k]);
-    cudaFree(s->dist[k]);
-    cudaFreeHost(s->hx[k]);
-    cudaFreeHost(s->hdist[k]);
-    if (s->copied[k]) cudaEventDestroy(s->copied[k]);
-    if (s->done[k]) cudaEventDestroy(s->done[k]);
-  }
-  delete s;
-}
-
-int padim_scorer_create(padim_ctx *c, int P, int D, int max_batch, const float *mean, const float *linv, padim_scorer **out,
-                        char *err, size_t errlen) {
-  *out = nullptr;
-  if (P <= 0 || D <= 0 || max_batch <= 0) return fail(err, errlen, PADIM_ERR_ARG, "scorer P=%d D=%d batch=%d", P, D, max_batch);
-  CK(cudaSetDevice(c->device));
-  padim_scorer *s = new padim_scorer();
-  s->ctx = c;
-  s->P = P;
-  s->D = D;
-  s->L = packed_len(D);
-  s->maxb = max_batch;
-  const size_t xb = (size_t)max_batch * P * D * sizeof(float), db = (size_t)max_batch * P * sizeof(float);
-  cudaError_t e = cudaMalloc(&s->mean, (size_t)P * D * 4);
-  if (e == cudaSuccess) e = cudaMalloc(&s->linv, (size_t)P * s->L * 4);
-  for (int k = 0; k < 2 && e == cudaSuccess; k++) {
-    e = cudaMalloc(&s->x[k], xb);
-    if (e == cudaSuccess) e = cudaMalloc(&s->dist[k], db);
-    if (e == cudaSuccess) e = cudaMallocHost(&s->hx[k], xb);
-    if (e == cudaSuccess) e = cudaMallocHost(&s->hdist[k], db);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->copied[k], cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->done[k], cudaEventDisableTiming);
-  }
-  if (e == cudaSuccess) e = cudaMemcpy(s->mean, mean, (size_t)P * D * 4, cudaMemcpyHostToDevice);
-  if (e == cudaSuccess) e = cudaMemcpy(s->linv, linv, (size_t)P * s->L * 4, cudaMemcpyHostToDevice);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    padim_scorer_destroy(s);
-    return fail(err, errlen, cuda_code(e), "allocating the scorer (P=%d, D=%d: %.2f GiB model, batch %d): %s", P, D,
-                (double)P * packed_len(D) * 4 / (1 << 30), max_batch, cudaGetErrorString(e));
-  }
-  *out = s;
-  return PADIM_OK;
+  cudaSetDevice(c->device);
+  if (a->st) cudaStreamSynchronize(a->st);
+  a->bb.destroy();
+  dev_free(c, a->stage, a->b_stage);
+  dev_free(c, a->mean, a->b_mean);
+  dev_free(c, a->m2, a->b_m2);
+  dev_free(c, a->bmean, a->b_bmean);
+  dev_free(c, a->delta, a->b_delta);
+  if (a->h_mean) cudaFreeHost(a->h_mean);
+  if (a->h_m2) cudaFreeHost(a->h_m2);
+  if (a->st) cudaStreamDestroy(a->st);
+  cudaGetLastError();
+  delete a;
+  padim_ctx_release(c);
+  g_live--;
 }
 
 }  // extern "C"
 
 namespace {
 
-// drain copies a finished slot's distances to their destination.
-int drain(padim_scorer *s, int k, char *err, size_t errlen) {
-  if (!s->pending_dst[k]) return PADIM_OK;
-  CK(cudaEventSynchronize(s->done[k]));
-  memcpy(s->pending_dst[k], s->hdist[k], (size_t)s->pending_n[k] * s->P * sizeof(float));
-  s->pending_dst[k] = nullptr;
+// FitPlan: how an accumulator of P patches of dimension D lays out its data in
+// `avail` device bytes. The stage takes at most half; the statistics stay on the
+// device if they fit beside it, else they live in pinned host memory and pass
+// through device buffers of pb patches, which take at most half of what is left
+// (the other half is for the factorisation).
+struct FitPlan {
+  int S = 0, pb = 0;
+  bool resident = false;
+  size_t stage_bytes = 0, per_patch = 0, device_bytes = 0, pinned_bytes = 0;
+};
+bool plan_fit(int P, int D, int stage, size_t av, FitPlan *f) {
+  const long long L = packed_len(D);
+  const size_t img = (size_t)P * D * sizeof(float);
+  f->S = stage;
+  if ((size_t)f->S * img > av / 2) f->S = (int)(av / 2 / img);
+  if (f->S < 1) return false;
+  f->stage_bytes = (size_t)f->S * img;
+  f->per_patch = (size_t)(L + D) * sizeof(double) + (size_t)D * (sizeof(float) + sizeof(double));
+  const size_t rest = av - f->stage_bytes;
+  if ((size_t)P * f->per_patch <= rest) {
+    f->resident = true;
+    f->pb = P;
+  } else {
+    f->resident = false;
+    f->pb = (int)(rest / 2 / f->per_patch);
+    if (f->pb < 1) return false;
+    f->pinned_bytes = (size_t)P * (D + L) * sizeof(double);
+  }
+  f->device_bytes = f->stage_bytes + (size_t)f->pb * f->per_patch;
+  return true;
+}
+
+// factor_ws: device bytes of one patch's factorisation workspace.
+size_t factor_ws(int D) { return (size_t)tri(ntiles(D, FT)) * FT * FT * 8; }
+
+}  // namespace
+
+extern "C" {
+
+int padim_plan_fit(int P, int D, int stage, size_t avail_bytes, padim_plan *out) {
+  FitPlan f;
+  memset(out, 0, sizeof *out);
+  if (P <= 0 || D <= 0 || stage <= 0 || !plan_fit(P, D, stage, avail_bytes, &f)) return PADIM_ERR_OOM;
+  out->resident = f.resident;
+  out->patch_block = f.pb;
+  out->stage = f.S;
+  out->device_bytes = f.device_bytes;
+  out->pinned_bytes = f.pinned_bytes;
   return PADIM_OK;
 }
 
-template <int NB>
-int launch_mahalanobis(padim_scorer *s, int k, int nb, char *err, size_t errlen) {
-  const int threads = 256;
-  const size_t smem = (size_t)((NB * s->D + 1) & ~1) * sizeof(float) + (threads / 32) * NB * sizeof(double);
-  LAUNCH(k_mahalanobis<NB>, dim3(s->P, (nb + NB - 1) / NB), threads, smem, s->ctx->compute, s->x[k], nb, s->P, s->D, s->mean,
-         s->linv, s->dist[k]);
-  LAUNCHED("mahalanobis");
+size_t padim_factor_workspace(int D) { return factor_ws(D); }
+
+static int acc_init(padim_acc *a, int stage, char *err, size_t errlen) {
+  padim_ctx *c = a->ctx;
+  const int P = a->P, D = a->D;
+  const long long L = a->L;
+  CK(cudaSetDevice(c->device));
+  CK(cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking));
+  TRY(a->bb.init(err, errlen));
+  size_t av = 0;
+  TRY(avail(c, &av, err, errlen));
+  FitPlan f;
+  if (!plan_fit(P, D, stage, av, &f))
+    return fail(err, errlen, PADIM_ERR_OOM,
+                "an accumulator for P=%d, D=%d needs at least one staged image (%.1f MiB) and one patch of statistics (%.1f MiB) "
+                "in device memory; %.1f MiB available",
+                P, D, (double)P * D * 4 / 1048576.0, f.per_patch / 1048576.0, av / 1048576.0);
+  a->S = f.S;
+  a->b_stage = f.stage_bytes;
+  a->resident = f.resident;
+  a->pb = f.pb;
+  const int pb = a->pb;
+  a->b_mean = (size_t)pb * D * sizeof(double);
+  a->b_m2 = (size_t)pb * L * sizeof(double);
+  a->b_bmean = (size_t)pb * D * sizeof(float);
+  a->b_delta = (size_t)pb * D * sizeof(double);
+  TRY(dev_alloc(c, &a->stage, a->b_stage, "the image stage", err, errlen));
+  TRY(dev_alloc(c, &a->mean, a->b_mean, "the running means", err, errlen));
+  TRY(dev_alloc(c, &a->m2, a->b_m2, "the second moments", err, errlen));
+  TRY(dev_alloc(c, &a->bmean, a->b_bmean, "the batch means", err, errlen));
+  TRY(dev_alloc(c, &a->delta, a->b_delta, "the mean updates", err, errlen));
+  a->dev_bytes = a->b_stage + a->b_mean + a->b_m2 + a->b_bmean + a->b_delta;
+  if (!a->resident) {  // (on the device the first pass writes the statistics)
+    TRY(host_alloc(&a->h_mean, (size_t)P * D * sizeof(double), "the running means", err, errlen));
+    TRY(host_alloc(&a->h_m2, (size_t)P * L * sizeof(double), "the second moments", err, errlen));
+    memset(a->h_mean, 0, (size_t)P * D * sizeof(double));
+    memset(a->h_m2, 0, (size_t)P * L * sizeof(double));
+    a->pinned_bytes = (size_t)P * (D + L) * sizeof(double);
+  }
+  CK(cudaStreamSynchronize(a->st));
+  return PADIM_OK;
+}
+
+int padim_acc_create(padim_ctx *c, int P, int D, int stage, padim_acc **out, char *err, size_t errlen) {
+  *out = nullptr;
+  if (P <= 0 || D <= 0 || stage <= 0) return fail(err, errlen, PADIM_ERR_ARG, "accumulator P=%d D=%d stage=%d", P, D, stage);
+  if ((long long)P * ntiles(D, ST) * (ntiles(D, ST) + 1) / 2 > 2147483647LL)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "accumulator P=%d D=%d: more tiles than one grid holds", P, D);
+  padim_acc *a = new padim_acc();
+  padim_ctx_retain(c);
+  g_live++;
+  a->ctx = c;
+  a->P = P;
+  a->D = D;
+  a->L = packed_len(D);
+  int rc = acc_init(a, stage, err, errlen);
+  if (rc != PADIM_OK) {
+    padim_acc_destroy(a);
+    return rc;
+  }
+  *out = a;
+  return PADIM_OK;
+}
+
+void padim_acc_plan(padim_acc *a, padim_plan *p) {
+  p->resident = a->resident;
+  p->patch_block = a->pb;
+  p->stage = a->S;
+  p->precision = precision_of(a->ctx);
+  p->device_bytes = a->dev_bytes;
+  p->pinned_bytes = a->pinned_bytes;
+}
+
+// acc_fold folds the staged images into the statistics, patch block by patch block.
+static int acc_fold(padim_acc *a, char *err, size_t errlen) {
+  if (a->staged == 0) return PADIM_OK;
+  padim_ctx *c = a->ctx;
+  const int D = a->D, nb = a->staged;
+  const long long L = a->L, xstride = (long long)a->P * D;
+  const double na = (double)a->count;
+  const double f = na * nb / (na + nb);
+  const int tiles = ntiles(D, ST), pairs = tiles * (tiles + 1) / 2;
+  for (int p0 = 0; p0 < a->P; p0 += a->pb) {
+    const int np = a->P - p0 < a->pb ? a->P - p0 : a->pb;
+    double *mean = a->resident ? a->mean + (size_t)p0 * D : a->mean;
+    double *m2 = a->resident ? a->m2 + (size_t)p0 * L : a->m2;
+    if (!a->resident && a->count > 0) {  // the first pass reads no statistics
+      CK(cudaMemcpyAsync(mean, a->h_mean + (size_t)p0 * D, (size_t)np * D * sizeof(double), cudaMemcpyHostToDevice, a->st));
+      CK(cudaMemcpyAsync(m2, a->h_m2 + (size_t)p0 * L, (size_t)np * L * sizeof(double), cudaMemcpyHostToDevice, a->st));
+    }
+    const float *x = a->stage + (size_t)p0 * D;
+    long long blocks = ((long long)np * D + MTHREADS - 1) / MTHREADS;
+    if (blocks > 65535LL * 16) blocks = 65535LL * 16;
+    RUN(c, k_stage_mean, (unsigned)blocks, MTHREADS, 0, a->st, x, xstride, nb, np, D, na, mean, a->bmean, a->delta);
+    const size_t smem = 2 * (size_t)SK * (ST + 4) * sizeof(float);
+    RUN(c, k_syrk_fold, (unsigned)((long long)np * pairs), STHREADS, smem, a->st, x, xstride, nb, D, pairs, a->bmean, a->delta, f,
+        a->count == 0 ? 1 : 0, m2);
+    if (!a->resident) {
+      CK(cudaMemcpyAsync(a->h_mean + (size_t)p0 * D, mean, (size_t)np * D * sizeof(double), cudaMemcpyDeviceToHost, a->st));
+      CK(cudaMemcpyAsync(a->h_m2 + (size_t)p0 * L, m2, (size_t)np * L * sizeof(double), cudaMemcpyDeviceToHost, a->st));
+    }
+  }
+  a->count += nb;
+  a->staged = 0;
+  return PADIM_OK;
+}
+
+int padim_acc_add(padim_acc *a, const float *x, int n, char *err, size_t errlen) {
+  if (n <= 0) return fail(err, errlen, PADIM_ERR_ARG, "batch of %d images", n);
+  CK(cudaSetDevice(a->ctx->device));
+  const size_t img = (size_t)a->P * a->D;
+  while (n > 0) {
+    const int k = a->S - a->staged < n ? a->S - a->staged : n;
+    // Stream order puts this upload after the previous pass's kernels on a->st.
+    TRY(a->bb.upload(a->stage + a->staged * img, x, (size_t)k * img * sizeof(float), a->st, err, errlen));
+    a->staged += k;
+    x += (size_t)k * img;
+    n -= k;
+    if (a->staged == a->S) TRY(acc_fold(a, err, errlen));
+  }
+  return PADIM_OK;
+}
+
+int padim_acc_flush(padim_acc *a, char *err, size_t errlen) {
+  CK(cudaSetDevice(a->ctx->device));
+  TRY(acc_fold(a, err, errlen));
+  CK(cudaStreamSynchronize(a->st));
+  return PADIM_OK;
+}
+
+int padim_acc_stats(padim_acc *a, double *mean, double *m2, int64_t *count, char *err, size_t errlen) {
+  CK(cudaSetDevice(a->ctx->device));
+  TRY(acc_fold(a, err, errlen));
+  const size_t bm = (size_t)a->P * a->D * sizeof(double), b2 = (size_t)a->P * a->L * sizeof(double);
+  if (a->count == 0) {  // nothing folded yet: the device buffers hold nothing
+    memset(mean, 0, bm);
+    memset(m2, 0, b2);
+  } else if (a->resident) {
+    TRY(a->bb.download(mean, a->mean, bm, a->st, err, errlen));
+    TRY(a->bb.download(m2, a->m2, b2, a->st, err, errlen));
+  } else {
+    CK(cudaStreamSynchronize(a->st));
+    memcpy(mean, a->h_mean, bm);
+    memcpy(m2, a->h_m2, b2);
+  }
+  CK(cudaStreamSynchronize(a->st));
+  *count = a->count;
+  return PADIM_OK;
+}
+
+// ---------------------------------------------------------------- models
+
+void padim_model_retain(padim_model *m) { m->refs++; }
+
+void padim_model_release(padim_model *m) {
+  if (!m || --m->refs > 0) return;
+  padim_ctx *c = m->ctx;
+  cudaSetDevice(c->device);
+  dev_free(c, m->mean, (size_t)m->P * m->D * sizeof(float));
+  dev_free(c, m->linv, (size_t)m->P * m->L * sizeof(float));
+  if (m->h_linv) cudaFreeHost(m->h_linv);
+  cudaGetLastError();
+  delete m;
+  padim_ctx_release(c);
+  g_live--;
+}
+
+int padim_model_resident(const padim_model *m) { return m->resident; }
+
+// model_new allocates a model: L⁻¹ on the device when `reserve` more bytes still fit
+// beside it, else in pinned host memory.
+static int model_new(padim_ctx *c, int P, int D, size_t reserve, padim_model **out, char *err, size_t errlen) {
+  *out = nullptr;
+  padim_model *m = new padim_model();
+  padim_ctx_retain(c);
+  g_live++;
+  m->ctx = c;
+  m->P = P;
+  m->D = D;
+  m->L = packed_len(D);
+  size_t av = 0;
+  int rc = avail(c, &av, err, errlen);
+  const size_t bl = (size_t)P * m->L * sizeof(float), bmu = (size_t)P * D * sizeof(float);
+  if (rc == PADIM_OK) rc = dev_alloc(c, &m->mean, bmu, "the model's means", err, errlen);
+  if (rc == PADIM_OK) {
+    m->resident = bl + bmu + reserve <= av;
+    rc = m->resident ? dev_alloc(c, &m->linv, bl, "the model", err, errlen) : host_alloc(&m->h_linv, bl, "the model", err, errlen);
+  }
+  if (rc != PADIM_OK) {
+    padim_model_release(m);
+    return rc;
+  }
+  *out = m;
+  return PADIM_OK;
+}
+
+int padim_model_upload(padim_ctx *c, int P, int D, const float *mean, const float *linv, padim_model **out, char *err,
+                       size_t errlen) {
+  *out = nullptr;
+  if (P <= 0 || D <= 0) return fail(err, errlen, PADIM_ERR_ARG, "model P=%d D=%d", P, D);
+  CK(cudaSetDevice(c->device));
+  padim_model *m = nullptr;
+  TRY(model_new(c, P, D, 0, &m, err, errlen));
+  // A stream of its own, synchronised before return: the upload is complete and ordered
+  // before any scorer's work.
+  cudaStream_t st = nullptr;
+  Bounce bb;
+  int rc = PADIM_OK;
+  cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+  if (e != cudaSuccess) rc = fail(err, errlen, cuda_code(e), "creating a stream: %s", cudaGetErrorString(e));
+  if (rc == PADIM_OK) rc = bb.init(err, errlen);
+  if (rc == PADIM_OK) rc = bb.upload(m->mean, mean, (size_t)P * D * sizeof(float), st, err, errlen);
+  if (rc == PADIM_OK) {
+    if (m->resident)
+      rc = bb.upload(m->linv, linv, (size_t)P * m->L * sizeof(float), st, err, errlen);
+    else
+      memcpy(m->h_linv, linv, (size_t)P * m->L * sizeof(float));
+  }
+  if (rc == PADIM_OK && (e = cudaStreamSynchronize(st)) != cudaSuccess)
+    rc = fail(err, errlen, cuda_code(e), "model upload: %s", cudaGetErrorString(e));
+  bb.destroy();
+  if (st) cudaStreamDestroy(st);
+  cudaGetLastError();
+  if (rc != PADIM_OK) {
+    padim_model_release(m);
+    return rc;
+  }
+  *out = m;
+  return PADIM_OK;
+}
+
+// ---------------------------------------------------------------- factorisation
+
+namespace {
+
+// factor_run factorises P patches whose packed M2 comes, chunk by chunk, from
+// m2_dev (device, already there) or m2_host (pinned or pageable host memory). The
+// result goes to the model m (device or pinned host) and, if linv_out is set, to host.
+int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t count, const double *m2_dev, const double *m2_host,
+               bool host_pinned, double eps, padim_model *m, float *linv_out, int *bad_patch, char *err, size_t errlen) {
+  const long long L = packed_len(D);
+  const int prec = precision_of(c);
+  const size_t vsize = 8;  // double or float2
+  const size_t ws = factor_ws(D);
+  const size_t per = ws + (m2_dev ? 0 : (size_t)L * sizeof(double)) + (m->resident ? 0 : (size_t)L * sizeof(float)) + sizeof(int);
+  size_t av = 0;
+  TRY(avail(c, &av, err, errlen));
+  int chunk = (int)(av / per);
+  if (chunk > P) chunk = P;
+  if (chunk > 65535) chunk = 65535;
+  if (chunk < 1)
+    return fail(err, errlen, PADIM_ERR_OOM, "factorising D=%d needs %.1f MiB of device memory per patch, %.1f MiB available", D,
+                per / 1048576.0, av / 1048576.0);
+  void *work = nullptr;
+  double *m2c = nullptr;
+  float *outc = nullptr;
+  int *status = nullptr;
+  std::vector<int> hstatus((size_t)chunk);
+  int rc = dev_alloc(c, &work, (size_t)chunk * ws, "the factorisation workspace", err, errlen);
+  if (rc == PADIM_OK && !m2_dev) rc = dev_alloc(c, &m2c, (size_t)chunk * L * sizeof(double), "statistics", err, errlen);
+  if (rc == PADIM_OK && !m->resident) rc = dev_alloc(c, &outc, (size_t)chunk * L * sizeof(float), "factor output", err, errlen);
+  if (rc == PADIM_OK) rc = dev_alloc(c, &status, (size_t)chunk * sizeof(int), "status flags", err, errlen);
+  const double inv = 1.0 / (double)(count - 1);
+  for (int p0 = 0; rc == PADIM_OK && p0 < P; p0 += chunk) {
+    const int np = P - p0 < chunk ? P - p0 : chunk;
+    const double *src = m2_dev ? m2_dev + (size_t)p0 * L : m2c;
+    if (!m2_dev) {
+      const size_t n = (size_t)np * L * sizeof(double);
+      if (host_pinned) {
+        cudaError_t e = cudaMemcpyAsync(m2c, m2_host + (size_t)p0 * L, n, cudaMemcpyHostToDevice, st);
+        if (e != cudaSuccess) {
+          rc = fail(err, errlen, cuda_code(e), "uploading statistics: %s", cudaGetErrorString(e));
+          break;
+        }
+      } else if ((rc = bb.upload(m2c, m2_host + (size_t)p0 * L, n, st, err, errlen)) != PADIM_OK) {
+        break;
+      }
+    }
+    float *dst = m->resident ? m->linv + (size_t)p0 * L : outc;
+    auto body = [&]() -> int {
+      if (prec == PADIM_PREC_FP64)
+        RUN(c, k_factor<F64>, np, FTHREADS, factor_smem<F64>(), st, src, D, inv, eps, (double *)work, (long long)(ws / vsize), dst, status);
+      else
+        RUN(c, k_factor<DF32>, np, FTHREADS, factor_smem<DF32>(), st, src, D, inv, eps, (float2 *)work, (long long)(ws / vsize), dst,
+            status);
+      return PADIM_OK;
+    };
+    if ((rc = body()) != PADIM_OK) break;
+    if ((rc = bb.download(hstatus.data(), status, (size_t)np * sizeof(int), st, err, errlen)) != PADIM_OK) break;
+    for (int i = 0; i < np; i++)
+      if (hstatus[i]) {
+        *bad_patch = p0 + i;
+        rc = fail(err, errlen, PADIM_ERR_NOT_PD, "covariance of patch %d is not positive definite", p0 + i);
+        break;
+      }
+    if (rc != PADIM_OK) break;
+    const size_t nbytes = (size_t)np * L * sizeof(float);
+    if (!m->resident) {
+      cudaError_t e = cudaMemcpyAsync(m->h_linv + (size_t)p0 * L, outc, nbytes, cudaMemcpyDeviceToHost, st);
+      if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+      if (e != cudaSuccess) {
+        rc = fail(err, errlen, cuda_code(e), "downloading the factor: %s", cudaGetErrorString(e));
+        break;
+      }
+      if (linv_out) memcpy(linv_out + (size_t)p0 * L, m->h_linv + (size_t)p0 * L, nbytes);
+    } else if (linv_out) {
+      if ((rc = bb.download(linv_out + (size_t)p0 * L, dst, nbytes, st, err, errlen)) != PADIM_OK) break;
+    }
+  }
+  cudaStreamSynchronize(st);
+  cudaGetLastError();
+  dev_free(c, work, (size_t)chunk * ws);
+  dev_free(c, m2c, (size_t)chunk * L * sizeof(double));
+  dev_free(c, outc, (size_t)chunk * L * sizeof(float));
+  dev_free(c, status, (size_t)chunk * sizeof(int));
+  return rc;
+}
+
+// finish_model sets the model's means from float64 host means, and the caller's copy.
+int finish_model(padim_model *m, const double *mean, float *mean_out, cudaStream_t st, Bounce &bb, char *err, size_t errlen) {
+  std::vector<float> mf((size_t)m->P * m->D);
+  for (size_t i = 0; i < mf.size(); i++) mf[i] = (float)mean[i];
+  if (mean_out) memcpy(mean_out, mf.data(), mf.size() * sizeof(float));
+  TRY(bb.upload(m->mean, mf.data(), mf.size() * sizeof(float), st, err, errlen));
+  CK(cudaStreamSynchronize(st));
   return PADIM_OK;
 }
 
 }  // namespace
 
-extern "C" int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char *err, size_t errlen) {
+int padim_acc_factorize(padim_acc *a, double eps, float *mean_out, float *linv_out, padim_model **model, int *bad_patch, char *err,
+                        size_t errlen) {
+  *bad_patch = -1;
+  if (model) *model = nullptr;
+  padim_ctx *c = a->ctx;
+  CK(cudaSetDevice(c->device));
+  TRY(acc_fold(a, err, errlen));
+  if (a->count < 2) return fail(err, errlen, PADIM_ERR_ARG, "need at least 2 training images for a covariance, got %lld", (long long)a->count);
+  if (!(eps >= 0) || !std::isfinite(eps)) return fail(err, errlen, PADIM_ERR_ARG, "regularisation eps must be finite and >= 0");
+  CK(cudaStreamSynchronize(a->st));
+  padim_model *m = nullptr;
+  TRY(model_new(c, a->P, a->D, factor_ws(a->D) * (a->P < 64 ? a->P : 64), &m, err, errlen));
+  int rc = factor_run(c, a->st, a->bb, a->P, a->D, a->count, a->resident ? a->m2 : nullptr, a->resident ? nullptr : a->h_m2, true, eps, m,
+                      linv_out, bad_patch, err, errlen);
+  std::vector<double> hmean;
+  if (rc == PADIM_OK) {
+    hmean.resize((size_t)a->P * a->D);
+    if (a->resident)
+      rc = a->bb.download(hmean.data(), a->mean, hmean.size() * sizeof(double), a->st, err, errlen);
+    else
+      memcpy(hmean.data(), a->h_mean, hmean.size() * sizeof(double));
+  }
+  if (rc == PADIM_OK) rc = finish_model(m, hmean.data(), mean_out, a->st, a->bb, err, errlen);
+  if (rc != PADIM_OK || !model) {
+    padim_model_release(m);
+    return rc;
+  }
+  *model = m;
+  return PADIM_OK;
+}
+
+int padim_factorize(padim_ctx *c, int P, int D, int64_t count, const double *mean, const double *m2, double eps, float *mean_out,
+                    float *linv_out, padim_model **model, int *bad_patch, char *err, size_t errlen) {
+  *bad_patch = -1;
+  if (model) *model = nullptr;
+  if (P <= 0 || D <= 0 || count < 2)
+    return fail(err, errlen, PADIM_ERR_ARG, "factorize P=%d D=%d N=%lld (at least 2)", P, D, (long long)count);
+  CK(cudaSetDevice(c->device));
+  cudaStream_t st = nullptr;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  Bounce bb;
+  padim_model *m = nullptr;
+  int rc = bb.init(err, errlen);
+  if (rc == PADIM_OK) rc = model_new(c, P, D, factor_ws(D) * (P < 64 ? P : 64), &m, err, errlen);
+  if (rc == PADIM_OK) rc = factor_run(c, st, bb, P, D, count, nullptr, m2, false, eps, m, linv_out, bad_patch, err, errlen);
+  if (rc == PADIM_OK) rc = finish_model(m, mean, mean_out, st, bb, err, errlen);
+  cudaStreamSynchronize(st);
+  bb.destroy();
+  cudaStreamDestroy(st);
+  cudaGetLastError();
+  if (rc != PADIM_OK || !model) {
+    padim_model_release(m);
+    return rc;
+  }
+  *model = m;
+  return PADIM_OK;
+}
+
+// ---------------------------------------------------------------- scorer
+
+void padim_scorer_destroy(padim_scorer *s) {
+  if (!s) return;
+  padim_ctx *c = s->ctx;
+  cudaSetDevice(c->device);
+  if (s->st) cudaStreamSynchronize(s->st);
+  s->bb.destroy();
+  dev_free(c, s->x, s->b_x);
+  dev_free(c, s->dist, s->b_dist);
+  dev_free(c, s->lblk, s->b_lblk);
+  if (s->st) cudaStreamDestroy(s->st);
+  cudaGetLastError();
+  padim_model_release(s->m);
+  delete s;
+  padim_ctx_release(c);
+  g_live--;
+}
+
+static int scorer_init(padim_scorer *s, int max_batch, char *err, size_t errlen) {
+  padim_ctx *c = s->ctx;
+  padim_model *m = s->m;
+  const int P = m->P, D = m->D;
+  const long long L = m->L;
+  CK(cudaSetDevice(c->device));
+  CK(cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking));
+  TRY(s->bb.init(err, errlen));
+  size_t av = 0;
+  TRY(avail(c, &av, err, errlen));
+  const size_t img = (size_t)P * D * sizeof(float) + (size_t)P * sizeof(float);
+  size_t room = av;
+  if (!m->resident) {
+    // stream L⁻¹ by patch blocks: at most half of what is available
+    s->pb = (int)((av / 2) / ((size_t)L * sizeof(float)));
+    if (s->pb > P) s->pb = P;
+    if (s->pb < 1)
+      return fail(err, errlen, PADIM_ERR_OOM, "one patch of the model (D=%d: %.1f MiB) does not fit the device memory available", D,
+                  L * 4 / 1048576.0);
+    s->b_lblk = (size_t)s->pb * L * sizeof(float);
+    room -= s->b_lblk;
+  } else {
+    s->pb = P;
+  }
+  int b = max_batch;
+  if ((size_t)b * img > room) b = (int)(room / img);
+  if (b < 1) return fail(err, errlen, PADIM_ERR_OOM, "one embedding (%.1f MiB) does not fit beside the model", img / 1048576.0);
+  if (b > QB && b % QB) b -= b % QB;  // whole groups of 64 images
+  s->maxb = b;
+  s->b_x = (size_t)b * P * D * sizeof(float);
+  s->b_dist = (size_t)b * P * sizeof(float);
+  TRY(dev_alloc(c, &s->x, s->b_x, "the scoring batch", err, errlen));
+  TRY(dev_alloc(c, &s->dist, s->b_dist, "the distances", err, errlen));
+  if (s->b_lblk) TRY(dev_alloc(c, &s->lblk, s->b_lblk, "a block of the model", err, errlen));
+  return PADIM_OK;
+}
+
+int padim_scorer_create(padim_model *m, int max_batch, padim_scorer **out, char *err, size_t errlen) {
+  *out = nullptr;
+  if (max_batch <= 0) return fail(err, errlen, PADIM_ERR_ARG, "scorer batch %d", max_batch);
+  if ((long long)m->P * ntiles(max_batch, QB) > 2147483647LL)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "scorer: %d patches × %d images is more blocks than one grid holds", m->P, max_batch);
+  padim_scorer *s = new padim_scorer();
+  padim_model_retain(m);
+  padim_ctx_retain(m->ctx);
+  g_live++;
+  s->m = m;
+  s->ctx = m->ctx;
+  int rc = scorer_init(s, max_batch, err, errlen);
+  if (rc != PADIM_OK) {
+    padim_scorer_destroy(s);
+    return rc;
+  }
+  *out = s;
+  return PADIM_OK;
+}
+
+void padim_scorer_plan(padim_scorer *s, padim_plan *p) {
+  p->resident = s->m->resident;
+  p->patch_block = s->pb;
+  p->stage = s->maxb;
+  p->precision = precision_of(s->ctx);
+  p->device_bytes = s->b_x + s->b_dist + s->b_lblk;
+  p->pinned_bytes = s->m->resident ? 0 : (size_t)s->m->P * s->m->L * sizeof(float);
+}
+
+int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char *err, size_t errlen) {
   if (n <= 0) return fail(err, errlen, PADIM_ERR_ARG, "batch of %d images", n);
   padim_ctx *c = s->ctx;
+  padim_model *m = s->m;
+  const int P = m->P, D = m->D;
+  const long long L = m->L;
   CK(cudaSetDevice(c->device));
-  const size_t pd = (size_t)s->P * s->D;
+  const size_t img = (size_t)P * D;
   for (int off = 0; off < n; off += s->maxb) {
     const int nb = n - off < s->maxb ? n - off : s->maxb;
-    const int k = s->slot;
-    s->slot ^= 1;
-    int rc = drain(s, k, err, errlen);
-    if (rc != PADIM_OK) return rc;
-    memcpy(s->hx[k], x + (size_t)off * pd, (size_t)nb * pd * sizeof(float));
-    CK(cudaMemcpyAsync(s->x[k], s->hx[k], (size_t)nb * pd * sizeof(float), cudaMemcpyHostToDevice, c->copy));
-    CK(cudaEventRecord(s->copied[k], c->copy));
-    CK(cudaStreamWaitEvent(c->compute, s->copied[k], 0));
-    // 16 images per block while their embeddings fit in 40 KiB of shared memory, else 8
-    rc = (16 * s->D * 4 <= 40 * 1024) ? launch_mahalanobis<16>(s, k, nb, err, errlen) : launch_mahalanobis<8>(s, k, nb, err, errlen);
-    if (rc != PADIM_OK) return rc;
-    CK(cudaMemcpyAsync(s->hdist[k], s->dist[k], (size_t)nb * s->P * sizeof(float), cudaMemcpyDeviceToHost, c->compute));
-    CK(cudaEventRecord(s->done[k], c->compute));
-    s->pending_dst[k] = dist + (size_t)off * s->P;
-    s->pending_n[k] = nb;
-  }
-  for (int k = 0; k < 2; k++) {
-    int rc = drain(s, k, err, errlen);
-    if (rc != PADIM_OK) return rc;
+    TRY(s->bb.upload(s->x, x + (size_t)off * img, (size_t)nb * img * sizeof(float), s->st, err, errlen));
+    for (int p0 = 0; p0 < P; p0 += s->pb) {
+      const int np = P - p0 < s->pb ? P - p0 : s->pb;
+      const float *lv = m->linv + (size_t)p0 * L;
+      if (!m->resident) {
+        CK(cudaMemcpyAsync(s->lblk, m->h_linv + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
+        lv = s->lblk;
+      }
+      if (nb <= 16)
+        RUN(c, k_score<16>, (unsigned)((long long)np * ntiles(nb, 16)), QTHREADS, score_smem<16>(), s->st, s->x + (size_t)p0 * D,
+            (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
+      else
+        RUN(c, k_score<QB>, (unsigned)((long long)np * ntiles(nb, QB)), QTHREADS, score_smem<QB>(), s->st, s->x + (size_t)p0 * D,
+            (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
+    }
+    TRY(s->bb.download(dist + (size_t)off * P, s->dist, (size_t)nb * P * sizeof(float), s->st, err, errlen));
   }
   return PADIM_OK;
 }
+
+// ---------------------------------------------------------------- probe
+
+int padim_probe_launch(padim_ctx *c, int threads, size_t smem, int checked, char *err, size_t errlen) {
+  CK(cudaSetDevice(c->device));
+  cudaStream_t st = nullptr;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  int *d = nullptr;
+  int rc = dev_alloc(c, &d, sizeof(int), "probe", err, errlen);
+  const int words = (int)(smem / sizeof(int));
+  if (rc == PADIM_OK) {
+    auto body = [&]() -> int {
+      CK(cudaMemsetAsync(d, 0, sizeof(int), st));
+      if (checked) {
+        RUN(c, k_probe, 1, threads, smem, st, words, d);
+      } else {
+        LAUNCH(k_probe_bare, 1, threads, smem, st, words, d);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return fail(err, errlen, cuda_code(e), "kernel k_probe: %s", cudaGetErrorString(e));
+      }
+      int h = 0;
+      CK(cudaMemcpyAsync(&h, d, sizeof(int), cudaMemcpyDeviceToHost, st));
+      CK(cudaStreamSynchronize(st));
+      if (h != 1) return fail(err, errlen, PADIM_ERR_CUDA, "probe: shared memory sum wrong (%d)", h);
+      return PADIM_OK;
+    };
+    rc = body();
+  }
+  cudaStreamSynchronize(st);
+  dev_free(c, d, sizeof(int));
+  cudaStreamDestroy(st);
+  cudaGetLastError();
+  return rc;
+}
+
+}  // extern "C"

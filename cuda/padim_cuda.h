@@ -5,9 +5,20 @@
  * row-major ((i, j<=i) at i(i+1)/2+j); the model float32 mean [P][D] and packed
  * L^-1 [P][D(D+1)/2] with Sigma = L L^T.
  *
- * Every call returns PADIM_OK (0) or an error code, with a message in err
- * (errlen bytes, always NUL-terminated). Host pointers may be ordinary
- * (pageable) memory: the library stages through its own pinned buffers.
+ * Every call that can fail returns PADIM_OK (0) or an error code, with a message in
+ * err (errlen bytes, always NUL-terminated). Host pointers may be ordinary (pageable)
+ * memory: the library copies through its own pinned buffers, on its own streams.
+ *
+ * Lifetimes: a context is reference-counted. padim_ctx_create returns it with one
+ * reference; every accumulator, model and scorer takes one of its own and drops it
+ * when destroyed, so padim_ctx_release by the owner never frees what others still
+ * use. Models are reference-counted the same way (a scorer holds its model).
+ * Objects are not safe for concurrent use: one caller at a time per accumulator or
+ * scorer (the Go layer holds a mutex); different objects may be used concurrently.
+ *
+ * Data stays on the device: an accumulator keeps its statistics there (or, when the
+ * card is too small, in pinned host memory streamed by patch blocks), factorises them
+ * there into a model, and a scorer created from that model uses it without copies.
  */
 #ifndef PADIM_CUDA_H
 #define PADIM_CUDA_H
@@ -25,42 +36,111 @@ enum {
   PADIM_ERR_OOM = 2,       /* not enough device or pinned host memory */
   PADIM_ERR_NOT_PD = 3,    /* a covariance is not positive definite */
   PADIM_ERR_ARG = 4,       /* bad arguments */
-  PADIM_ERR_NO_DEVICE = 5  /* no CUDA device or driver */
+  PADIM_ERR_NO_DEVICE = 5, /* no CUDA device or driver */
+  PADIM_ERR_LIMIT = 6      /* a size the kernels or the device cannot handle, refused before launch */
 };
+
+/* Factorisation arithmetic: native float64, or float pairs ("double-float", about 44
+ * bits) where the card's float64 rate is low (GTX/RTX: 1/32 to 1/64 of float32). */
+enum { PADIM_PREC_AUTO = 0, PADIM_PREC_FP64 = 1, PADIM_PREC_DF32 = 2 };
+
+typedef struct padim_device_props {
+  char name[256];
+  int cc_major, cc_minor;
+  size_t total_mem, free_mem;
+  int multiprocessors;
+  int max_threads_per_block;
+  size_t smem_per_block;       /* without opt-in */
+  size_t smem_per_block_optin; /* with cudaFuncSetAttribute */
+  int fp32_to_fp64_ratio;
+  int emulated;
+} padim_device_props;
 
 /* Devices. */
 int padim_device_count(int *count, char *err, size_t errlen);
-int padim_device_info(int device, char *name, size_t namelen, size_t *total_mem, size_t *free_mem,
-                      int *cc_major, int *cc_minor, char *err, size_t errlen);
+int padim_device_props_get(int device, padim_device_props *out, char *err, size_t errlen);
 
 /* Debug: when on, every kernel launch is followed by a synchronise and an error check. */
 void padim_set_debug_sync(int on);
+/* Profiling: when on, every kernel launch is timed with CUDA events (see padim_ctx_profile). */
+void padim_set_profile(int on);
 
-/* A context: one device, a compute stream and a copy stream. */
+/* Objects alive now (contexts, accumulators, models, scorers): for lifetime tests. */
+int padim_live_objects(void);
+
+/* A context: one device, its properties, a memory budget and profile records. */
 typedef struct padim_ctx padim_ctx;
 int padim_ctx_create(int device, padim_ctx **out, char *err, size_t errlen);
-void padim_ctx_destroy(padim_ctx *ctx);
+void padim_ctx_retain(padim_ctx *ctx);
+void padim_ctx_release(padim_ctx *ctx);
+/* Device bytes the library may hold at once on this context (0: what the card has free,
+ * less a reserve). Smaller budgets make accumulators and scorers stream by patch blocks. */
+void padim_ctx_set_budget(padim_ctx *ctx, size_t bytes);
+void padim_ctx_set_precision(padim_ctx *ctx, int prec);
+/* Per-kernel times since the last call, one line per kernel:
+ * "name launches total_ms min_ms max_ms"; with reset set, starts over. */
+int padim_ctx_profile(padim_ctx *ctx, char *buf, size_t len, int reset, char *err, size_t errlen);
 
-/* Streaming statistics (Chan's merge per batch). max_batch bounds the images per
- * device batch; larger calls are split. */
+/* How an accumulator or scorer laid its data out. */
+typedef struct padim_plan {
+  int resident;        /* 1: everything on the device; 0: streamed by patch blocks */
+  int patch_block;     /* patches per block (P when resident) */
+  int stage;           /* images per accumulation pass, or per scoring launch */
+  int precision;       /* PADIM_PREC_FP64 or PADIM_PREC_DF32 */
+  size_t device_bytes; /* held on the device */
+  size_t pinned_bytes; /* held in pinned host memory */
+} padim_plan;
+
+/* The layout an accumulator would choose with avail_bytes of device memory (no
+ * allocation): PADIM_ERR_OOM when even one image and one patch do not fit. */
+int padim_plan_fit(int P, int D, int stage, size_t avail_bytes, padim_plan *out);
+/* Device bytes of one patch's factorisation workspace (tiles of 32, 8-byte values). */
+size_t padim_factor_workspace(int D);
+
+/* Streaming statistics. Images are staged on the device, stage at a time (at least
+ * 128 unless memory forbids), and folded into the float64 statistics per pass. */
 typedef struct padim_acc padim_acc;
-int padim_acc_create(padim_ctx *ctx, int P, int D, int max_batch, padim_acc **out, char *err, size_t errlen);
+int padim_acc_create(padim_ctx *ctx, int P, int D, int stage, padim_acc **out, char *err, size_t errlen);
+void padim_acc_plan(padim_acc *acc, padim_plan *out);
 int padim_acc_add(padim_acc *acc, const float *x, int n, char *err, size_t errlen);
 int padim_acc_stats(padim_acc *acc, double *mean, double *m2, int64_t *count, char *err, size_t errlen);
+/* Folds the staged images into the statistics and waits for the device (timing). */
+int padim_acc_flush(padim_acc *acc, char *err, size_t errlen);
 void padim_acc_destroy(padim_acc *acc);
 
-/* Factorisation: Sigma = M2/(count-1) + eps I = L L^T per patch in float64, then
- * L^-1 packed as float32 into linv [P][D(D+1)/2]. On PADIM_ERR_NOT_PD, *bad_patch
- * is the first patch that failed. D <= 1024. */
-int padim_factorize(padim_ctx *ctx, int P, int D, int64_t count, const double *m2, double eps,
-                    float *linv, int *bad_patch, char *err, size_t errlen);
+/* A model: float32 mean and packed L^-1, on the device when it fits (else in pinned host
+ * memory, streamed to the device by patch blocks at each scoring launch). */
+typedef struct padim_model padim_model;
+void padim_model_retain(padim_model *m);
+void padim_model_release(padim_model *m);
+int padim_model_resident(const padim_model *m);
 
-/* Mahalanobis distances ||L^-1 (x - mu)|| for batches [n][P][D] into dist [n][P]. */
+/* Factorisation: Sigma = M2/(count-1) + eps I = L L^T per patch, then L^-1 rounded to
+ * float32. From an accumulator's statistics where they are (nothing leaves the device
+ * but the result), or from host statistics. The result is written to mean_out [P][D]
+ * and linv_out [P][D(D+1)/2] (either may be NULL) and, when model is not NULL, kept as
+ * a model. On PADIM_ERR_NOT_PD, *bad_patch is the first patch that failed. */
+int padim_acc_factorize(padim_acc *acc, double eps, float *mean_out, float *linv_out, padim_model **model, int *bad_patch,
+                        char *err, size_t errlen);
+int padim_factorize(padim_ctx *ctx, int P, int D, int64_t count, const double *mean, const double *m2, double eps,
+                    float *mean_out, float *linv_out, padim_model **model, int *bad_patch, char *err, size_t errlen);
+/* A model from host arrays (uploaded once, stream-ordered). */
+int padim_model_upload(padim_ctx *ctx, int P, int D, const float *mean, const float *linv, padim_model **out, char *err,
+                       size_t errlen);
+
+/* Mahalanobis distances ||L^-1 (x - mu)|| for batches [n][P][D] into dist [n][P].
+ * Each launch reads every patch's L^-1 once per 64 images. */
 typedef struct padim_scorer padim_scorer;
-int padim_scorer_create(padim_ctx *ctx, int P, int D, int max_batch, const float *mean, const float *linv,
-                        padim_scorer **out, char *err, size_t errlen);
+int padim_scorer_create(padim_model *m, int max_batch, padim_scorer **out, char *err, size_t errlen);
+void padim_scorer_plan(padim_scorer *s, padim_plan *out);
 int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char *err, size_t errlen);
 void padim_scorer_destroy(padim_scorer *s);
+
+/* Test hook: launches a probe kernel with the given threads per block and dynamic
+ * shared memory, through the library's launch checks (checked=1) or bare (checked=0,
+ * the error then comes from cudaGetLastError). The kernel fills and sums its shared
+ * memory, so a launch that "succeeds" with less memory than asked shows. */
+int padim_probe_launch(padim_ctx *ctx, int threads, size_t smem, int checked, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

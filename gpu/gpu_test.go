@@ -7,8 +7,6 @@ import (
 	"errors"
 	"math"
 	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/padim/padim/detector"
@@ -20,13 +18,18 @@ import (
 	"github.com/padim/padim/detector/synth"
 )
 
-// device returns the CUDA backend or skips where there is no GPU.
+// device returns the CUDA backend, closed at the end of the test, or skips where
+// there is no GPU; with PADIM_REQUIRE_GPU=1 (scripts/device-check.sh) no GPU fails.
 func device(t testing.TB) *Backend {
 	t.Helper()
 	b, err := New(0)
 	if err != nil {
+		if os.Getenv("PADIM_REQUIRE_GPU") == "1" {
+			t.Fatalf("no CUDA device, and PADIM_REQUIRE_GPU=1: %v", err)
+		}
 		t.Skipf("no CUDA device: %v", err)
 	}
+	t.Cleanup(func() { b.(*Backend).Close() })
 	return b.(*Backend)
 }
 
@@ -36,10 +39,11 @@ func TestConformance(t *testing.T) {
 	gausstest.Run(t, b)
 }
 
-// The device batch is smaller than the calls, so batches split and slots rotate.
+// The stage and the scoring batch are smaller than the calls, so calls split across
+// passes and launches.
 func TestConformanceSmallDeviceBatch(t *testing.T) {
 	b := device(t)
-	b.MaxBatch = 7 // below the suites' batch sizes: calls split and both slots rotate
+	b.Stage, b.ScoreBatch = 7, 7 // below the suites' batch sizes
 	gausstest.Run(t, b)
 }
 
@@ -112,11 +116,7 @@ func TestParityRealFeatures(t *testing.T) {
 	if Emulated {
 		t.Skip("3136 patches are too slow for the host emulator; runs on a GPU")
 	}
-	_, file, _, _ := runtime.Caller(0)
-	model := filepath.Join(filepath.Dir(file), "..", "..", "shared", "models", "mobilenet_v2_imagenet.onnx")
-	if _, err := os.Stat(model); err != nil {
-		t.Skip("../shared/models/mobilenet_v2_imagenet.onnx not present")
-	}
+	model := sharedModel(t, "mobilenet_v2_imagenet.onnx")
 	device(t)
 	if err := backbone.Init(""); err != nil {
 		t.Skipf("ONNX Runtime not available: %v", err)
