@@ -1439,7 +1439,7 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
   if (rc == PADIM_OK && !m2_dev) rc = dev_alloc(c, &m2c, (size_t)chunk * L * sizeof(double), "statistics", err, errlen);
   if (rc == PADIM_OK && !m->resident) rc = dev_alloc(c, &outc, (size_t)chunk * L * sizeof(float), "factor output", err, errlen);
   if (rc == PADIM_OK) rc = dev_alloc(c, &status, (size_t)chunk * sizeof(int), "status flags", err, errlen);
-  const double inv = 1.0 / (double)(count - 1);
+  const double inv = count > 1 ? 1.0 / (double)(count - 1) : 0.0;  // one sample: no spread, Sigma = eps I
   for (int p0 = 0; rc == PADIM_OK && p0 < P; p0 += chunk) {
     const int np = P - p0 < chunk ? P - p0 : chunk;
     const double *src = m2_dev ? m2_dev + (size_t)p0 * L : m2c;
@@ -1514,8 +1514,10 @@ int padim_acc_factorize(padim_acc *a, double eps, float *mean_out, float *linv_o
   padim_ctx *c = a->ctx;
   CK(cudaSetDevice(c->device));
   TRY(acc_fold(a, err, errlen));
-  if (a->count < 2) return fail(err, errlen, PADIM_ERR_ARG, "need at least 2 training images for a covariance, got %lld", (long long)a->count);
+  if (a->count < 1) return fail(err, errlen, PADIM_ERR_ARG, "no training samples");
   if (!(eps >= 0) || !std::isfinite(eps)) return fail(err, errlen, PADIM_ERR_ARG, "regularisation eps must be finite and >= 0");
+  if (a->count == 1 && !(eps > 0))
+    return fail(err, errlen, PADIM_ERR_ARG, "one training sample has no spread: its covariance is eps I, and eps is 0");
   CK(cudaStreamSynchronize(a->st));
   padim_model *m = nullptr;
   TRY(model_new(c, a->P, a->D, factor_ws(a->D) * (a->P < 64 ? a->P : 64), &m, err, errlen));
@@ -1542,8 +1544,8 @@ int padim_factorize(padim_ctx *c, int P, int D, int64_t count, const double *mea
                     float *linv_out, padim_model **model, int *bad_patch, char *err, size_t errlen) {
   *bad_patch = -1;
   if (model) *model = nullptr;
-  if (P <= 0 || D <= 0 || count < 2)
-    return fail(err, errlen, PADIM_ERR_ARG, "factorize P=%d D=%d N=%lld (at least 2)", P, D, (long long)count);
+  if (P <= 0 || D <= 0 || count < 1 || (count == 1 && !(eps > 0)))
+    return fail(err, errlen, PADIM_ERR_ARG, "factorize P=%d D=%d N=%lld (at least 1, with eps > 0 for one)", P, D, (long long)count);
   CK(cudaSetDevice(c->device));
   cudaStream_t st = nullptr;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

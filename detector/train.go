@@ -559,6 +559,9 @@ func (f *fitter) constant() (bool, error) {
 // model factorises what has been collected, in the form chosen.
 func (f *fitter) model() (gauss.Model, error) {
 	if f.acc != nil {
+		if ip, ok := f.acc.(gauss.InPlaceFactorizer); ok {
+			return ip.Factorize(f.eps)
+		}
 		s, err := f.acc.Stats()
 		if err != nil {
 			return nil, err

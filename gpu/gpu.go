@@ -167,6 +167,10 @@ func New(device int) (gauss.Backend, error) {
 // Name implements gauss.Backend.
 func (b *Backend) Name() string { return b.name }
 
+// PreferredGroup asks the pipeline for 64 embeddings per Score call: the
+// scoring kernel reads each patch's L⁻¹ once per group of 64 images.
+func (b *Backend) PreferredGroup() int { return 64 }
+
 // Props returns the device's properties as read when the backend was opened.
 func (b *Backend) Props() Props { return b.props }
 

@@ -294,6 +294,13 @@ type Scorer interface {
 	Close() error
 }
 
+// InPlaceFactorizer is an Accumulator that factorises its statistics where
+// they are (a GPU: nothing but the model crosses the bus, and the device copy
+// serves the scorer of the returned Gaussian).
+type InPlaceFactorizer interface {
+	Factorize(eps float64) (*Gaussian, error)
+}
+
 // SampleScorer is a Scorer that also gives an image score per sample (a
 // method whose image score is not the maximum of its map: PatchCore, SPADE),
 // and can leave a training group (an image) out of its references for
