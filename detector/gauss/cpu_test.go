@@ -14,3 +14,9 @@ func TestCPUConformance(t *testing.T) { gausstest.Run(t, gauss.CPU{}) }
 func TestCPUConformanceSmallStage(t *testing.T) {
 	gausstest.Run(t, gauss.CPU{StageBytes: 1})
 }
+
+// The CPU backend at PaDiM's d=550 (few patches), against the float64 reference.
+func TestCPUAtProductionSize(t *testing.T) {
+	gausstest.RunAt(t, gauss.CPU{}, 60, 2, 550)
+	gausstest.RunAt(t, gauss.CPU{}, 300, 1, 550) // N > (d+1)/2
+}

@@ -5,6 +5,7 @@ package gausstest
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -338,8 +339,43 @@ func relErr(got, want float64) float64 {
 	return math.Abs(got-want) / math.Max(math.Abs(want), 1e-12)
 }
 
+// RunAt checks a backend against the float64 reference at a given size —
+// production's d with few patches (p), n training images — in both forms
+// when the backend has the low-rank one: the suite's own sizes are small.
+func RunAt(t *testing.T, b gauss.Backend, n, p, d int) {
+	t.Run(fmt.Sprintf("ReferenceAt_n%d_p%d_d%d", n, p, d), func(t *testing.T) { testReferenceAt(t, b, n, p, d, 0, 1, 1e-4) })
+	if lr, ok := b.(gauss.LowRankBackend); ok {
+		t.Run(fmt.Sprintf("LowRankReferenceAt_n%d_p%d_d%d", n, p, d), func(t *testing.T) {
+			x := Correlated(41, n, p, d, 1, 1)
+			test := Correlated(42, 5, p, d, 1, 1.3)
+			m, err := lr.FactorizeLowRank(x, gauss.All(n), p, d, 0.01)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := scoreLowRank(t, lr, m, test, 5)
+			mean, inv, ok := refpadim.Fit(x, n, p, d, 0.01)
+			if !ok {
+				t.Fatal("reference singular")
+			}
+			want := refpadim.Distances(test, 5, p, d, mean, inv)
+			worst := 0.0
+			for i := range want {
+				worst = max(worst, relErr(float64(got[i]), want[i]))
+			}
+			t.Logf("low-rank at n=%d d=%d vs float64: %.2g", n, d, worst)
+			if worst > 1e-4 {
+				t.Fatalf("low-rank off the float64 reference by %.3g", worst)
+			}
+		})
+	}
+}
+
 func testReference(t *testing.T, b gauss.Backend, mean, spread, tol float64) {
-	const n, p, d, eps = 40, 6, 24, 0.01
+	testReferenceAt(t, b, 40, 6, 24, mean, spread, tol)
+}
+
+func testReferenceAt(t *testing.T, b gauss.Backend, n, p, d int, mean, spread, tol float64) {
+	const eps = 0.01
 	x := Correlated(1, n, p, d, mean, spread)
 	test := Correlated(2, 7, p, d, mean, spread*1.5)
 	s := fit(t, b, x, n, p, d, 16)
