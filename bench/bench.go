@@ -44,6 +44,10 @@ type Config struct {
 	Backend      gauss.Backend
 	PeakGFLOPS   float64 // the machine's fp32 SGEMM rate, 0 if not measured
 	Dir          string  // where the model file is written and read (default: a temporary folder)
+	// Open, when set, opens the model's embedded backbone for scoring, as
+	// `padim score` does (a new ONNX Runtime session, timed with the load);
+	// otherwise scoring reuses Extractor.
+	Open func(onnx []byte) (detector.Extractor, func(), error)
 }
 
 // Stage is one measured stage: busy time summed over its workers.
@@ -76,7 +80,7 @@ type Report struct {
 	ScoreStages  []Stage `json:"score_stages"`
 	TrainSeconds float64 `json:"train_seconds"` // wall time of detector.Train
 	SaveSeconds  float64 `json:"save_seconds"`  // writing the model file
-	LoadSeconds  float64 `json:"load_seconds"`  // reading and checking it, preparing the scorer
+	LoadSeconds  float64 `json:"load_seconds"`  // reading and checking it, opening its backbone, preparing the scorer
 	ScoreSeconds float64 `json:"score_seconds"` // wall time of Scorer.Score over the score set
 	ScoreRate    float64 `json:"score_images_per_s"`
 	// ScoreRateWithLoad is what a `padim score` process reaches: images over
@@ -131,7 +135,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc, err := m.NewScorer(cfg.Extractor, detector.ScoreConfig{Backend: cfg.Backend, Pipeline: cfg.Pipeline, OpenRadius: -1})
+	ext := cfg.Extractor
+	if cfg.Open != nil {
+		e, closeExt, err := cfg.Open(m.BackboneONNX)
+		if err != nil {
+			return nil, err
+		}
+		defer closeExt()
+		ext = e
+	}
+	sc, err := m.NewScorer(ext, detector.ScoreConfig{Backend: cfg.Backend, Pipeline: cfg.Pipeline, OpenRadius: -1})
 	if err != nil {
 		return nil, err
 	}

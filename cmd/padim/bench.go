@@ -103,7 +103,14 @@ func benchAction(c *cli.Context) error {
 	rep, err := bench.Run(c.Context, bench.Config{Extractor: ext, Backbone: name, BackboneONNX: ext.Data,
 		Train: pick(0, c.Int("n")), Score: pick(c.Int("n"), c.Int("score")),
 		Preprocess: ext.DefaultPreprocess(), Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: detector.DefaultSeed,
-		Eps: detector.DefaultEps, Gaussian: c.String("gaussian"), Calibration: c.String("calibrate"), Method: c.String("method"), Backend: be, PeakGFLOPS: peak})
+		Eps: detector.DefaultEps, Gaussian: c.String("gaussian"), Calibration: c.String("calibrate"), Method: c.String("method"), Backend: be, PeakGFLOPS: peak,
+		Open: func(onnx []byte) (detector.Extractor, func(), error) {
+			e, err := openBackbone(c, name+" (embedded)", onnx, layers)
+			if err != nil {
+				return nil, nil, err
+			}
+			return e, func() { e.Close() }, nil
+		}})
 	if err != nil {
 		return err
 	}
