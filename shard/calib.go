@@ -98,18 +98,7 @@ func loadTotal(paths []string, wantSamples, idOnly bool) (*Total, error) {
 		}
 		st := s.Stats
 		if s.Samples != nil {
-			acc, err := gauss.CPU{}.NewAccumulator(s.P, s.D)
-			if err != nil {
-				return nil, err
-			}
-			err = acc.Add(s.Samples, s.N)
-			if err == nil {
-				st, err = acc.Stats()
-			}
-			acc.Close()
-			if err != nil {
-				return nil, err
-			}
+			st = StatsOf(s.Samples, s.N, s.P, s.D)
 			if wantSamples && allSamples {
 				t.Samples = append(t.Samples, s.Samples...)
 			}
@@ -484,4 +473,45 @@ func CombineCalib(t *Total, paths []string, rule detector.Rule) (*detector.Calib
 	}
 	c.Rule = LeaveOneOutRule + c.Rule
 	return c, nil
+}
+
+// StatsOf computes the statistics of n samples [n][P][D] in float64
+// throughout (two passes: mean, then centred products), so that second
+// moments carry no float32 rounding: leave-one-out scores subtract one
+// image's contribution from them, which amplifies their error when an image
+// spans directions the others do not (n ≤ D).
+func StatsOf(x []float32, n, P, D int) *gauss.Stats {
+	s := gauss.NewStats(P, D)
+	s.N = int64(n)
+	L := gauss.PackedLen(D)
+	gauss.ParallelFor(P, func(lo, hi int) {
+		u := make([]float64, D)
+		for p := lo; p < hi; p++ {
+			mean := s.Mean[p*D : (p+1)*D]
+			for b := 0; b < n; b++ {
+				for i, v := range x[(b*P+p)*D : (b*P+p+1)*D] {
+					mean[i] += float64(v)
+				}
+			}
+			for i := range mean {
+				mean[i] /= float64(n)
+			}
+			m2 := s.M2[p*L : (p+1)*L]
+			for b := 0; b < n; b++ {
+				for i, v := range x[(b*P+p)*D : (b*P+p+1)*D] {
+					u[i] = float64(v) - mean[i]
+				}
+				k := 0
+				for i := 0; i < D; i++ {
+					ui := u[i]
+					row := m2[k : k+i+1]
+					for j := range row {
+						row[j] += ui * u[j]
+					}
+					k += i + 1
+				}
+			}
+		}
+	})
+	return s
 }

@@ -54,7 +54,7 @@ func mergeCommand() *cli.Command {
 				if err := t.Save(p); err != nil {
 					return err
 				}
-				fmt.Printf("wrote %s: the statistics of %d samples from %d shards (padim calibrate reads it)\n", p, t.N, len(stats))
+				fmt.Printf("wrote %s: the statistics of %d samples from %d files (padim calibrate reads it)\n", p, t.N, len(stats))
 				if c.String("out") == "" {
 					return nil
 				}
@@ -86,7 +86,7 @@ func mergeCommand() *cli.Command {
 			if err := m.Save(c.String("out")); err != nil {
 				return err
 			}
-			fmt.Printf("wrote %s: %d samples from %d shards, %s form", c.String("out"), m.NTrain, len(stats), m.Gaussian.Form())
+			fmt.Printf("wrote %s: %d samples from %d statistics file(s), %s form", c.String("out"), m.NTrain, len(stats), m.Gaussian.Form())
 			if cal != nil {
 				fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' leave-one-out scores (%d calibration shards)\n", cal.Image, cal.Pixel, cal.Images, len(calibs))
 			} else {

@@ -12,6 +12,7 @@ import (
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/shard"
@@ -173,12 +174,18 @@ func trainAction(c *cli.Context) error {
 		return err
 	}
 	defer be.Close()
+	form := c.String("gaussian")
+	if sh != nil && !c.IsSet("gaussian") && shardKeepsSamples(ext, channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
+		// a shard no larger than its statistics keeps its samples: the
+		// calibration pass then computes exact (float64) statistics from them
+		form = detector.FormLowRank
+	}
 	prog := newProgress(c)
 	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), bbName, ext.Provider)
 	start := time.Now()
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Gaussian: c.String("gaussian"), Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
+		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
 		Progress: prog.update, KeepStats: c.String("stats-out") != "", MaxMemory: budget,
@@ -264,4 +271,26 @@ func trainFiles(c *cli.Context) ([]string, []string, error) {
 		return files, keys, nil
 	}
 	return nil, nil, usageError("--data is required (or --manifest) (see padim train --help)")
+}
+
+// shardKeepsSamples reports whether a training shard of n images should keep
+// its samples rather than full-form statistics: when they are no larger
+// (n ≤ D+2), fit the sample budget, and the low-rank form can hold them (ε > 0).
+// Statistics from the fit's accumulator carry float32 rounding in their
+// second moments, which leave-one-out calibration amplifies when the images
+// are few for their dimension; samples give exact statistics.
+func shardKeepsSamples(ext *backbone.Extractor, channels []int, dim int, seed uint64, n int, eps float64, budget int64) bool {
+	if eps <= 0 {
+		return false
+	}
+	taps := ext.Taps()
+	if channels == nil {
+		channels = embed.RandomChannels(embed.TotalChannels(taps), dim, seed)
+	}
+	l, err := embed.NewLayout(taps, channels)
+	if err != nil {
+		return false
+	}
+	P, D := l.P(), l.D()
+	return n <= D+2 && int64(n)*int64(P)*int64(D)*4 <= min(detector.DefaultSampleMemory, budget/2)
 }
