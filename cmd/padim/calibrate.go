@@ -140,4 +140,3 @@ func calibrateAction(c *cli.Context) error {
 	}
 	return nil
 }
-
