@@ -197,7 +197,9 @@ func evalShard(c *cli.Context, sh *shard.Spec, every int, sc *detector.Scorer, i
 		return err
 	}
 	res.FlushEvery = every
-	if note != "" {
+	if note != "" && c.Bool("restart") {
+		fmt.Fprintln(os.Stderr, "padim:", note) // discarding work is said even with -q
+	} else if note != "" {
 		notef(c, "%s", note)
 	}
 	var todo []int // positions in items

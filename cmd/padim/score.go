@@ -366,7 +366,9 @@ func scoreAction(c *cli.Context) error {
 			return err
 		}
 		res.FlushEvery = every
-		if note != "" {
+		if note != "" && c.Bool("restart") {
+			fmt.Fprintln(os.Stderr, "padim:", note) // discarding work is said even with -q
+		} else if note != "" {
 			notef(c, "%s", note)
 		}
 		common := shard.Common{ModelSHA256: id.ModelSHA256, Settings: id.Settings}
