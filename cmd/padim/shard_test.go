@@ -74,6 +74,9 @@ func countLines(path string) int {
 // mid-way (SIGKILL, as a node loss) and run again. padim collect then equals
 // a single-process run: the same records, byte for byte, no duplicate, no loss.
 func TestShardedScoreSimulation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("processes of the real binary: run without -short")
+	}
 	fx := setup(t)
 	dir := t.TempDir()
 	var imgs []string
@@ -242,6 +245,9 @@ func firstDiff(a, b []byte) string {
 // through padim collect, the metrics of a single-machine eval, byte for byte:
 // image and pixel AUROC, AUPRO, F1s, per-image outcomes.
 func TestShardedEvalSimulation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("processes of the real binary: run without -short")
+	}
 	fx := setup(t)
 	dir := t.TempDir()
 	data := filepath.Join(dir, "cat")
@@ -291,6 +297,9 @@ func TestShardedEvalSimulation(t *testing.T) {
 // samples or full statistics, calibrated against the merged statistics or
 // the shards themselves.
 func TestShardedTrainMergeEqualsOneFit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("processes of the real binary: run without -short")
+	}
 	fx := setup(t)
 	test := filepath.Join(fx.data, "test")
 	for _, c := range []struct {
