@@ -13,6 +13,7 @@ import (
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/shard"
@@ -175,7 +176,7 @@ func trainAction(c *cli.Context) error {
 	}
 	defer be.Close()
 	form := c.String("gaussian")
-	if sh != nil && !c.IsSet("gaussian") && shardKeepsSamples(ext, channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
+	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && shardKeepsSamples(ext, channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
 		// a shard no larger than its statistics keeps its samples: the
 		// calibration pass then computes exact (float64) statistics from them
 		form = detector.FormLowRank
