@@ -241,9 +241,11 @@ func firstDiff(a, b []byte) string {
 	return fmt.Sprintf("%d vs %d lines", len(la), len(lb))
 }
 
-// Three eval shards (one killed at an arbitrary moment and run again) give,
-// through padim collect, the metrics of a single-machine eval, byte for byte:
-// image and pixel AUROC, AUPRO, F1s, per-image outcomes.
+// Three eval shards over a JSON-lines manifest (labels, masks), one killed
+// mid-way and run again: padim collect gives the metrics of a single-machine
+// eval of the same list, byte for byte (image and pixel AUROC, AUPRO, F1s,
+// per-image outcomes). A second run over the MVTec folder, killed at an
+// arbitrary moment, must agree with eval --data too.
 func TestShardedEvalSimulation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("processes of the real binary: run without -short")
@@ -252,25 +254,86 @@ func TestShardedEvalSimulation(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "cat")
 	mustRunIn(t, dir, nil, "synth", "--out", data, "--seed", "5", "--train", "1", "--test-good", "10", "--test-defect", "14", "--size", "72")
-	single := mustRunIn(t, dir, nil, "-q", "eval", "--model", fx.mdl, "--data", data, "--json", "--device", "cpu")
-	args := []string{"-q", "eval", "--model", fx.mdl, "--data", data, "--device", "cpu", "--shard", "auto/3", "--out", "w", "--flush-every", "1"}
+	type line struct {
+		Path  string `json:"path"`
+		Label int    `json:"label"`
+		Mask  string `json:"mask,omitempty"`
+		Type  string `json:"type"`
+	}
+	var items []line
+	filepath.Walk(filepath.Join(data, "test"), func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.HasSuffix(p, ".png") {
+			typ := filepath.Base(filepath.Dir(p))
+			l := line{Path: p, Type: typ}
+			if typ != "good" {
+				l.Label = 1
+				l.Mask = filepath.Join(data, "ground_truth", typ, strings.TrimSuffix(filepath.Base(p), ".png")+"_mask.png")
+			}
+			items = append(items, l)
+		}
+		return nil
+	})
+	const n, N = 130, 3
+	os.MkdirAll(filepath.Join(dir, "in"), 0o755)
+	var mf bytes.Buffer
+	var per [N][]string
+	for i := 0; i < n; i++ {
+		l := items[i%len(items)]
+		key := fmt.Sprintf("in/e%03d.png", i)
+		os.Symlink(l.Path, filepath.Join(dir, key))
+		l.Path = key
+		b, _ := json.Marshal(l)
+		mf.Write(append(b, '\n'))
+		per[shard.Of(key, N)] = append(per[shard.Of(key, N)], key)
+	}
+	manifest := filepath.Join(dir, "eval.jsonl")
+	os.WriteFile(manifest, mf.Bytes(), 0o644)
+	single := mustRunIn(t, dir, nil, "-q", "eval", "--model", fx.mdl, "--manifest", manifest, "--json", "--device", "cpu", "--batch", "4")
+	victim := 0
+	for i := range per {
+		if len(per[i]) > len(per[victim]) {
+			victim = i
+		}
+	}
+	if len(per[victim]) < 34 {
+		t.Fatalf("the largest shard holds %d inputs", len(per[victim]))
+	}
+	fifo := filepath.Join(dir, per[victim][33])
+	target, _ := os.Readlink(fifo)
+	os.Remove(fifo)
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Skipf("no FIFO: %v", err)
+	}
+	args := []string{"-q", "eval", "--model", fx.mdl, "--manifest", manifest, "--device", "cpu", "--batch", "4", "--shard", "auto/3", "--out", "w", "--flush-every", "3"}
 	env := func(i int) []string { return []string{fmt.Sprintf("SLURM_ARRAY_TASK_ID=%d", i)} }
-	mustRunIn(t, dir, env(0), args...)
-	mustRunIn(t, dir, env(2), args...)
+	for i := 0; i < N; i++ {
+		if i != victim {
+			mustRunIn(t, dir, env(i), args...)
+		}
+	}
 	cmd := exec.Command(fx.bin, args...)
-	cmd.Dir, cmd.Env = dir, append(libEnv(), env(1)...)
+	cmd.Dir, cmd.Env = dir, append(libEnv(), env(victim)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	res := filepath.Join(dir, "w", "results-1-of-3.jsonl")
-	deadline := time.Now().Add(30 * time.Second)
-	for countLines(res) == 0 && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
+	res := filepath.Join(dir, "w", fmt.Sprintf("results-%d-of-%d.jsonl", victim, N))
+	deadline := time.Now().Add(60 * time.Second)
+	for countLines(res) < 30 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
+	time.Sleep(200 * time.Millisecond)
 	cmd.Process.Kill()
 	cmd.Wait()
-	t.Logf("the killed eval shard left %d records", countLines(res))
-	mustRunIn(t, dir, env(1), args...)
+	done := countLines(res)
+	if done != 30 { // 32 scored before the FIFO, flushed in blocks of 3
+		t.Fatalf("the killed eval shard left %d records, want 30", done)
+	}
+	os.Remove(fifo)
+	os.Symlink(target, fifo)
+	out := mustRunIn(t, dir, env(victim), args...)
+	if want := fmt.Sprintf("%d scored now, %d done before", len(per[victim])-done, done); !strings.Contains(out, want) {
+		t.Fatalf("the rerun did not resume (want %q): %s", want, out)
+	}
 	coll := mustRunIn(t, dir, nil, "collect", "--json", "w")
 	if coll != single {
 		t.Fatalf("collect of 3 eval shards differs from one eval:\n%s", firstDiff([]byte(coll), []byte(single)))
@@ -284,10 +347,27 @@ func TestShardedEvalSimulation(t *testing.T) {
 		NImages    int      `json:"n_images"`
 	}
 	json.Unmarshal([]byte(single), &ev)
-	if ev.PixelAUROC == nil || ev.AUPRO == nil || ev.NImages != 24 {
+	if ev.PixelAUROC == nil || ev.AUPRO == nil || ev.NImages != n {
 		t.Fatalf("the reference eval lacks pixel metrics: %s", single[:200])
 	}
 	t.Logf("sharded eval: pixel AUROC %.6f, AUPRO %.6f over %d images, identical to one machine", *ev.PixelAUROC, *ev.AUPRO, ev.NImages)
+
+	// the MVTec folder, a shard killed whenever it happens to be
+	ref := mustRunIn(t, dir, nil, "-q", "eval", "--model", fx.mdl, "--data", data, "--json", "--device", "cpu")
+	args = []string{"-q", "eval", "--model", fx.mdl, "--data", data, "--device", "cpu", "--shard", "auto/2", "--out", "w2", "--flush-every", "1"}
+	mustRunIn(t, dir, env(0), args...)
+	cmd = exec.Command(fx.bin, args...)
+	cmd.Dir, cmd.Env = dir, append(libEnv(), env(1)...)
+	cmd.Start()
+	for countLines(filepath.Join(dir, "w2", "results-1-of-2.jsonl")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	mustRunIn(t, dir, env(1), args...)
+	if coll := mustRunIn(t, dir, nil, "collect", "--json", "w2"); coll != ref {
+		t.Fatalf("collect of 2 eval shards of the folder differs from one eval:\n%s", firstDiff([]byte(coll), []byte(ref)))
+	}
 }
 
 // Train shards (index from JOB_COMPLETION_INDEX), merged, calibrated in a
