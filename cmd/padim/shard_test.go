@@ -387,16 +387,31 @@ func TestShardedTrainMergeEqualsOneFit(t *testing.T) {
 		form       string
 		viaShards  bool // calibrate and merge with the shard files, not merge --stats-out
 		statsShard bool // some shard holds full statistics
-	}{{40, "lowrank", false, false}, {6, "full", true, false}, {1, "full", false, true}} {
-		t.Run(fmt.Sprintf("dim%d", c.dim), func(t *testing.T) {
+		unreadable bool // the training folder holds an unreadable image
+	}{{40, "lowrank", false, false, false}, {6, "full", true, false, false}, {1, "full", false, true, false}, {40, "lowrank", false, false, true}} {
+		t.Run(fmt.Sprintf("dim%d-unreadable%v", c.dim, c.unreadable), func(t *testing.T) {
 			dir := t.TempDir()
 			dim := fmt.Sprint(c.dim)
-			mustRunIn(t, dir, nil, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--out", "single.padim", "--dim", dim, "--device", "cpu")
+			data := fx.data
+			if c.unreadable {
+				// one fit skips it (exit 4); the shards record it and finish (exit 0)
+				data = filepath.Join(dir, "imgs")
+				ents, _ := os.ReadDir(filepath.Join(fx.data, "train", "good"))
+				for _, e := range ents {
+					copyFile(t, filepath.Join(fx.data, "train", "good", e.Name()), filepath.Join(data, e.Name()))
+				}
+				copyFile(t, filepath.Join("..", "..", "testdata", "hostile", "truncated.png"), filepath.Join(data, "003b.png"))
+				if _, errs, code := runIn(t, dir, nil, "-q", "train", "--backbone", fx.bb, "--data", data, "--out", "single.padim", "--dim", dim, "--device", "cpu"); code != exitSkipped {
+					t.Fatalf("one fit with an unreadable image: exit %d: %s", code, errs)
+				}
+			} else {
+				mustRunIn(t, dir, nil, "-q", "train", "--backbone", fx.bb, "--data", data, "--out", "single.padim", "--dim", dim, "--device", "cpu")
+			}
 			var stats []string
 			kinds := ""
 			for i := 0; i < 3; i++ {
 				s := fmt.Sprintf("S-%d.stats", i)
-				out := mustRunIn(t, dir, []string{fmt.Sprintf("JOB_COMPLETION_INDEX=%d", i)}, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--shard", "auto/3", "--stats-out", s, "--dim", dim, "--device", "cpu")
+				out := mustRunIn(t, dir, []string{fmt.Sprintf("JOB_COMPLETION_INDEX=%d", i)}, "-q", "train", "--backbone", fx.bb, "--data", data, "--shard", "auto/3", "--stats-out", s, "--dim", dim, "--device", "cpu")
 				if strings.Contains(out, "none of the") {
 					continue
 				}
@@ -414,13 +429,13 @@ func TestShardedTrainMergeEqualsOneFit(t *testing.T) {
 			}
 			from := stats
 			if !c.viaShards {
-				mustRunIn(t, dir, nil, "-q", "merge", "--stats-out", "total.stats", stats[0], stats[1], stats[2])
+				mustRunIn(t, dir, nil, append([]string{"-q", "merge", "--stats-out", "total.stats"}, stats...)...)
 				from = []string{"total.stats"}
 			}
 			var calibs []string
 			for i := 0; i < 3; i++ {
 				cf := fmt.Sprintf("C-%d.calib", i)
-				mustRunIn(t, dir, []string{fmt.Sprintf("AWS_BATCH_JOB_ARRAY_INDEX=%d", i)}, append([]string{"-q", "calibrate", "--data", fx.data, "--shard", "auto/3", "--out", cf, "--device", "cpu"}, from...)...)
+				mustRunIn(t, dir, []string{fmt.Sprintf("AWS_BATCH_JOB_ARRAY_INDEX=%d", i)}, append([]string{"-q", "calibrate", "--data", data, "--shard", "auto/3", "--out", cf, "--device", "cpu"}, from...)...)
 				calibs = append(calibs, cf)
 			}
 			mustRunIn(t, dir, nil, append(append([]string{"-q", "merge", "--device", "cpu", "--out", "merged.padim"}, from...), calibs...)...)

@@ -210,7 +210,9 @@ func trainAction(c *cli.Context) error {
 		}
 		fmt.Printf("wrote %s: shard %s, %d samples (padim merge combines the shards)\n", c.String("stats-out"), sh, m.NTrain)
 		if len(rep.Skipped) > 0 {
-			return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(rep.Skipped)), exitSkipped)
+			// a shard that wrote its statistics has done its part: exit 0, so
+			// that a batch system does not retry it over a bad file
+			notef(c, "note: %d unreadable image(s) skipped (listed above); the shard's statistics hold the rest", len(rep.Skipped))
 		}
 		return nil
 	}
