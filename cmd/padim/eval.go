@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -13,30 +14,97 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/postproc"
 	"github.com/padim/padim/evaluate"
 	"github.com/padim/padim/report"
+	"github.com/padim/padim/shard"
 )
 
 func evalCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "eval",
-		Usage:     "evaluate a model on an MVTec-layout category: AUROC, AUPRO, F1, TPR/FPR",
-		UsageText: "padim eval --model M.padim --data CATEGORY_DIR [--json] [--report DIR]",
-		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "data", Required: true, Usage: "category folder with test/<type>/ and ground_truth/<type>/"},
+		Name:  "eval",
+		Usage: "evaluate a model on an MVTec-layout category: AUROC, AUPRO, F1, TPR/FPR",
+		UsageText: "padim eval --model M.padim --data CATEGORY_DIR [--json] [--report DIR]\n" +
+			"   padim eval --model M.padim --data CATEGORY_DIR|--manifest LIST --shard I/N|auto/N --out DIR   (padim collect DIR gives the whole set's metrics)",
+		Flags: append(append([]cli.Flag{
+			&cli.StringFlag{Name: "data", Usage: "category folder with test/<type>/ and ground_truth/<type>/ (required unless --manifest)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the metrics as JSON"},
 			&cli.StringFlag{Name: "report", Usage: "write an HTML report (ROC curves, histograms, per-image heatmaps) into this folder"},
-		}, scoringFlags()...),
+			manifestFlag("--data's test/ folder (JSON lines with \"label\" 1 and a \"mask\" for defective images)"), shardFlag(),
+			&cli.StringFlag{Name: "out", Usage: "with --shard: folder of the shards' results (per-image records and exact pixel maps)"},
+		}, resumeFlags()...), scoringFlags()...),
 		Action: evalAction,
 	}
 }
 
+// evalItems lists the test images and their split keys: --data's MVTec
+// layout (keys relative to --data), or --manifest.
+func evalItems(c *cli.Context) ([]dataset.Item, []string, error) {
+	switch {
+	case c.IsSet("manifest") && c.IsSet("data"):
+		return nil, nil, usageError("give --data or --manifest, not both")
+	case c.IsSet("manifest"):
+		es, err := shard.ReadManifest(c.String("manifest"))
+		if err != nil {
+			return nil, nil, err
+		}
+		items := make([]dataset.Item, len(es))
+		keys := make([]string, len(es))
+		for i, e := range es {
+			if e.Label == nil {
+				return nil, nil, usageError("%s: %s has no \"label\": eval needs JSON lines with \"label\" 0 or 1 (and a \"mask\" for 1)", c.String("manifest"), e.Key)
+			}
+			it := dataset.Item{Path: e.Path, Type: e.Type, Defective: *e.Label == 1, MaskPath: e.Mask}
+			if it.Type == "" {
+				it.Type = "good"
+				if it.Defective {
+					it.Type = "defect"
+				}
+			}
+			if it.Defective && it.MaskPath == "" {
+				return nil, nil, fmt.Errorf("%s: the defective image %s has no \"mask\"", c.String("manifest"), e.Key)
+			}
+			items[i], keys[i] = it, e.Key
+		}
+		return items, keys, nil
+	case c.IsSet("data"):
+		items, err := dataset.TestSet(c.String("data"))
+		if err != nil {
+			return nil, nil, err
+		}
+		keys := make([]string, len(items))
+		for i, it := range items {
+			keys[i] = shard.Key(c.String("data"), it.Path)
+		}
+		return items, keys, nil
+	}
+	return nil, nil, usageError("--data is required (or --manifest) (see padim eval --help)")
+}
+
 func evalAction(c *cli.Context) error {
-	items, err := dataset.TestSet(c.String("data"))
+	sh, err := shardSpec(c)
 	if err != nil {
 		return err
 	}
-	if r := c.String("report"); r != "" {
+	every, err := flushEvery(c)
+	if err != nil {
+		return err
+	}
+	if sh != nil {
+		switch {
+		case c.String("out") == "":
+			return usageError("--shard needs --out: the folder of the shards' results")
+		case c.Bool("json") || c.IsSet("report"):
+			return usageError("--shard writes per-image results to --out; the metrics (--json) come from padim collect %s, and --report needs one machine", c.String("out"))
+		}
+	} else if c.IsSet("out") || c.IsSet("restart") || c.IsSet("flush-every") {
+		return usageError("--out, --restart and --flush-every go with --shard")
+	}
+	items, keys, err := evalItems(c)
+	if err != nil {
+		return err
+	}
+	if r := c.String("report"); r != "" && c.IsSet("data") {
 		data, rep := canonical(c.String("data")), canonical(r)
 		if rep == data || strings.HasPrefix(rep, data+string(filepath.Separator)) || strings.HasPrefix(data, rep+string(filepath.Separator)) {
 			return usageError("--report %s and --data %s overlap: the report's pictures would mix with the test images; give a folder outside the data", r, c.String("data"))
@@ -45,13 +113,29 @@ func evalAction(c *cli.Context) error {
 			return usageError("--report %s is a file: give a folder", r)
 		}
 	}
+	if sh != nil {
+		inputs := []string{c.String("model"), c.String("backbone"), c.String("manifest")}
+		for _, it := range items {
+			inputs = append(inputs, it.Path, it.MaskPath)
+		}
+		if err := checkOutputs(inputs, []string{shard.ResultsPath(c.String("out"), *sh), shard.MarkerPath(c.String("out"), *sh)}); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	m, sc, closeAll, err := loadScorer(c, thresholdFlag(c), c.Int("open-radius"), c.String("report") != "")
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	ev, page, err := evaluateWithReport(c, m, sc, items, c.String("model"), c.String("data"), c.String("report"))
+	if sh != nil {
+		return evalShard(c, sh, every, sc, items, keys, start)
+	}
+	data := c.String("data")
+	if data == "" {
+		data = c.String("manifest")
+	}
+	ev, page, err := evaluateWithReport(c, m, sc, items, c.String("model"), data, c.String("report"))
 	if err != nil {
 		return err
 	}
@@ -71,6 +155,115 @@ func evalAction(c *cli.Context) error {
 	if len(ev.Skipped) > 0 {
 		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(ev.Skipped)), exitSkipped)
 	}
+	return nil
+}
+
+// evalRecord is one line of an eval shard's results: what evaluate.Run keeps
+// of an image, and where its exact map and mask are.
+type evalRecord struct {
+	shard.Common
+	Path      string         `json:"path"`
+	Name      string         `json:"name"`
+	Type      string         `json:"type"`
+	Label     int            `json:"label"`
+	Score     *float32       `json:"score,omitempty"`
+	Defect    *bool          `json:"defect,omitempty"`
+	Boxes     []postproc.Box `json:"boxes,omitempty"` // in map pixels, as evaluate.Image
+	W         int            `json:"w,omitempty"`     // map size
+	H         int            `json:"h,omitempty"`
+	MaskPath  string         `json:"mask,omitempty"`
+	Error     string         `json:"error,omitempty"`
+	Threshold *float32       `json:"threshold,omitempty"`
+}
+
+// evalShard scores the shard's test images that are not done yet into its
+// results: per image the evaluation's record, and its map and ground-truth
+// mask, exactly, in block files beside the results (padim collect computes
+// the whole set's metrics from them).
+func evalShard(c *cli.Context, sh *shard.Spec, every int, sc *detector.Scorer, items []dataset.Item, keys []string, start time.Time) error {
+	sum, err := fileSHA256(c.String("model"))
+	if err != nil {
+		return err
+	}
+	th := sc.Thresholds()
+	id := shard.Identity{Command: "eval", ModelSHA256: sum, ListHash: shard.ListHash(keys), Total: len(items),
+		Settings: settingsHash("eval", th, c.Int("open-radius")), Extra: map[string]any{"thresholds": th}}
+	sel := sh.Select(keys)
+	res, note, err := shard.OpenResults(c.String("out"), *sh, id, shardKeys(keys, sel), c.Bool("restart"))
+	if err != nil {
+		if errors.Is(err, shard.ErrMismatch) {
+			return cli.Exit(err.Error(), exitUsage)
+		}
+		return err
+	}
+	res.FlushEvery = every
+	if note != "" && c.Bool("restart") {
+		fmt.Fprintln(os.Stderr, "padim:", note) // discarding work is said even with -q
+	} else if note != "" {
+		notef(c, "%s", note)
+	}
+	var todo []int // positions in items
+	for _, i := range sel {
+		if !res.Done(keys[i]) {
+			todo = append(todo, i)
+		}
+	}
+	paths := make([]string, len(todo))
+	for k, i := range todo {
+		paths[k] = items[i].Path
+	}
+	pre := sc.Pipeline().Preprocess()
+	prog := newProgress(c)
+	nBad := 0
+	err = sc.Score(c.Context, detector.FileInputs(paths), func(r *detector.Result) error {
+		i := todo[r.Index]
+		it := items[i]
+		rec := evalRecord{Common: shard.Common{Index: i, Key: keys[i], ModelSHA256: id.ModelSHA256, Settings: id.Settings},
+			Path: it.Path, Name: it.Name(), Type: it.Type, MaskPath: it.MaskPath}
+		if it.Defective {
+			rec.Label = 1
+		}
+		prog.update("evaluate", r.Index+1, len(todo))
+		if r.Err != nil {
+			rec.Path, rec.Error = r.Name, r.Err.Error()
+			nBad++
+			notef(c, "unreadable: %s", rec.Error)
+			return res.Add(rec, true)
+		}
+		mask := make([]bool, r.W*r.H)
+		if it.Defective {
+			m, err := dataset.LoadMask(it.MaskPath, pre, r.W, r.H)
+			if err != nil {
+				return err
+			}
+			if len(m) != r.W*r.H {
+				return errors.New("mask " + it.MaskPath + " does not match its image's size")
+			}
+			mask = m
+		}
+		score := r.Score
+		rec.Score, rec.Boxes, rec.W, rec.H = &score, r.Boxes, r.W, r.H
+		if r.Thresholds != nil {
+			d := r.Defect
+			rec.Defect, rec.Threshold = &d, &r.Thresholds.Image
+		}
+		rec.Pixels = res.AddBlob(shard.PackPixels(r.Map, mask, it.Defective))
+		return res.Add(rec, false)
+	})
+	prog.done()
+	if err != nil {
+		if ferr := res.Flush(); ferr != nil {
+			notef(c, "%v", ferr)
+		}
+		return err
+	}
+	mk, err := res.Finish(len(sel))
+	if err != nil {
+		return err
+	}
+	printTimings(c, "eval", time.Since(start), sc.Pipeline().Timings)
+	fmt.Printf("shard %s: %d test images, %d scored now, %d done before, %d unreadable → %s (padim collect %s gives the metrics)\n",
+		sh, len(sel), len(todo), len(sel)-len(todo), mk.Errors, res.Path, c.String("out"))
 	return nil
 }
 

@@ -111,6 +111,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			trainCommand(), scoreCommand(), evalCommand(), infoCommand(), synthCommand(),
 			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(), experimentCommand(),
+			collectCommand(), calibrateCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit(fmt.Sprintf("%v (see padim --help)", err), exitUsage)

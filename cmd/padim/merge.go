@@ -6,15 +6,18 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/shard"
 )
 
 func mergeCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "merge",
-		Usage:     "merge statistics shards (train --stats-out) into one model",
-		UsageText: "padim merge --out M.padim S1.stats S2.stats ...",
+		Name:  "merge",
+		Usage: "merge statistics shards (train --stats-out) into one model; with calibration shards (padim calibrate), with thresholds",
+		UsageText: "padim merge --out M.padim S1.stats S2.stats ... [C1.calib C2.calib ...]\n" +
+			"   padim merge --stats-out TOTAL.stats S1.stats S2.stats ...   (the merged statistics, for padim calibrate)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "out", Required: true},
+			&cli.StringFlag{Name: "out", Usage: "model file to write (required unless --stats-out)"},
+			&cli.StringFlag{Name: "stats-out", Usage: "also write the merged statistics as one file (what padim calibrate reads on every shard)"},
 			&cli.Float64Flag{Name: "eps", Usage: "regularisation (default: the shards')"},
 			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "auto, full or lowrank (low-rank needs every shard's samples)"},
 			deviceFlag,
@@ -23,8 +26,48 @@ func mergeCommand() *cli.Command {
 			if c.NArg() < 1 {
 				return usageError("merge needs statistics files")
 			}
-			if err := checkOutputs(c.Args().Slice(), []string{c.String("out")}); err != nil {
+			if c.String("out") == "" && c.String("stats-out") == "" {
+				return usageError("--out is required (or --stats-out) (see padim merge --help)")
+			}
+			if err := checkOutputs(c.Args().Slice(), []string{c.String("out"), c.String("stats-out")}); err != nil {
 				return err
+			}
+			var stats, calibs []string
+			for _, p := range c.Args().Slice() {
+				if shard.IsCalib(p) {
+					calibs = append(calibs, p)
+				} else {
+					stats = append(stats, p)
+				}
+			}
+			if len(stats) == 0 {
+				return usageError("merge needs statistics files besides calibration files")
+			}
+			if len(calibs) > 0 && c.IsSet("eps") {
+				return usageError("--eps changes the model the calibration scored against: calibrate with the shards' eps, or merge without calibration files")
+			}
+			if p := c.String("stats-out"); p != "" {
+				t, err := shard.LoadTotal(stats, true)
+				if err != nil {
+					return err
+				}
+				if err := t.Save(p); err != nil {
+					return err
+				}
+				fmt.Printf("wrote %s: the statistics of %d samples from %d files (padim calibrate reads it)\n", p, t.N, len(stats))
+				if c.String("out") == "" {
+					return nil
+				}
+			}
+			var cal *detector.Calibration
+			if len(calibs) > 0 {
+				t, err := shard.TotalIdentity(stats)
+				if err != nil {
+					return err
+				}
+				if cal, err = shard.CombineCalib(t, calibs, detector.CrossFitRule); err != nil {
+					return err
+				}
 			}
 			eps := -1.0 // the shards'
 			if c.IsSet("eps") {
@@ -35,14 +78,20 @@ func mergeCommand() *cli.Command {
 				return err
 			}
 			defer be.Close()
-			m, err := detector.MergeStats(c.Args().Slice(), be, eps, c.String("gaussian"))
+			m, err := detector.MergeStats(stats, be, eps, c.String("gaussian"))
 			if err != nil {
 				return err
 			}
+			m.Calibration = cal
 			if err := m.Save(c.String("out")); err != nil {
 				return err
 			}
-			fmt.Printf("wrote %s: %d samples from %d shards, %s form; no thresholds (score with --threshold)\n", c.String("out"), m.NTrain, c.NArg(), m.Gaussian.Form())
+			fmt.Printf("wrote %s: %d samples from %d statistics file(s), %s form", c.String("out"), m.NTrain, len(stats), m.Gaussian.Form())
+			if cal != nil {
+				fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' leave-one-out scores (%d calibration shards)\n", cal.Image, cal.Pixel, cal.Images, len(calibs))
+			} else {
+				fmt.Printf("; no thresholds (score with --threshold, or calibrate: padim calibrate --help)\n")
+			}
 			return nil
 		},
 	}

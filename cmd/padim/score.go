@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"os"
@@ -23,20 +24,25 @@ import (
 	"github.com/padim/padim/detector/npy"
 	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
+	"github.com/padim/padim/shard"
 )
 
 func scoreCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "score",
-		Usage:     "score images: anomaly score, verdict, defect boxes, maps",
-		UsageText: "padim score --model M.padim [--out DIR] [--maps npy|png|none] [--json] [--threshold T] IMAGES|DIRS...",
-		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "out", Usage: "folder for maps (mirrors the input tree)"},
+		Name:  "score",
+		Usage: "score images: anomaly score, verdict, defect boxes, maps",
+		UsageText: "padim score --model M.padim [--out DIR] [--maps npy|png|none] [--json] [--threshold T] IMAGES|DIRS...\n" +
+			"   padim score --model M.padim --shard I/N|auto/N --out DIR [--manifest LIST] [IMAGES|DIRS...]   (results in DIR/results-I-of-N.jsonl; padim collect DIR)\n" +
+			"   padim score --model M.padim --stdin-jsonl   (one request a line in, {\"path\": F} or {\"data\": BASE64}; one result a line out)",
+		Flags: append(append([]cli.Flag{
+			&cli.StringFlag{Name: "out", Usage: "folder for maps (mirrors the input tree); with --shard also the results"},
 			&cli.StringFlag{Name: "maps", Usage: "npy (float32 blurred map), png (heatmap, overlay, mask, boxes) or none; default npy with --out"},
 			&cli.StringFlag{Name: "map-frame", Value: "image", Usage: "maps at the input image's size (image) or the network's (network; smaller files)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document instead of lines"},
 			&cli.BoolFlag{Name: "fail-on-defect", Usage: "exit with code 3 when any image is a defect"},
-		}, scoringFlags()...),
+			shardFlag(), manifestFlag("the arguments"),
+			&cli.BoolFlag{Name: "stdin-jsonl", Usage: "read requests from stdin, one JSON object a line ({\"path\": F} or {\"data\": BASE64 image, \"name\": N}, optional \"id\"), write one result a line to stdout, in order"},
+		}, resumeFlags()...), scoringFlags()...),
 		Action: scoreAction,
 	}
 }
@@ -45,6 +51,7 @@ func scoreCommand() *cli.Command {
 type target struct {
 	path string
 	rel  string // output path relative to --out, without extension
+	key  string // the path relative to the data root, with its extension and forward slashes: the shard split key
 }
 
 // targets expands the arguments: folders recursively (outputs mirror the tree
@@ -70,12 +77,13 @@ func targets(args []string) ([]target, error) {
 	var ts []target
 	seen := map[string]string{}
 	add := func(path, rel string) error {
+		key := filepath.ToSlash(rel)
 		rel = strings.TrimSuffix(rel, filepath.Ext(rel))
 		if prev, ok := seen[rel]; ok {
 			return fmt.Errorf("%s and %s would write the same output %s; score them in separate runs or folders", prev, path, rel)
 		}
 		seen[rel] = path
-		ts = append(ts, target{path, rel})
+		ts = append(ts, target{path, rel, key})
 		return nil
 	}
 	for _, a := range args {
@@ -216,9 +224,48 @@ func textPath(p string) string {
 	return p
 }
 
+// manifestTargets reads --manifest into score targets: outputs are named
+// after the listed paths, which must then stay inside the list's folder.
+func manifestTargets(path string, withMaps bool) ([]target, error) {
+	es, err := shard.ReadManifest(path)
+	if err != nil {
+		return nil, err
+	}
+	ts := make([]target, len(es))
+	seen := map[string]string{}
+	for i, e := range es {
+		rel := strings.TrimSuffix(filepath.FromSlash(e.Key), filepath.Ext(e.Key))
+		if withMaps && shard.EscapesRoot(e.Key) {
+			return nil, usageError("%s lists %s, outside its folder: maps named after it would land outside --out; list paths below the manifest's folder, or give --maps none", path, e.Key)
+		}
+		if prev, ok := seen[rel]; ok {
+			return nil, fmt.Errorf("%s and %s would write the same output %s; score them in separate runs", prev, e.Key, rel)
+		}
+		seen[rel] = e.Key
+		ts[i] = target{path: e.Path, rel: rel, key: e.Key}
+	}
+	return ts, nil
+}
+
+// scoreRecord is one line of a shard's results file.
+type scoreRecord struct {
+	shard.Common
+	scoredImage
+}
+
 func scoreAction(c *cli.Context) error {
-	if c.NArg() == 0 {
-		return usageError("score needs images or folders to score")
+	if c.Bool("stdin-jsonl") {
+		return scoreStream(c)
+	}
+	sh, err := shardSpec(c)
+	if err != nil {
+		return err
+	}
+	if c.NArg() == 0 && !c.IsSet("manifest") {
+		return usageError("score needs images or folders to score (or --manifest, or --stdin-jsonl)")
+	}
+	if c.NArg() > 0 && c.IsSet("manifest") {
+		return usageError("give images and folders, or --manifest, not both")
 	}
 	maps := c.String("maps")
 	if maps == "" {
@@ -237,15 +284,54 @@ func scoreAction(c *cli.Context) error {
 	if frame != "image" && frame != "network" {
 		return usageError("--map-frame %q: want image or network", frame)
 	}
-	ts, err := targets(c.Args().Slice())
+	every, err := flushEvery(c)
 	if err != nil {
 		return err
 	}
+	if sh != nil {
+		switch {
+		case c.String("out") == "":
+			return usageError("--shard needs --out: the folder of the shards' results")
+		case c.Bool("json"):
+			return usageError("--shard writes its results to --out/results-%s.jsonl, not --json (padim collect merges the shards)", sh.Name())
+		case c.Bool("fail-on-defect"):
+			return usageError("--fail-on-defect does not go with --shard: a shard's exit code says whether it finished (padim collect reports the defects)")
+		}
+	} else if c.IsSet("restart") || c.IsSet("flush-every") {
+		return usageError("--restart and --flush-every go with --shard")
+	}
+	var ts []target
+	if c.IsSet("manifest") {
+		ts, err = manifestTargets(c.String("manifest"), maps != "none")
+	} else {
+		ts, err = targets(c.Args().Slice())
+	}
+	if err != nil {
+		return err
+	}
+	all := ts
+	keys := make([]string, len(all))
+	for i, t := range all {
+		keys[i] = t.key
+	}
+	var sel []int
+	if sh != nil {
+		sel = sh.Select(keys)
+		ts = make([]target, len(sel))
+		for i, j := range sel {
+			ts[i] = all[j]
+		}
+	}
 	// no output may overwrite an input or another output
-	inputs := []string{c.String("model"), c.String("backbone")}
+	inputs := []string{c.String("model"), c.String("backbone"), c.String("manifest")}
 	var outputs []string
-	for _, t := range ts {
+	if sh != nil {
+		outputs = append(outputs, shard.ResultsPath(c.String("out"), *sh), shard.MarkerPath(c.String("out"), *sh))
+	}
+	for _, t := range all {
 		inputs = append(inputs, t.path)
+	}
+	for _, t := range ts {
 		for _, suf := range mapSuffixes[maps] {
 			outputs = append(outputs, filepath.Join(c.String("out"), t.rel)+suf)
 		}
@@ -263,6 +349,39 @@ func scoreAction(c *cli.Context) error {
 		notef(c, "note: %s has no calibrated thresholds (trained with --holdout 0): scores only; give --threshold for verdicts", c.String("model"))
 	}
 	rg := heatRange(m)
+
+	// a shard: resume its results file, score what is not done
+	if sh != nil {
+		sum, err := fileSHA256(c.String("model"))
+		if err != nil {
+			return err
+		}
+		id := shard.Identity{Command: "score", ModelSHA256: sum, ListHash: shard.ListHash(keys), Total: len(all),
+			Settings: settingsHash("score", sc.Thresholds(), c.Int("open-radius"), maps, frame)}
+		res, note, err := shard.OpenResults(c.String("out"), *sh, id, shardKeys(keys, sel), c.Bool("restart"))
+		if err != nil {
+			if errors.Is(err, shard.ErrMismatch) {
+				return cli.Exit(err.Error(), exitUsage)
+			}
+			return err
+		}
+		res.FlushEvery = every
+		if note != "" && c.Bool("restart") {
+			fmt.Fprintln(os.Stderr, "padim:", note) // discarding work is said even with -q
+		} else if note != "" {
+			notef(c, "%s", note)
+		}
+		common := shard.Common{ModelSHA256: id.ModelSHA256, Settings: id.Settings}
+		var todo []target
+		var pos []int // position in the whole list of each target to score
+		for i, t := range ts {
+			if !res.Done(t.key) {
+				todo = append(todo, t)
+				pos = append(pos, sel[i])
+			}
+		}
+		return scoreShard(c, sh, res, common, ts, todo, pos, sc, maps, frame, rg, start)
+	}
 	paths := make([]string, len(ts))
 	for i, t := range ts {
 		paths[i] = t.path
@@ -271,33 +390,14 @@ func scoreAction(c *cli.Context) error {
 	nDefect, nBad := 0, 0
 	prog := newProgress(c)
 	err = sc.Score(c.Context, detector.FileInputs(paths), func(r *detector.Result) error {
-		t := ts[r.Index]
-		s := scoredImage{}
-		s.Path, s.PathBase64 = jsonPath(r.Name)
-		if r.Err != nil {
-			s.Error = r.Err.Error()
+		s, err := scored(c, sc, ts[r.Index], r, maps, frame, rg)
+		if err != nil {
+			return err
+		}
+		if s.Error != "" {
 			nBad++
-		} else {
-			s.Score, s.Warning = &r.Score, r.Warning
-			fr := r.Frame
-			s.Frame = &fr
-			if r.Thresholds != nil {
-				s.Defect, s.Threshold = &r.Defect, &r.Thresholds.Image
-				if r.Defect {
-					nDefect++
-				}
-			}
-			s.Boxes = r.ImageBoxes
-			t0 := time.Now()
-			files, err := writeMaps(c.String("out"), t.rel, maps, frame == "image", r, rg)
-			if err != nil {
-				return err
-			}
-			if maps != "none" {
-				s.MapFrame = frame
-				sc.Pipeline().Timings.Since("write-maps", t0, 1)
-			}
-			s.Maps = files
+		} else if s.Defect != nil && *s.Defect {
+			nDefect++
 		}
 		prog.update("score", r.Index+1, len(ts))
 		if c.Bool("json") {
@@ -328,6 +428,78 @@ func scoreAction(c *cli.Context) error {
 	}
 	if nDefect > 0 && c.Bool("fail-on-defect") {
 		return cli.Exit("", exitDefect)
+	}
+	return nil
+}
+
+// scored turns one result into its JSON form, writing its maps.
+func scored(c *cli.Context, sc *detector.Scorer, t target, r *detector.Result, maps, frame string, rg picture.Range) (scoredImage, error) {
+	s := scoredImage{}
+	s.Path, s.PathBase64 = jsonPath(r.Name)
+	if r.Err != nil {
+		s.Error = r.Err.Error()
+		return s, nil
+	}
+	s.Score, s.Warning = &r.Score, r.Warning
+	fr := r.Frame
+	s.Frame = &fr
+	if r.Thresholds != nil {
+		s.Defect, s.Threshold = &r.Defect, &r.Thresholds.Image
+	}
+	s.Boxes = r.ImageBoxes
+	t0 := time.Now()
+	files, err := writeMaps(c.String("out"), t.rel, maps, frame == "image", r, rg)
+	if err != nil {
+		return s, err
+	}
+	if maps != "none" {
+		s.MapFrame = frame
+		sc.Pipeline().Timings.Since("write-maps", t0, 1)
+	}
+	s.Maps = files
+	return s, nil
+}
+
+// scoreShard scores the shard's inputs that are not done yet into its
+// results file and marks the shard finished.
+func scoreShard(c *cli.Context, sh *shard.Spec, res *shard.Results, common shard.Common, ts, todo []target, pos []int, sc *detector.Scorer, maps, frame string, rg picture.Range, start time.Time) error {
+	paths := make([]string, len(todo))
+	for i, t := range todo {
+		paths[i] = t.path
+	}
+	prog := newProgress(c)
+	nBad := 0
+	err := sc.Score(c.Context, detector.FileInputs(paths), func(r *detector.Result) error {
+		t := todo[r.Index]
+		s, err := scored(c, sc, t, r, maps, frame, rg)
+		if err != nil {
+			return err
+		}
+		rec := scoreRecord{Common: common, scoredImage: s}
+		rec.Index, rec.Key = pos[r.Index], t.key
+		if s.Error != "" {
+			nBad++
+			notef(c, "unreadable: %s", s.Error)
+		}
+		prog.update("score", r.Index+1, len(todo))
+		return res.Add(rec, s.Error != "")
+	})
+	prog.done()
+	if err != nil {
+		if ferr := res.Flush(); ferr != nil { // keep what was done for the rerun
+			notef(c, "%v", ferr)
+		}
+		return err
+	}
+	mk, err := res.Finish(len(ts))
+	if err != nil {
+		return err
+	}
+	printTimings(c, "score", time.Since(start), sc.Pipeline().Timings)
+	fmt.Printf("shard %s: %d inputs, %d scored now, %d done before, %d unreadable → %s (padim collect %s merges the shards)\n",
+		sh, len(ts), len(todo), len(ts)-len(todo), mk.Errors, res.Path, c.String("out"))
+	if nBad > 0 {
+		notef(c, "note: %d unreadable image(s) recorded as errors; the shard counts as done (padim collect reports them; a rerun tries them again)", nBad)
 	}
 	return nil
 }

@@ -12,9 +12,12 @@ import (
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/models/mobilenetv2"
+	"github.com/padim/padim/shard"
 )
 
 func inputFlags() []cli.Flag {
@@ -57,13 +60,14 @@ func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess,
 
 func trainCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "train",
-		Usage:     "fit a model on good images",
-		UsageText: "padim train [--backbone F.onnx] --data DIR --out M.padim [options]",
+		Name:  "train",
+		Usage: "fit a model on good images",
+		UsageText: "padim train [--backbone F.onnx] --data DIR --out M.padim [options]\n" +
+			"   padim train --data DIR|--manifest LIST --shard I/N|auto/N --stats-out S-I.stats [options]   (then padim merge; thresholds: padim calibrate)",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone (padim backbone makes one; default: the ImageNet MobileNetV2 shipped inside padim)"},
-			&cli.StringFlag{Name: "data", Required: true, Usage: "folder of good images, or an MVTec category (train/good is used)"},
-			&cli.StringFlag{Name: "out", Required: true, Usage: "model file to write"},
+			&cli.StringFlag{Name: "data", Usage: "folder of good images, or an MVTec category (train/good is used); required unless --manifest"},
+			&cli.StringFlag{Name: "out", Usage: "model file to write (required unless --shard)"},
 			&cli.IntFlag{Name: "dim", Value: detector.DefaultDim, Usage: "channels kept at random (0: all)"},
 			&cli.Uint64Flag{Name: "seed", Value: detector.DefaultSeed, Usage: "seed of the channel subset, the cross-fitting folds and the hold-out split"},
 			&cli.StringFlag{Name: "layers", Usage: "backbone outputs to use (default: the model's metadata, else layer1,layer2,layer3)"},
@@ -79,6 +83,7 @@ func trainCommand() *cli.Command {
 			&cli.Float64Flag{Name: "sigma", Value: anomalymap.DefaultSigma, Usage: "Gaussian blur of the anomaly map, in pixels of the network input"},
 			&cli.StringFlag{Name: "stats-out", Usage: "also save the fit's statistics, to merge with other shards (padim merge)"},
 			&cli.BoolFlag{Name: "strict", Usage: "stop at the first unreadable image instead of skipping it"},
+			manifestFlag("--data"), shardFlag(),
 			batchFlag, deviceFlag, threadsFlag,
 		}, inputFlags()...),
 		Action: trainAction,
@@ -99,12 +104,40 @@ func trainAction(c *cli.Context) error {
 			calib = detector.CalibrateNone
 		}
 	}
-	files, err := dataset.TrainImages(c.String("data"))
+	sh, err := shardSpec(c)
 	if err != nil {
 		return err
 	}
-	if err := checkOutputs(append([]string{c.String("backbone"), c.String("channels")}, files...), []string{c.String("out"), c.String("stats-out")}); err != nil {
+	if sh != nil {
+		switch {
+		case c.String("stats-out") == "":
+			return usageError("--shard needs --stats-out: a shard's statistics, to merge with the others (padim merge)")
+		case c.IsSet("holdout") || c.IsSet("calibrate") && calib != detector.CalibrateNone:
+			return usageError("a shard sets no thresholds: they come from every shard's images together (padim calibrate after padim merge; see padim calibrate --help)")
+		}
+		calib = detector.CalibrateNone
+	} else if !c.IsSet("out") {
+		return usageError("--out is required (see padim train --help)")
+	}
+	files, keys, err := trainFiles(c)
+	if err != nil {
 		return err
+	}
+	if err := checkOutputs(append([]string{c.String("backbone"), c.String("channels"), c.String("manifest")}, files...), []string{c.String("out"), c.String("stats-out")}); err != nil {
+		return err
+	}
+	if sh != nil {
+		all := len(files)
+		var mine []string
+		for _, i := range sh.Select(keys) {
+			mine = append(mine, files[i])
+		}
+		files = mine
+		if len(files) == 0 {
+			notef(c, "shard %s holds none of the %d images: nothing to fit, no statistics written", sh, all)
+			return nil
+		}
+		notef(c, "shard %s: %d of the %d images", sh, len(files), all)
 	}
 	if layers := splitList(c.String("layers")); len(slices.Compact(slices.Sorted(slices.Values(layers)))) != len(layers) {
 		return usageError("--layers %q names a layer twice", c.String("layers"))
@@ -150,12 +183,18 @@ func trainAction(c *cli.Context) error {
 		return err
 	}
 	defer be.Close()
+	form := c.String("gaussian")
+	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && shardKeepsSamples(ext, channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
+		// a shard no larger than its statistics keeps its samples: the
+		// calibration pass then computes exact (float64) statistics from them
+		form = detector.FormLowRank
+	}
 	prog := newProgress(c)
 	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), bbName, ext.Provider)
 	start := time.Now()
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Gaussian: c.String("gaussian"), Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
+		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
 		Method: c.String("method"), K: c.Int("k"), Coreset: c.Float64("coreset"),
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
@@ -172,6 +211,19 @@ func trainAction(c *cli.Context) error {
 		}
 		rep.Timings.Since("save-stats", t, 1)
 		rep.Shard = nil
+	}
+	if c.String("out") == "" { // a shard's statistics only
+		printTimings(c, "train", time.Since(start), rep.Timings)
+		for _, s := range rep.Skipped {
+			fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+		}
+		fmt.Printf("wrote %s: shard %s, %d samples (padim merge combines the shards)\n", c.String("stats-out"), sh, m.NTrain)
+		if len(rep.Skipped) > 0 {
+			// a shard that wrote its statistics has done its part: exit 0, so
+			// that a batch system does not retry it over a bad file
+			notef(c, "note: %d unreadable image(s) skipped (listed above); the shard's statistics hold the rest", len(rep.Skipped))
+		}
+		return nil
 	}
 	t := time.Now()
 	if err := m.Save(c.String("out")); err != nil {
@@ -204,4 +256,56 @@ func trainAction(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(rep.Skipped)), exitSkipped)
 	}
 	return nil
+}
+
+// trainFiles lists the training images and their split keys: --data's
+// (relative to --data), or --manifest's.
+func trainFiles(c *cli.Context) ([]string, []string, error) {
+	switch {
+	case c.IsSet("manifest") && c.IsSet("data"):
+		return nil, nil, usageError("give --data or --manifest, not both")
+	case c.IsSet("manifest"):
+		es, err := shard.ReadManifest(c.String("manifest"))
+		if err != nil {
+			return nil, nil, err
+		}
+		files, keys := make([]string, len(es)), make([]string, len(es))
+		for i, e := range es {
+			files[i], keys[i] = e.Path, e.Key
+		}
+		return files, keys, nil
+	case c.IsSet("data"):
+		files, err := dataset.TrainImages(c.String("data"))
+		if err != nil {
+			return nil, nil, err
+		}
+		keys := make([]string, len(files))
+		for i, f := range files {
+			keys[i] = shard.Key(c.String("data"), f)
+		}
+		return files, keys, nil
+	}
+	return nil, nil, usageError("--data is required (or --manifest) (see padim train --help)")
+}
+
+// shardKeepsSamples reports whether a training shard of n images should keep
+// its samples rather than full-form statistics: when they are no larger
+// (n ≤ D+2), fit the sample budget, and the low-rank form can hold them (ε > 0).
+// Statistics from the fit's accumulator carry float32 rounding in their
+// second moments, which leave-one-out calibration amplifies when the images
+// are few for their dimension; samples give exact statistics.
+func shardKeepsSamples(ext *backbone.Extractor, channels []int, dim int, seed uint64, n int, eps float64, budget int64) bool {
+	if eps <= 0 {
+		return false
+	}
+	taps := ext.Taps()
+	if channels == nil {
+		channels = embed.RandomChannels(embed.TotalChannels(taps), dim, seed)
+	}
+	l, err := embed.NewLayout(taps, channels)
+	if err != nil {
+		return false
+	}
+	P, D := l.P(), l.D()
+	return n <= D+2 && int64(n)*int64(P)*int64(D)*4 <= min(detector.DefaultSampleMemory, budget/2)
 }

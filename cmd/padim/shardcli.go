@@ -1,0 +1,90 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/shard"
+)
+
+// The flags that split a command's inputs across machines (score, eval,
+// train, calibrate) and read explicit input lists.
+
+func shardFlag() cli.Flag {
+	return &cli.StringFlag{Name: "shard", Usage: "do only shard I of N of the inputs (I/N, 0-based), or auto/N: I from $JOB_COMPLETION_INDEX, $AWS_BATCH_JOB_ARRAY_INDEX or $SLURM_ARRAY_TASK_ID; " +
+		"inputs are split by a hash of their path below the data root"}
+}
+
+func manifestFlag(what string) cli.Flag {
+	return &cli.StringFlag{Name: "manifest", Usage: "read the inputs from this list instead of " + what + ": one path a line, or JSON lines {\"path\": ..., \"label\": 0|1, \"mask\": ..., \"type\": ...}; relative paths are from the list's folder"}
+}
+
+func resumeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "restart", Usage: "with --shard: discard this shard's previous results in --out and start over (else they are kept and their inputs skipped)"},
+		&cli.IntFlag{Name: "flush-every", Usage: "with --shard: write the results file every N records (0: adaptive, at most 30 s apart)"},
+	}
+}
+
+// shardSpec reads --shard; nil when it is not given.
+func shardSpec(c *cli.Context) (*shard.Spec, error) {
+	if !c.IsSet("shard") {
+		return nil, nil
+	}
+	s, err := shard.Parse(c.String("shard"), os.Getenv)
+	if err != nil {
+		var ue *shard.UsageError
+		if errors.As(err, &ue) {
+			return nil, usageError("%v", err)
+		}
+		return nil, err
+	}
+	if s.From != "flag" {
+		notef(c, "shard %s (index from $%s)", s, s.From)
+	}
+	return &s, nil
+}
+
+// flushEvery reads --flush-every (range-checked here: it is this file's flag).
+func flushEvery(c *cli.Context) (int, error) {
+	v := c.Int("flush-every")
+	if v < 0 || v > 1<<20 {
+		return 0, usageError("--flush-every %d: want a value in [0, %d]", v, 1<<20)
+	}
+	return v, nil
+}
+
+// fileSHA256 is the hex sha256 of a file's bytes.
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// settingsHash names the settings that change a result record besides the model.
+func settingsHash(a ...any) string {
+	h := sha256.Sum256([]byte(fmt.Sprint(a...)))
+	return hex.EncodeToString(h[:8])
+}
+
+// shardKeys maps the keys of the shard's inputs (positions sel in keys) to their positions.
+func shardKeys(keys []string, sel []int) map[string]int {
+	m := make(map[string]int, len(sel))
+	for _, i := range sel {
+		m[keys[i]] = i
+	}
+	return m
+}
