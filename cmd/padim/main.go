@@ -8,6 +8,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -41,27 +43,49 @@ func main() {
 		// doubling the resident size on top of gigabytes of statistics.
 		debug.SetGCPercent(25)
 	}
-	// An interrupt or termination removes the file being written (models,
-	// maps, reports are written to a temporary file, then renamed) and exits
-	// with the shell's code for the signal.
-	sigs := make(chan os.Signal, 1)
+	// An interrupt or termination cancels the command's context: it stops
+	// (serve drains, a shard flushes what it has, a write in progress is
+	// abandoned and its temporary file removed) and padim exits with the
+	// shell's code for the signal. A second signal stops at once, removing the
+	// files being written (models, maps and reports go to a temporary file,
+	// then are renamed).
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		s := <-sigs
+		stoppedBy.Store(s)
+		cancel()
+		fmt.Fprintf(os.Stderr, "padim: %v: stopping (a second signal stops at once)\n", s)
+		<-sigs
 		atomicfile.RemoveTemps()
-		fmt.Fprintf(os.Stderr, "padim: %v: stopped, nothing half-written left\n", s)
-		code := 130
-		if s == syscall.SIGTERM {
-			code = 143
-		}
-		os.Exit(code)
+		fmt.Fprintf(os.Stderr, "padim: stopped, nothing half-written left\n")
+		os.Exit(signalCode(s))
 	}()
-	os.Exit(run(os.Args))
+	os.Exit(run(ctx, os.Args))
 }
 
-func run(args []string) int {
+// stoppedBy is the signal that cancelled the run, if any.
+var stoppedBy atomic.Value
+
+func signalCode(s os.Signal) int {
+	if s == syscall.SIGTERM {
+		return 143
+	}
+	return 130
+}
+
+func run(ctx context.Context, args []string) int {
 	app := newApp()
-	err := app.Run(args)
+	err := app.RunContext(ctx, args)
+	atomicfile.RemoveTemps()
+	if s, ok := stoppedBy.Load().(os.Signal); ok {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Fprintln(os.Stderr, "padim:", err)
+		}
+		fmt.Fprintf(os.Stderr, "padim: %v: stopped, nothing half-written left\n", s)
+		return signalCode(s)
+	}
 	if err == nil {
 		return exitOK
 	}
