@@ -307,7 +307,7 @@ func TestHostileInputTable(t *testing.T) {
 			}
 			return []string{"--max-memory", "4G", "score", "--model", fx.mdl, "--device", "cpu", filepath.Join(d, "big")}
 		}, code: exitOK, check: func(t *testing.T, d, stdout string, rss int64) {
-			if strings.Count(stdout, "\n") != 4 || rss > 1200<<20 {
+			if strings.Count(stdout, "\n") != 4 || rss > 1600<<20 { // 8 GB and more before the pipeline bounded decoding by bytes
 				t.Errorf("%d lines, peak RSS %.2f GiB", strings.Count(stdout, "\n"), float64(rss)/(1<<30))
 			}
 			t.Logf("peak RSS %.2f GiB for four 8192² images", float64(rss)/(1<<30))
