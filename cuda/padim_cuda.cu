@@ -261,7 +261,10 @@ struct F64 {
 
 // DF32: a value is hi + lo, two floats (about 44 significant bits), with error-free
 // sums and FMA products. Dot products accumulate as an unevaluated pair (s, c):
-// Ogita–Rump–Oishi Dot2, about 12 float32 operations per multiply-add.
+// Ogita–Rump–Oishi Dot2, about 12 float32 operations per multiply-add. The rounded
+// products whose error an FMA recovers are __fmul_rn: nvcc contracts a plain a*b into
+// a following add (--fmad=true, also across statements), which would fold the product
+// into the sum and break the error-free transformation.
 struct DF32 {
   typedef float2 V;
   struct Acc {
@@ -286,7 +289,7 @@ struct DF32 {
   static __device__ __forceinline__ V zero() { return make_float2(0.f, 0.f); }
   static __device__ __forceinline__ Acc acc(V c) { return Acc{c.x, c.y}; }
   static __device__ __forceinline__ void sub(Acc &a, V x, V y) {
-    const float ph = x.x * y.x;
+    const float ph = __fmul_rn(x.x, y.x);
     float pe = __fmaf_rn(x.x, y.x, -ph);
     pe = __fmaf_rn(x.x, y.y, __fmaf_rn(x.y, y.x, pe));
     const V s = two_sum(a.s, -ph);
@@ -294,7 +297,7 @@ struct DF32 {
     a.c += s.y - pe;
   }
   static __device__ __forceinline__ void add(Acc &a, V x, V y) {
-    const float ph = x.x * y.x;
+    const float ph = __fmul_rn(x.x, y.x);
     float pe = __fmaf_rn(x.x, y.x, -ph);
     pe = __fmaf_rn(x.x, y.y, __fmaf_rn(x.y, y.x, pe));
     const V s = two_sum(a.s, ph);
@@ -303,7 +306,7 @@ struct DF32 {
   }
   static __device__ __forceinline__ V get(const Acc &a) { return two_sum(a.s, a.c); }
   static __device__ __forceinline__ V mul(V a, V b) {
-    const float ph = a.x * b.x;
+    const float ph = __fmul_rn(a.x, b.x);
     float pe = __fmaf_rn(a.x, b.x, -ph);
     pe = __fmaf_rn(a.x, b.y, __fmaf_rn(a.y, b.x, pe));
     return fast_two_sum(ph, pe);
@@ -311,7 +314,7 @@ struct DF32 {
   static __device__ __forceinline__ V div(V a, V b) {
     const float q1 = a.x / b.x;
     // r = a − q1·b, exactly enough: a.x − q1·b.x cancels (Sterbenz), the rest is small
-    const float ph = q1 * b.x;
+    const float ph = __fmul_rn(q1, b.x);
     const float pe = __fmaf_rn(q1, b.x, -ph);
     const float r = ((a.x - ph) - pe) + (a.y - q1 * b.y);
     return fast_two_sum(q1, r / b.x);
@@ -319,7 +322,7 @@ struct DF32 {
   static __device__ __forceinline__ V sqrt_(V a) {
     if (!(a.x > 0.f)) return make_float2(sqrtf(a.x), 0.f);
     const float s = sqrtf(a.x);
-    const float p = s * s;
+    const float p = __fmul_rn(s, s);
     const float e = __fmaf_rn(s, s, -p);
     const float r = ((a.x - p) - e) + a.y;
     return fast_two_sum(s, r / (2.f * s));
