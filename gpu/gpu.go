@@ -64,7 +64,8 @@ func init() {
 	}
 }
 
-// Precision selects the factorisation's arithmetic.
+// Precision selects the arithmetic of the factorisation (both forms) and of the
+// low-rank form's scoring dot products.
 type Precision int
 
 const (
@@ -118,8 +119,9 @@ type Backend struct {
 	// less a reserve). Below what a fit needs, statistics and models stream through
 	// the device by patch blocks from pinned host memory.
 	MemoryBudget int64
-	// Precision of the factorisation (PrecisionAuto by default; the environment
-	// variable PADIM_CUDA_PRECISION=fp64|df32 overrides it).
+	// Precision of the factorisation, both forms, and of the low-rank form's scoring
+	// dot products (fixed when a scorer is made). PrecisionAuto by default; the
+	// environment variable PADIM_CUDA_PRECISION=fp64|df32 overrides it.
 	Precision Precision
 
 	mu     sync.Mutex
