@@ -434,3 +434,22 @@ func TestLowRankBatchInvariantShapes(t *testing.T) {
 		}
 	}
 }
+
+// What a low-rank fit at P=3136, d=550 needs on the device: the model (μ and M) stays
+// resident beside the workspace of at least 64 patches on an 8 GB card up to N=300;
+// the factorisation then runs in chunks of what is left.
+func TestLowRankMemoryPlanD550(t *testing.T) {
+	const P, D = 3136, 550
+	const gib = 1 << 30
+	avail8 := int64(8*gib) - 256<<20 - 300<<20 // less the reserve and ~300 MiB for the display and driver
+	for _, n := range []int{5, 50, 200, 300} {
+		model := int64(P)*int64(n)*D*4 + P*D*4
+		per := lowRankWorkspace(n, D)
+		chunk := (avail8 - model) / per
+		t.Logf("N=%3d: model %.2f GiB, %.2f MiB per patch while factorising (workspace, staged samples), chunks of %d patches on an 8 GB card",
+			n, float64(model)/gib, float64(per)/(1<<20), min(chunk, P))
+		if chunk < 64 {
+			t.Fatalf("N=%d: an 8 GB card holds the model and only %d patches of workspace", n, chunk)
+		}
+	}
+}
