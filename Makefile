@@ -44,10 +44,21 @@ cuda: onnxruntime
 	cmake --build $(CUDA_BUILD) -j
 	$(GO) build -tags 'cuda $(TAGS)' -o $(BIN) ./cmd/padim
 
-# Compile-only checks of the CUDA side (what CI runs on machines without a GPU).
+# Compile-only checks of the CUDA side (what CI runs on machines without a GPU), and
+# ptxas's report of every kernel on every architecture (build/cuda/ptxas.txt): register
+# spills fail the check. PTXAS_ARCHS: CUDA 13 no longer compiles sm_60/sm_70.
+NVCC        ?= nvcc
+PTXAS_ARCHS ?= 60 61 70 75 80 86 89 90
 cuda-check: cuda
 	$(GO) vet -tags cuda ./...
 	$(GO) test -c -tags cuda -o $(CUDA_BUILD)/gpu.test ./gpu
+	$(NVCC) -std=c++14 -O3 --expt-relaxed-constexpr $(foreach a,$(PTXAS_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+	  -Xptxas -v -c cuda/padim_cuda.cu -o $(CUDA_BUILD)/ptxas-check.o 2> $(CUDA_BUILD)/ptxas.txt
+	@kernels=$$(grep -c "Compiling entry" $(CUDA_BUILD)/ptxas.txt); \
+	  if grep -E " [1-9][0-9]* bytes spill (stores|loads)" $(CUDA_BUILD)/ptxas.txt >/dev/null; then \
+	    grep -B2 -E " [1-9][0-9]* bytes spill (stores|loads)" $(CUDA_BUILD)/ptxas.txt >&2; \
+	    echo "ptxas: register spills (all of it in $(CUDA_BUILD)/ptxas.txt)" >&2; exit 1; fi; \
+	  echo "ptxas: $$kernels kernel compilations for sm $(PTXAS_ARCHS), no register spills"
 
 # Everything a GPU machine with only the NVIDIA driver needs for scripts/device-check.sh,
 # in one compressed file to carry there (at most 64 MiB): the cuda-tagged test binary and

@@ -15,6 +15,11 @@
 //   scoring        k_score: block (patch, 64 images; 16 for calls of ≤ 16); L⁻¹ row tiles
 //                  (64 rows × 32) and the centred images in shared memory, 4×4 register
 //                  tiles; every patch's L⁻¹ is read once per 64 images.
+//   low-rank form  (N samples, Σ⁻¹ by Woodbury; see "low-rank form" below) k_lr_center,
+//                  k_lr_gram, k_lr_chol, k_lr_solve: μ and M = L⁻¹A per patch from the
+//                  staged samples, with LLᵀ = AAᵀ + εI (N×N), in the factorisation's
+//                  arithmetic; k_lr_score: like k_score over M's rows, with compensated
+//                  (double-float) or float64 dot products, since ‖y‖² − ‖My‖² cancels.
 // Every kernel's shared memory is dynamic and independent of D, so no size of D needs
 // more than 48 KiB per block; launches still go through launch_prep, which opts in to
 // larger shared memory where a kernel asks for it and refuses, before launch, what the
@@ -225,6 +230,9 @@ __global__ void __launch_bounds__(STHREADS)
 // F64: native float64.
 struct F64 {
   typedef double V;
+  // resolution: the smallest ε relative to a Gram matrix's largest diagonal that the
+  // low-rank factorisation accepts (0: only the pivot test, as on the CPU).
+  static constexpr double resolution = 0.0;
   struct Acc {
     double s;
   };
@@ -257,13 +265,42 @@ struct F64 {
   }
   static __device__ __forceinline__ V neg(V a) { return -a; }
   static __device__ __forceinline__ bool finite(V a) { return isfinite(a); }
+  // The low-rank form's extras. diff: a − b of two floats (exact); diffv: a − v;
+  // addf/addv: a += x; maddf: a += m·y with m a float.
+  static __device__ __forceinline__ V diff(float a, float b) {
+    FP64OPS(1);
+    return (double)a - (double)b;
+  }
+  static __device__ __forceinline__ V diffv(float a, V b) {
+    FP64OPS(1);
+    return (double)a - b;
+  }
+  static __device__ __forceinline__ void addf(Acc &a, float x) {
+    a.s += (double)x;
+    FP64OPS(1);
+  }
+  static __device__ __forceinline__ void addv(Acc &a, V x) {
+    a.s += x;
+    FP64OPS(1);
+  }
+  static __device__ __forceinline__ void maddf(Acc &a, float m, V y) {
+    a.s = fma((double)m, y, a.s);
+    FP64OPS(2);
+  }
 };
 
 // DF32: a value is hi + lo, two floats (about 44 significant bits), with error-free
 // sums and FMA products. Dot products accumulate as an unevaluated pair (s, c):
-// Ogita–Rump–Oishi Dot2, about 12 float32 operations per multiply-add.
+// Ogita–Rump–Oishi Dot2, about 12 float32 operations per multiply-add. The rounded
+// products whose error an FMA recovers are __fmul_rn: nvcc contracts a plain a*b into
+// a following add (--fmad=true, also across statements), which would fold the product
+// into the sum and break the error-free transformation.
 struct DF32 {
   typedef float2 V;
+  // AAᵀ + εI always has the eigenvalue ε (centred samples sum to zero); below about
+  // 2⁻⁴⁴ of the largest diagonal, ε is lost in double-float's rounding and the last
+  // pivots are noise of the size the pivot test accepts: such a patch is refused.
+  static constexpr double resolution = 5.684341886080802e-14;  // 2⁻⁴⁴
   struct Acc {
     float s, c;
   };
@@ -286,7 +323,7 @@ struct DF32 {
   static __device__ __forceinline__ V zero() { return make_float2(0.f, 0.f); }
   static __device__ __forceinline__ Acc acc(V c) { return Acc{c.x, c.y}; }
   static __device__ __forceinline__ void sub(Acc &a, V x, V y) {
-    const float ph = x.x * y.x;
+    const float ph = __fmul_rn(x.x, y.x);
     float pe = __fmaf_rn(x.x, y.x, -ph);
     pe = __fmaf_rn(x.x, y.y, __fmaf_rn(x.y, y.x, pe));
     const V s = two_sum(a.s, -ph);
@@ -294,7 +331,7 @@ struct DF32 {
     a.c += s.y - pe;
   }
   static __device__ __forceinline__ void add(Acc &a, V x, V y) {
-    const float ph = x.x * y.x;
+    const float ph = __fmul_rn(x.x, y.x);
     float pe = __fmaf_rn(x.x, y.x, -ph);
     pe = __fmaf_rn(x.x, y.y, __fmaf_rn(x.y, y.x, pe));
     const V s = two_sum(a.s, ph);
@@ -303,7 +340,7 @@ struct DF32 {
   }
   static __device__ __forceinline__ V get(const Acc &a) { return two_sum(a.s, a.c); }
   static __device__ __forceinline__ V mul(V a, V b) {
-    const float ph = a.x * b.x;
+    const float ph = __fmul_rn(a.x, b.x);
     float pe = __fmaf_rn(a.x, b.x, -ph);
     pe = __fmaf_rn(a.x, b.y, __fmaf_rn(a.y, b.x, pe));
     return fast_two_sum(ph, pe);
@@ -311,7 +348,7 @@ struct DF32 {
   static __device__ __forceinline__ V div(V a, V b) {
     const float q1 = a.x / b.x;
     // r = a − q1·b, exactly enough: a.x − q1·b.x cancels (Sterbenz), the rest is small
-    const float ph = q1 * b.x;
+    const float ph = __fmul_rn(q1, b.x);
     const float pe = __fmaf_rn(q1, b.x, -ph);
     const float r = ((a.x - ph) - pe) + (a.y - q1 * b.y);
     return fast_two_sum(q1, r / b.x);
@@ -319,13 +356,38 @@ struct DF32 {
   static __device__ __forceinline__ V sqrt_(V a) {
     if (!(a.x > 0.f)) return make_float2(sqrtf(a.x), 0.f);
     const float s = sqrtf(a.x);
-    const float p = s * s;
+    const float p = __fmul_rn(s, s);
     const float e = __fmaf_rn(s, s, -p);
     const float r = ((a.x - p) - e) + a.y;
     return fast_two_sum(s, r / (2.f * s));
   }
   static __device__ __forceinline__ V neg(V a) { return make_float2(-a.x, -a.y); }
   static __device__ __forceinline__ bool finite(V a) { return isfinite(a.x) && isfinite(a.y); }
+  // The low-rank form's extras (see F64). diff is exact (two_sum); maddf is Dot2's step
+  // with an exact float32 factor: the product m·y.x is split error-free by an FMA, m·y.y
+  // is a small correction; about 11 float32 operations per multiply-add.
+  static __device__ __forceinline__ V diff(float a, float b) { return two_sum(a, -b); }
+  static __device__ __forceinline__ V diffv(float a, V b) {
+    const V s = two_sum(a, -b.x);
+    return two_sum(s.x, s.y - b.y);
+  }
+  static __device__ __forceinline__ void addf(Acc &a, float x) {
+    const V s = two_sum(a.s, x);
+    a.s = s.x;
+    a.c += s.y;
+  }
+  static __device__ __forceinline__ void addv(Acc &a, V x) {
+    const V s = two_sum(a.s, x.x);
+    a.s = s.x;
+    a.c += s.y + x.y;
+  }
+  static __device__ __forceinline__ void maddf(Acc &a, float m, V y) {
+    const float ph = __fmul_rn(m, y.x);
+    const float pe = __fmaf_rn(m, y.y, __fmaf_rn(m, y.x, -ph));
+    const V s = two_sum(a.s, ph);
+    a.s = s.x;
+    a.c += s.y + pe;
+  }
 };
 
 // ---------------------------------------------------------------- factorisation
@@ -709,6 +771,428 @@ __global__ void __launch_bounds__(QTHREADS)
   }
 }
 
+// ---------------------------------------------------------------- low-rank form
+//
+// With A = Xc/√(N−1) (N×D, a patch's centred training embeddings) and LLᵀ = AAᵀ + εI,
+// the model keeps μ and M = L⁻¹A (N×D) per patch, and the squared distance of t is
+// (‖x‖² − ‖Mx‖²)/ε with x = t − μ. Per chunk of patches, in the factorisation's
+// arithmetic T (float64, or double-float on consumer cards):
+//   k_lr_center  mean (float32 out) and A in T, into a per-patch workspace
+//                [Np][Dp] (rows and columns padded to tiles of 32 with zeros);
+//   k_lr_gram    K = AAᵀ + εI, one 32×32 tile of the lower triangle per block,
+//                into the workspace's tiles (the padding's diagonal is 1);
+//   k_lr_chol    one block per patch: tiled left-looking Cholesky of K in place
+//                (as k_factor), each diagonal tile replaced by its inverse;
+//   k_lr_solve   block (patch, 32 columns): M = L⁻¹A by blocked forward substitution
+//                over the row tiles, in place in the workspace, and rounded to float32.
+// Scoring, k_lr_score: block (patch, G images), like k_score: M (float32) rows × 32
+// columns in shared memory, y = t − μ as exact pairs, 4 rows × 4 images per thread,
+// dot products compensated (Dot2 in double-float, or float64); Σ z² per row class
+// (r mod 64) in row order and Σ y² in column order, so any G and any split of a call
+// gives the same bits. M is read once per block, i.e. once per G images.
+
+// lr_dims: the padded sizes of a low-rank fit of N samples of dimension D.
+struct LrDims {
+  int ntN, ntD, Np, Dp, pairs;
+  long long ws;  // workspace values (8 bytes each) per patch: A, then the tiles of K
+};
+__host__ __device__ inline LrDims lr_dims(int N, int D) {
+  LrDims d;
+  d.ntN = ntiles(N, FT);
+  d.ntD = ntiles(D, FT);
+  d.Np = d.ntN * FT;
+  d.Dp = d.ntD * FT;
+  d.pairs = (int)tri(d.ntN);
+  d.ws = (long long)d.Np * d.Dp + tri(d.ntN) * (long long)(FT * FT);
+  return d;
+}
+
+// k_lr_center: per (patch, column) of a chunk, the mean of the N staged samples (a
+// compensated sum in T, rounded to float32 for the model) and the column of
+// A = (x − μ)·scale; the padding of A is written as zeros.
+template <class T>
+__global__ void __launch_bounds__(MTHREADS)
+    k_lr_center(gptr<const float> x, long long xstride, int N, int pc, int D, int Np, int Dp, double scale,
+                gptr<float> mean_out, gptr<typename T::V> work, long long wstride) {
+  typedef typename T::V V;
+  const long long n = (long long)pc * Dp;
+  const V sc = T::from_double(scale);
+  const V nv = T::from_double((double)N);
+  for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+    const int q = (int)(e / Dp), j = (int)(e % Dp);
+    gptr<V> a = work + (long long)q * wstride + j;
+    if (j >= D) {
+      for (int r = 0; r < Np; r++) a[(long long)r * Dp] = T::zero();
+      continue;
+    }
+    gptr<const float> xq = x + (long long)q * D + j;
+    typename T::Acc s = T::acc(T::zero());
+    for (int r = 0; r < N; r++) T::addf(s, xq[r * xstride]);
+    const V mu = T::div(T::get(s), nv);
+    mean_out[(long long)q * D + j] = T::to_float(mu);
+    for (int r = 0; r < N; r++) a[(long long)r * Dp] = T::mul(T::diffv(xq[r * xstride], mu), sc);
+    for (int r = N; r < Np; r++) a[(long long)r * Dp] = T::zero();
+    FLOPS(4 * N);
+  }
+}
+
+// k_lr_gram: block (patch, tile pair of the lower triangle), tile pairs fastest: the
+// 32×32 tile (I, J) of AAᵀ over the Dp columns in chunks of 32 through shared memory,
+// 4×4 per thread, plus ε on the diagonal (1 on the padding's).
+template <class T>
+__global__ void __launch_bounds__(FTHREADS)
+    k_lr_gram(gptr<typename T::V> work, long long wstride, int N, int Np, int Dp, int pairs, double eps) {
+  typedef typename T::V V;
+  DYNAMIC_SHARED(V, sm);
+  V *sA = sm, *sB = sm + FT * FLD;
+  const int q = (int)(blockIdx.x / pairs);
+  const int t = (int)(blockIdx.x % pairs);
+  int ti = (int)((sqrtf(8.f * t + 1.f) - 1.f) * 0.5f);
+  while (tri(ti + 1) <= t) ti++;
+  while (tri(ti) > t) ti--;
+  const int tj = t - (int)tri(ti);
+  const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+  gptr<V> A = work + (long long)q * wstride;
+  gptr<V> K = A + (long long)Np * Dp;
+  typename T::Acc acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) acc[a][b] = T::acc(T::zero());
+  for (int k0 = 0; k0 < Dp; k0 += FT) {
+    for (int e = tid; e < FT * FT; e += FTHREADS) {
+      const int r = e / FT, c = e % FT;
+      sA[r * FLD + c] = A[(long long)(ti * FT + r) * Dp + k0 + c];
+      sB[r * FLD + c] = A[(long long)(tj * FT + r) * Dp + k0 + c];
+    }
+    __syncthreads();
+    for (int k = 0; k < FT; k++) {
+      V av[4], bv[4];
+#pragma unroll
+      for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
+#pragma unroll
+      for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) T::add(acc[a][b], av[a], bv[b]);
+    }
+    FLOPS(2 * 16 * FT);
+    __syncthreads();
+  }
+  const V ev = T::from_double(eps), one = T::from_double(1.0);
+  gptr<V> tile = tile_at<T>(K, ti, tj);
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      const int r = ty + 8 * a, c = tx + 8 * b;
+      const int i = ti * FT + r, j = tj * FT + c;
+      if (i == j) {
+        if (i < N)
+          T::addv(acc[a][b], ev);
+        else
+          acc[a][b] = T::acc(one);
+      }
+      tile[r * FT + c] = T::get(acc[a][b]);
+    }
+}
+
+// k_lr_chol: one block per patch: K = LLᵀ in place in the patch's tiles (left-looking,
+// as k_factor), then each diagonal tile holds L_JJ⁻¹ (what the solve needs) and the
+// tiles below it L. status[patch]: 0 fine, 1 not positive definite (or a pivot below
+// 1e-7 of the largest, as the CPU backend tests, or ε below T::resolution of the
+// largest diagonal of K).
+template <class T>
+__global__ void __launch_bounds__(FTHREADS)
+    k_lr_chol(gptr<typename T::V> work, long long wstride, int N, int Np, int Dp, double eps, gptr<int> status) {
+  typedef typename T::V V;
+  DYNAMIC_SHARED(V, sm);
+  V *sA = sm, *sB = sm + FT * FLD, *sD = sm + 2 * FT * FLD, *sX = sm + 3 * FT * FLD;
+  int *flags = reinterpret_cast<int *>(sm + 4 * FT * FLD);
+  double *dstat = reinterpret_cast<double *>(flags + 4);  // [0] max diag, [1] min diag
+  const int q = blockIdx.x;
+  gptr<V> w = work + (long long)q * wstride + (long long)Np * Dp;
+  const int nt = Np / FT;
+  const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+  if (tid == 0) {
+    flags[0] = 0;
+    dstat[0] = 0.0;
+    dstat[1] = INFINITY;
+    if (T::resolution > 0) {
+      double kmax = 0.0;
+      for (int i = 0; i < N; i++) kmax = fmax(kmax, T::approx(tile_at<T>(w, i / FT, i / FT)[(i % FT) * (FT + 1)]));
+      if (!(eps >= T::resolution * kmax)) flags[0] = 1;
+    }
+  }
+  __syncthreads();
+  for (int J = 0; J < nt; J++) {
+    for (int I = J; I < nt; I++) {
+      gptr<V> t = tile_at<T>(w, I, J);
+      typename T::Acc acc[4][4];
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = T::acc(t[(ty + 8 * a) * FT + tx + 8 * b]);
+      for (int K = 0; K < J; K++) {
+        load_tile<T>(w, I, K, sA, false);
+        load_tile<T>(w, J, K, sB, false);
+        __syncthreads();
+        for (int k = 0; k < FT; k++) {
+          V av[4], bv[4];
+#pragma unroll
+          for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
+#pragma unroll
+          for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
+#pragma unroll
+          for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) T::sub(acc[a][b], av[a], bv[b]);
+        }
+        FLOPS(2 * 16 * FT);
+        __syncthreads();
+      }
+      if (I == J) {
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) sD[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+        __syncthreads();
+        potrf_tile<T>(sD, J * FT, N, &flags[0], &dstat[0], &dstat[1]);
+        trtri_tile<T>(sD, sX);
+        for (int e = tid; e < FT * FT; e += FTHREADS) t[e] = sX[(e / FT) * FLD + e % FT];
+      } else {
+        // L_IJ = K_IJ · L_JJ⁻ᵀ = K_IJ · X_JJᵀ
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) sA[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+        __syncthreads();
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const int r = ty + 8 * a, c = tx + 8 * b;
+            typename T::Acc s = T::acc(T::zero());
+            for (int k = 0; k <= c; k++) T::add(s, sA[r * FLD + k], sX[c * FLD + k]);
+            t[r * FT + c] = T::get(s);
+            FLOPS(2 * (c + 1));
+          }
+      }
+      __syncthreads();
+    }
+  }
+  if (tid == 0) status[q] = (flags[0] || !(dstat[1] > dstat[0] * 1e-7)) ? 1 : 0;
+}
+
+// k_lr_solve: block (patch, 32 columns), columns fastest: M = L⁻¹A for those columns,
+// row tile by row tile, M_I = X_II (A_I − Σ_{K<I} L_IK M_K), in place in the workspace
+// (each block owns its columns), and rounded to float32 into out [N][D] per patch (each
+// tile of M through shared memory, so that the stores are row-contiguous).
+// Patches whose factorisation failed are skipped (the caller reports them). Eight
+// blocks per multiprocessor: without that hint ptxas 11.8 keeps the double-float
+// version under ~96 registers and spills (sm_70); with it, ~120 and no spills.
+template <class T>
+__global__ void __launch_bounds__(FTHREADS, 8)
+    k_lr_solve(gptr<typename T::V> work, long long wstride, int N, int Np, int D, int Dp, gptr<const int> status,
+               gptr<float> out) {
+  typedef typename T::V V;
+  DYNAMIC_SHARED(V, sm);
+  V *sA = sm, *sB = sm + FT * FLD, *sX = sm + 2 * FT * FLD, *sC = sm + 3 * FT * FLD;
+  const int ncc = Dp / FT;
+  const int q = (int)(blockIdx.x / ncc);
+  const int c0 = (int)(blockIdx.x % ncc) * FT;
+  if (status[q]) return;  // uniform: every thread of the block reads the same flag
+  gptr<V> A = work + (long long)q * wstride;
+  gptr<V> w = A + (long long)Np * Dp;
+  gptr<float> o = out + (long long)q * N * D;
+  const int nt = Np / FT;
+  const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+  for (int I = 0; I < nt; I++) {
+    typename T::Acc acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) acc[a][b] = T::acc(A[(long long)(I * FT + ty + 8 * a) * Dp + c0 + tx + 8 * b]);
+    for (int K = 0; K < I; K++) {
+      load_tile<T>(w, I, K, sA, false);
+      for (int e = tid; e < FT * FT; e += FTHREADS) {
+        const int r = e / FT, c = e % FT;
+        sB[r * FLD + c] = A[(long long)(K * FT + r) * Dp + c0 + c];
+      }
+      __syncthreads();
+      for (int k = 0; k < FT; k++) {
+        V av[4], bv[4];
+#pragma unroll
+        for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
+#pragma unroll
+        for (int b = 0; b < 4; b++) bv[b] = sB[k * FLD + tx + 8 * b];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) T::sub(acc[a][b], av[a], bv[b]);
+      }
+      FLOPS(2 * 16 * FT);
+      __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) sC[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+    load_tile<T>(w, I, I, sX, false);
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        const int r = ty + 8 * a, c = tx + 8 * b;
+        typename T::Acc s = T::acc(T::zero());
+        for (int k = 0; k <= r; k++) T::add(s, sX[r * FLD + k], sC[k * FLD + c]);
+        const V v = T::get(s);
+        sA[r * FLD + c] = v;
+        FLOPS(2 * (r + 1));
+      }
+    __syncthreads();
+    for (int e = tid; e < FT * FT; e += FTHREADS) {
+      const int r = e / FT, c = e % FT;
+      const int i = I * FT + r, j = c0 + c;
+      const V v = sA[r * FLD + c];
+      A[(long long)i * Dp + j] = v;
+      if (i < N && j < D) o[(long long)i * D + j] = T::to_float(v);
+    }
+    __syncthreads();
+  }
+}
+
+// The scoring kernel's configurations: arithmetic A, G images and TH threads per block,
+// 4 rows × 4 images per thread, so RL = TH/(G/4) row lanes and tiles of 4·RL rows of M.
+// Row classes (r mod 64) need tiles of 64 or 256 rows (RL = 16 or 64) when N spans
+// several tiles; the narrow shapes (RL = 4 or 8: tiles of 16 or 32 rows) serve N up to
+// one tile, where a 64-row tile would be mostly padding (few-shot fits). Each shape is
+// one type, so that its kernel's name passes through the RUN macro.
+template <class A, int Gv, int THv>
+struct LrShape {
+  typedef A T;
+  static constexpr int G = Gv, TH = THv, IL = G / 4, RL = TH / IL, QIT = 4 * RL;
+};
+template <class A> struct S64x256 : LrShape<A, 64, 256> {};  // 64 rows a tile, any N
+template <class A> struct S64x128 : LrShape<A, 64, 128> {};  // 32 rows: N ≤ 32
+template <class A> struct S64x64 : LrShape<A, 64, 64> {};    // 16 rows: N ≤ 16
+template <class A> struct S16x64 : LrShape<A, 16, 64> {};    // calls of ≤ 16 images: 64 rows, any N
+template <class A> struct S16x16 : LrShape<A, 16, 16> {};    // 16 rows: N ≤ 16
+template <class C>
+constexpr size_t lr_score_smem() {
+  typedef typename C::T::V V;
+  const size_t tiles = (size_t)C::QIT * QLD * sizeof(float) + (size_t)QJ * (C::G + 1) * sizeof(V);
+  const size_t red = (size_t)64 * C::G * sizeof(V);
+  return tiles > red ? tiles : red;
+}
+
+// k_lr_score<C>: block (patch of the block, group of G images), groups fastest. For each
+// tile of rows of M: z = M_rows · y over column chunks of 32 (4 rows × 4 images per
+// thread, compensated), then Σ z² per row class; Σ y² during the first row tile.
+// d = √(max(Σy² − Σz², 0)/ε), the difference and the root in float64 (once per image).
+// Every shape does the same operations per (row, image) in the same order, and adds
+// the 64 classes in the same order (absent rows and classes are exact zeros), so an
+// image's distance has the same bits whatever shape and group it is scored in.
+template <class C>
+__global__ void __launch_bounds__(C::TH)
+    k_lr_score(gptr<const float> x, long long xstride, int nb, int D, int N, gptr<const float> mean, gptr<const float> mm,
+               double inv_eps, int P, int p0, gptr<float> dist) {
+  typedef typename C::T T;
+  typedef typename T::V V;
+  constexpr int G = C::G, TH = C::TH, IL = C::IL, RL = C::RL, QIT = C::QIT;
+  static_assert(RL == 4 || RL == 8 || RL == 16 || RL == 64, "row lanes: 4, 8 (one tile of N), 16 or 64 (row classes r mod 64)");
+  static_assert(TH >= G, "a thread per image for Σ y² and the sums");
+  DYNAMIC_SHARED(float, sm);
+  float *sM = sm;                                 // [QIT][QLD]
+  V *sY = reinterpret_cast<V *>(sm + QIT * QLD);  // [QJ][G + 1]: column-major images
+  const int groups = (nb + G - 1) / G;
+  const int p = (int)(blockIdx.x / groups);
+  const int g0 = (int)(blockIdx.x % groups) * G;
+  const int tid = threadIdx.x, tx = tid % IL, ty = tid / IL;
+  gptr<const float> mp = mm + (long long)p * N * D;
+  gptr<const float> mu = mean + (long long)p * D;
+  gptr<const float> xp = x + (long long)g0 * xstride + (long long)p * D;
+  typename T::Acc sq[4][4], yy = T::acc(T::zero());
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) sq[a][b] = T::acc(T::zero());
+  for (int i0 = 0; i0 < N; i0 += QIT) {
+    typename T::Acc acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) acc[a][b] = T::acc(T::zero());
+    for (int j0 = 0; j0 < D; j0 += QJ) {
+      for (int e = tid; e < QIT * QJ; e += TH) {
+        const int r = e / QJ, c = e % QJ, i = i0 + r, j = j0 + c;
+        sM[r * QLD + c] = (i < N && j < D) ? (float)mp[(long long)i * D + j] : 0.f;
+      }
+      for (int e = tid; e < G * QJ; e += TH) {
+        const int b = e / QJ, c = e % QJ, j = j0 + c;
+        sY[c * (G + 1) + b] = (g0 + b < nb && j < D) ? T::diff((float)xp[b * xstride + j], (float)mu[j]) : T::zero();
+      }
+      __syncthreads();
+      if (i0 == 0 && tid < G) {  // Σ y², columns in order
+        for (int k = 0; k < QJ; k++) {
+          const V v = sY[k * (G + 1) + tid];
+          T::add(yy, v, v);
+        }
+        FLOPS(2 * QJ);
+      }
+      for (int k = 0; k < QJ; k++) {
+        float mv[4];
+        V yv[4];
+#pragma unroll
+        for (int a = 0; a < 4; a++) mv[a] = sM[(ty + RL * a) * QLD + k];
+#pragma unroll
+        for (int b = 0; b < 4; b++) yv[b] = sY[k * (G + 1) + tx + IL * b];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) T::maddf(acc[a][b], mv[a], yv[b]);
+      }
+      FLOPS(2 * 16 * QJ);
+      __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        // rows ty + RL·a: with RL ≥ 64 all four are in class ty, in row order
+        typename T::Acc &s = RL >= 64 ? sq[0][b] : sq[a][b];
+        const V z = T::get(acc[a][b]);
+        T::add(s, z, z);
+      }
+    FLOPS(32);
+  }
+  // Σ over the 64 row classes of each image, through shared memory (classes past a
+  // narrow shape's one tile are zeros).
+  V *red = reinterpret_cast<V *>(sm);  // [64][G]
+  __syncthreads();
+  if (RL >= 64) {
+    if (ty < 64)
+#pragma unroll
+      for (int b = 0; b < 4; b++) red[ty * G + tx + IL * b] = T::get(sq[0][b]);
+  } else {
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+      for (int b = 0; b < 4; b++) red[(ty + RL * a) * G + tx + IL * b] = T::get(sq[a][b]);
+    for (int e = tid; e < (64 - QIT) * G; e += TH) red[QIT * G + e] = T::zero();
+  }
+  __syncthreads();
+  if (tid < G && g0 + tid < nb) {
+    typename T::Acc zz = T::acc(T::zero());
+    for (int r = 0; r < 64; r++) T::addv(zz, red[r * G + tid]);
+    const double d2 = (T::approx(T::get(yy)) - T::approx(T::get(zz))) * inv_eps;
+    dist[(long long)(g0 + tid) * P + p0 + p] = (float)sqrt(d2 > 0.0 ? d2 : 0.0);
+    FP64OPS(6);
+  }
+}
+
 // k_probe: fills and sums its dynamic shared memory (padim_probe_launch). k_probe_bare
 // is only ever launched bare, so it never has the opt-in (the attribute is per kernel,
 // for the life of the process). The body is a macro: with it in a __device__ function
@@ -946,15 +1430,18 @@ struct Bounce {
 
 // ---------------------------------------------------------------- objects
 
+// A model in either form: per patch the mean and `per` floats of data, packed L⁻¹
+// (full form, N = 0, per = D(D+1)/2) or M = L⁻¹A (low-rank form of rank N, per = N·D).
 struct padim_model {
   std::atomic<int> refs{1};
   padim_ctx *ctx = nullptr;
-  int P = 0, D = 0;
-  long long L = 0;
+  int P = 0, D = 0, N = 0;
+  double eps = 0;  // low-rank form: the ε of the distance
+  long long per = 0;
   bool resident = false;
   float *mean = nullptr;    // device [P][D]
-  float *linv = nullptr;    // device [P][L] (resident)
-  float *h_linv = nullptr;  // pinned host [P][L] (streamed)
+  float *data = nullptr;    // device [P][per] (resident)
+  float *h_data = nullptr;  // pinned host [P][per] (streamed)
 };
 
 struct padim_acc {
@@ -982,9 +1469,10 @@ struct padim_scorer {
   padim_ctx *ctx = nullptr;
   cudaStream_t st = nullptr;
   int maxb = 0, pb = 0;
+  int prec = PADIM_PREC_FP64;  // the low-rank form's dot products (fixed for the scorer's life)
   float *x = nullptr;      // device [maxb][P][D]
   float *dist = nullptr;   // device [maxb][P]
-  float *lblk = nullptr;   // device [pb][L] (streamed model)
+  float *lblk = nullptr;   // device [pb][per] (streamed model)
   size_t b_x = 0, b_dist = 0, b_lblk = 0;
   Bounce bb;
 };
@@ -1336,8 +1824,8 @@ void padim_model_release(padim_model *m) {
   padim_ctx *c = m->ctx;
   cudaSetDevice(c->device);
   dev_free(c, m->mean, (size_t)m->P * m->D * sizeof(float));
-  dev_free(c, m->linv, (size_t)m->P * m->L * sizeof(float));
-  if (m->h_linv) cudaFreeHost(m->h_linv);
+  dev_free(c, m->data, (size_t)m->P * m->per * sizeof(float));
+  if (m->h_data) cudaFreeHost(m->h_data);
   cudaGetLastError();
   delete m;
   padim_ctx_release(c);
@@ -1345,10 +1833,12 @@ void padim_model_release(padim_model *m) {
 }
 
 int padim_model_resident(const padim_model *m) { return m->resident; }
+int padim_model_rank(const padim_model *m) { return m->N; }
 
-// model_new allocates a model: L⁻¹ on the device when `reserve` more bytes still fit
-// beside it, else in pinned host memory.
-static int model_new(padim_ctx *c, int P, int D, size_t reserve, padim_model **out, char *err, size_t errlen) {
+// model_new allocates a model (N = 0: the full form; N ≥ 1: the low-rank form of rank
+// N): its data on the device when `reserve` more bytes still fit beside it, else in
+// pinned host memory.
+static int model_new(padim_ctx *c, int P, int D, int N, double eps, size_t reserve, padim_model **out, char *err, size_t errlen) {
   *out = nullptr;
   padim_model *m = new padim_model();
   padim_ctx_retain(c);
@@ -1356,14 +1846,16 @@ static int model_new(padim_ctx *c, int P, int D, size_t reserve, padim_model **o
   m->ctx = c;
   m->P = P;
   m->D = D;
-  m->L = packed_len(D);
+  m->N = N;
+  m->eps = eps;
+  m->per = N > 0 ? (long long)N * D : packed_len(D);
   size_t av = 0;
   int rc = avail(c, &av, err, errlen);
-  const size_t bl = (size_t)P * m->L * sizeof(float), bmu = (size_t)P * D * sizeof(float);
+  const size_t bl = (size_t)P * m->per * sizeof(float), bmu = (size_t)P * D * sizeof(float);
   if (rc == PADIM_OK) rc = dev_alloc(c, &m->mean, bmu, "the model's means", err, errlen);
   if (rc == PADIM_OK) {
     m->resident = bl + bmu + reserve <= av;
-    rc = m->resident ? dev_alloc(c, &m->linv, bl, "the model", err, errlen) : host_alloc(&m->h_linv, bl, "the model", err, errlen);
+    rc = m->resident ? dev_alloc(c, &m->data, bl, "the model", err, errlen) : host_alloc(&m->h_data, bl, "the model", err, errlen);
   }
   if (rc != PADIM_OK) {
     padim_model_release(m);
@@ -1373,13 +1865,13 @@ static int model_new(padim_ctx *c, int P, int D, size_t reserve, padim_model **o
   return PADIM_OK;
 }
 
-int padim_model_upload(padim_ctx *c, int P, int D, const float *mean, const float *linv, padim_model **out, char *err,
-                       size_t errlen) {
+// model_upload makes a model of either form from host arrays.
+static int model_upload(padim_ctx *c, int P, int D, int N, double eps, const float *mean, const float *data, padim_model **out,
+                        char *err, size_t errlen) {
   *out = nullptr;
-  if (P <= 0 || D <= 0) return fail(err, errlen, PADIM_ERR_ARG, "model P=%d D=%d", P, D);
   CK(cudaSetDevice(c->device));
   padim_model *m = nullptr;
-  TRY(model_new(c, P, D, 0, &m, err, errlen));
+  TRY(model_new(c, P, D, N, eps, 0, &m, err, errlen));
   // A stream of its own, synchronised before return: the upload is complete and ordered
   // before any scorer's work.
   cudaStream_t st = nullptr;
@@ -1391,9 +1883,9 @@ int padim_model_upload(padim_ctx *c, int P, int D, const float *mean, const floa
   if (rc == PADIM_OK) rc = bb.upload(m->mean, mean, (size_t)P * D * sizeof(float), st, err, errlen);
   if (rc == PADIM_OK) {
     if (m->resident)
-      rc = bb.upload(m->linv, linv, (size_t)P * m->L * sizeof(float), st, err, errlen);
+      rc = bb.upload(m->data, data, (size_t)P * m->per * sizeof(float), st, err, errlen);
     else
-      memcpy(m->h_linv, linv, (size_t)P * m->L * sizeof(float));
+      memcpy(m->h_data, data, (size_t)P * m->per * sizeof(float));
   }
   if (rc == PADIM_OK && (e = cudaStreamSynchronize(st)) != cudaSuccess)
     rc = fail(err, errlen, cuda_code(e), "model upload: %s", cudaGetErrorString(e));
@@ -1406,6 +1898,21 @@ int padim_model_upload(padim_ctx *c, int P, int D, const float *mean, const floa
   }
   *out = m;
   return PADIM_OK;
+}
+
+int padim_model_upload(padim_ctx *c, int P, int D, const float *mean, const float *linv, padim_model **out, char *err,
+                       size_t errlen) {
+  *out = nullptr;
+  if (P <= 0 || D <= 0) return fail(err, errlen, PADIM_ERR_ARG, "model P=%d D=%d", P, D);
+  return model_upload(c, P, D, 0, 0.0, mean, linv, out, err, errlen);
+}
+
+int padim_lowrank_upload(padim_ctx *c, int P, int D, int N, double eps, const float *mean, const float *m, padim_model **out,
+                         char *err, size_t errlen) {
+  *out = nullptr;
+  if (P <= 0 || D <= 0 || N <= 0) return fail(err, errlen, PADIM_ERR_ARG, "low-rank model P=%d D=%d N=%d", P, D, N);
+  if (!(eps > 0) || !std::isfinite(eps)) return fail(err, errlen, PADIM_ERR_ARG, "the low-rank form needs eps > 0, got %g", eps);
+  return model_upload(c, P, D, N, eps, mean, m, out, err, errlen);
 }
 
 // ---------------------------------------------------------------- factorisation
@@ -1455,7 +1962,7 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
         break;
       }
     }
-    float *dst = m->resident ? m->linv + (size_t)p0 * L : outc;
+    float *dst = m->resident ? m->data + (size_t)p0 * L : outc;
     auto body = [&]() -> int {
       if (prec == PADIM_PREC_FP64)
         RUN(c, k_factor<F64>, np, FTHREADS, factor_smem<F64>(), st, src, D, inv, eps, (double *)work, (long long)(ws / vsize), dst, status);
@@ -1475,13 +1982,13 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
     if (rc != PADIM_OK) break;
     const size_t nbytes = (size_t)np * L * sizeof(float);
     if (!m->resident) {
-      cudaError_t e = cudaMemcpyAsync(m->h_linv + (size_t)p0 * L, outc, nbytes, cudaMemcpyDeviceToHost, st);
+      cudaError_t e = cudaMemcpyAsync(m->h_data + (size_t)p0 * L, outc, nbytes, cudaMemcpyDeviceToHost, st);
       if (e == cudaSuccess) e = cudaStreamSynchronize(st);
       if (e != cudaSuccess) {
         rc = fail(err, errlen, cuda_code(e), "downloading the factor: %s", cudaGetErrorString(e));
         break;
       }
-      if (linv_out) memcpy(linv_out + (size_t)p0 * L, m->h_linv + (size_t)p0 * L, nbytes);
+      if (linv_out) memcpy(linv_out + (size_t)p0 * L, m->h_data + (size_t)p0 * L, nbytes);
     } else if (linv_out) {
       if ((rc = bb.download(linv_out + (size_t)p0 * L, dst, nbytes, st, err, errlen)) != PADIM_OK) break;
     }
@@ -1520,7 +2027,7 @@ int padim_acc_factorize(padim_acc *a, double eps, float *mean_out, float *linv_o
     return fail(err, errlen, PADIM_ERR_ARG, "one training sample has no spread: its covariance is eps I, and eps is 0");
   CK(cudaStreamSynchronize(a->st));
   padim_model *m = nullptr;
-  TRY(model_new(c, a->P, a->D, factor_ws(a->D) * (a->P < 64 ? a->P : 64), &m, err, errlen));
+  TRY(model_new(c, a->P, a->D, 0, 0.0, factor_ws(a->D) * (a->P < 64 ? a->P : 64), &m, err, errlen));
   int rc = factor_run(c, a->st, a->bb, a->P, a->D, a->count, a->resident ? a->m2 : nullptr, a->resident ? nullptr : a->h_m2, true, eps, m,
                       linv_out, bad_patch, err, errlen);
   std::vector<double> hmean;
@@ -1552,9 +2059,171 @@ int padim_factorize(padim_ctx *c, int P, int D, int64_t count, const double *mea
   Bounce bb;
   padim_model *m = nullptr;
   int rc = bb.init(err, errlen);
-  if (rc == PADIM_OK) rc = model_new(c, P, D, factor_ws(D) * (P < 64 ? P : 64), &m, err, errlen);
+  if (rc == PADIM_OK) rc = model_new(c, P, D, 0, 0.0, factor_ws(D) * (P < 64 ? P : 64), &m, err, errlen);
   if (rc == PADIM_OK) rc = factor_run(c, st, bb, P, D, count, nullptr, m2, false, eps, m, linv_out, bad_patch, err, errlen);
   if (rc == PADIM_OK) rc = finish_model(m, mean, mean_out, st, bb, err, errlen);
+  cudaStreamSynchronize(st);
+  bb.destroy();
+  cudaStreamDestroy(st);
+  cudaGetLastError();
+  if (rc != PADIM_OK || !model) {
+    padim_model_release(m);
+    return rc;
+  }
+  *model = m;
+  return PADIM_OK;
+}
+
+// ---------------------------------------------------------------- low-rank factorisation
+
+}  // extern "C"
+
+namespace {
+
+// lr_plan: how many patches a low-rank factorisation handles per chunk, and its device
+// bytes per patch: the workspace (values of 8 bytes), the staged samples, the output
+// when the model is streamed, a status flag.
+struct LrPlan {
+  LrDims d;
+  size_t per_patch = 0;
+  long long max_chunk = 0;  // the grids' limit on patches per chunk
+};
+LrPlan lr_plan(int N, int D, bool resident_out, long long max_grid) {
+  LrPlan p;
+  p.d = lr_dims(N, D);
+  p.per_patch = (size_t)p.d.ws * 8 + (size_t)N * D * sizeof(float) + (resident_out ? 0 : (size_t)N * D * sizeof(float)) + sizeof(int);
+  long long lim = max_grid / p.d.pairs;
+  const long long lim2 = max_grid / p.d.ntD;
+  if (lim2 < lim) lim = lim2;
+  if (lim > 65535) lim = 65535;  // one k_lr_chol block per patch
+  p.max_chunk = lim;
+  return p;
+}
+
+// LR_KERNELS(T): the low-rank factorisation's launches in arithmetic T (a macro, so
+// that profiles and counters name each launch with its arithmetic).
+#define LR_KERNELS(T)                                                                                                   \
+  do {                                                                                                                  \
+    typedef T::V V_;                                                                                                    \
+    V_ *w = (V_ *)work;                                                                                                 \
+    RUN(c, k_lr_center<T>, (unsigned)blocks, MTHREADS, 0, st, xs, xstride, N, np, D, dm.Np, dm.Dp, scale, mean, w, dm.ws); \
+    if (N == 1) break;                                                                                                  \
+    const size_t two = 2 * (size_t)FT * FLD * sizeof(V_), four = 4 * (size_t)FT * FLD * sizeof(V_);                   \
+    RUN(c, k_lr_gram<T>, (unsigned)((long long)np * dm.pairs), FTHREADS, two, st, w, dm.ws, N, dm.Np, dm.Dp, dm.pairs, eps); \
+    RUN(c, k_lr_chol<T>, (unsigned)np, FTHREADS, factor_smem<T>(), st, w, dm.ws, N, dm.Np, dm.Dp, eps, status);          \
+    RUN(c, k_lr_solve<T>, (unsigned)((long long)np * dm.ntD), FTHREADS, four, st, w, dm.ws, N, dm.Np, D, dm.Dp, status, dst); \
+  } while (0)
+
+// lr_launch runs the low-rank factorisation's kernels on np patches staged at xs.
+int lr_launch(padim_ctx *c, int prec, cudaStream_t st, const LrDims &dm, int np, int N, int D, const float *xs, long long xstride,
+              double scale, double eps, float *mean, void *work, int *status, float *dst, char *err, size_t errlen) {
+  long long blocks = ((long long)np * dm.Dp + MTHREADS - 1) / MTHREADS;
+  if (blocks > 65535LL * 16) blocks = 65535LL * 16;
+  if (prec == PADIM_PREC_FP64)
+    LR_KERNELS(F64);
+  else
+    LR_KERNELS(DF32);
+  if (N == 1) {  // no spread: Σ = εI, M = 0
+    CK(cudaMemsetAsync(dst, 0, (size_t)np * D * sizeof(float), st));
+    CK(cudaMemsetAsync(status, 0, (size_t)np * sizeof(int), st));
+  }
+  return PADIM_OK;
+}
+
+// lr_run factorises the low-rank form of P patches, chunk by chunk: the listed samples'
+// embeddings of a chunk are gathered on the host into the pinned copy buffers and
+// staged on the device ([N][chunk][D]), then centred, multiplied and solved there.
+int lr_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int N, const float *x, const int *samples, double eps,
+           padim_model *m, float *m_out, int *bad_patch, char *err, size_t errlen) {
+  const int prec = precision_of(c);
+  const LrPlan pl = lr_plan(N, D, m->resident, c->prop.maxGridSize[0]);
+  const LrDims dm = pl.d;
+  if (pl.max_chunk < 1)
+    return fail(err, errlen, PADIM_ERR_LIMIT, "low-rank factorisation N=%d D=%d: %d tile pairs per patch exceed one grid", N, D, dm.pairs);
+  size_t av = 0;
+  TRY(avail(c, &av, err, errlen));
+  long long chunk = (long long)(av / pl.per_patch);
+  if (chunk > P) chunk = P;
+  if (chunk > pl.max_chunk) chunk = pl.max_chunk;
+  if (chunk < 1)
+    return fail(err, errlen, PADIM_ERR_OOM, "the low-rank factorisation of N=%d, D=%d needs %.1f MiB of device memory per patch, %.1f MiB available",
+                N, D, pl.per_patch / 1048576.0, av / 1048576.0);
+  const int pc = (int)chunk;
+  const long long per = (long long)N * D;
+  void *work = nullptr;
+  float *xs = nullptr, *outc = nullptr;
+  int *status = nullptr;
+  std::vector<int> hstatus((size_t)pc);
+  const size_t b_work = (size_t)pc * dm.ws * 8, b_xs = (size_t)N * pc * D * sizeof(float), b_out = (size_t)pc * per * sizeof(float);
+  int rc = dev_alloc(c, &work, b_work, "the low-rank workspace", err, errlen);
+  if (rc == PADIM_OK) rc = dev_alloc(c, &xs, b_xs, "the training samples", err, errlen);
+  if (rc == PADIM_OK && !m->resident) rc = dev_alloc(c, &outc, b_out, "factor output", err, errlen);
+  if (rc == PADIM_OK) rc = dev_alloc(c, &status, (size_t)pc * sizeof(int), "status flags", err, errlen);
+  const long long xstride = (long long)pc * D;
+  const double scale = N > 1 ? 1.0 / std::sqrt((double)(N - 1)) : 0.0;
+  for (int p0 = 0; rc == PADIM_OK && p0 < P; p0 += pc) {
+    const int np = P - p0 < pc ? P - p0 : pc;
+    for (int r = 0; rc == PADIM_OK && r < N; r++)
+      rc = bb.upload(xs + (size_t)r * xstride, x + ((size_t)samples[r] * P + p0) * D, (size_t)np * D * sizeof(float), st, err, errlen);
+    if (rc != PADIM_OK) break;
+    float *dst = m->resident ? m->data + (size_t)p0 * per : outc;
+    rc = lr_launch(c, prec, st, pl.d, np, N, D, xs, xstride, scale, eps, m->mean + (size_t)p0 * D, work, status, dst, err, errlen);
+    if (rc != PADIM_OK) break;
+    if ((rc = bb.download(hstatus.data(), status, (size_t)np * sizeof(int), st, err, errlen)) != PADIM_OK) break;
+    for (int i = 0; i < np; i++)
+      if (hstatus[i]) {
+        *bad_patch = p0 + i;
+        rc = fail(err, errlen, PADIM_ERR_NOT_PD, "the low-rank Gram matrix of patch %d is not positive definite", p0 + i);
+        break;
+      }
+    if (rc != PADIM_OK) break;
+    const size_t nbytes = (size_t)np * per * sizeof(float);
+    if (!m->resident) {
+      cudaError_t e = cudaMemcpyAsync(m->h_data + (size_t)p0 * per, outc, nbytes, cudaMemcpyDeviceToHost, st);
+      if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+      if (e != cudaSuccess) {
+        rc = fail(err, errlen, cuda_code(e), "downloading the low-rank factor: %s", cudaGetErrorString(e));
+        break;
+      }
+      if (m_out) memcpy(m_out + (size_t)p0 * per, m->h_data + (size_t)p0 * per, nbytes);
+    } else if (m_out) {
+      if ((rc = bb.download(m_out + (size_t)p0 * per, dst, nbytes, st, err, errlen)) != PADIM_OK) break;
+    }
+  }
+  cudaStreamSynchronize(st);
+  cudaGetLastError();
+  dev_free(c, work, b_work);
+  dev_free(c, xs, b_xs);
+  dev_free(c, outc, b_out);
+  dev_free(c, status, (size_t)pc * sizeof(int));
+  return rc;
+}
+
+}  // namespace
+
+extern "C" {
+
+size_t padim_lowrank_workspace(int N, int D) { return lr_plan(N, D, true, 2147483647LL).per_patch; }
+
+int padim_lowrank_factorize(padim_ctx *c, int P, int D, int N, const float *x, int64_t images, const int *samples, double eps,
+                            float *mean_out, float *m_out, padim_model **model, int *bad_patch, char *err, size_t errlen) {
+  *bad_patch = -1;
+  if (model) *model = nullptr;
+  if (P <= 0 || D <= 0 || N <= 0 || images <= 0)
+    return fail(err, errlen, PADIM_ERR_ARG, "low-rank factorisation P=%d D=%d of %d samples from %lld images", P, D, N, (long long)images);
+  if (!(eps > 0) || !std::isfinite(eps)) return fail(err, errlen, PADIM_ERR_ARG, "the low-rank form needs eps > 0, got %g", eps);
+  for (int r = 0; r < N; r++)
+    if (samples[r] < 0 || samples[r] >= images) return fail(err, errlen, PADIM_ERR_ARG, "sample %d of %lld", samples[r], (long long)images);
+  CK(cudaSetDevice(c->device));
+  cudaStream_t st = nullptr;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  Bounce bb;
+  padim_model *m = nullptr;
+  const size_t ws = lr_plan(N, D, true, 2147483647LL).per_patch;
+  int rc = bb.init(err, errlen);
+  if (rc == PADIM_OK) rc = model_new(c, P, D, N, eps, ws * (P < 64 ? P : 64), &m, err, errlen);
+  if (rc == PADIM_OK) rc = lr_run(c, st, bb, P, D, N, x, samples, eps, m, m_out, bad_patch, err, errlen);
+  if (rc == PADIM_OK && mean_out) rc = bb.download(mean_out, m->mean, (size_t)P * D * sizeof(float), st, err, errlen);
   cudaStreamSynchronize(st);
   bb.destroy();
   cudaStreamDestroy(st);
@@ -1590,7 +2259,7 @@ static int scorer_init(padim_scorer *s, int max_batch, char *err, size_t errlen)
   padim_ctx *c = s->ctx;
   padim_model *m = s->m;
   const int P = m->P, D = m->D;
-  const long long L = m->L;
+  const long long L = m->per;
   CK(cudaSetDevice(c->device));
   CK(cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking));
   TRY(s->bb.init(err, errlen));
@@ -1599,12 +2268,12 @@ static int scorer_init(padim_scorer *s, int max_batch, char *err, size_t errlen)
   const size_t img = (size_t)P * D * sizeof(float) + (size_t)P * sizeof(float);
   size_t room = av;
   if (!m->resident) {
-    // stream L⁻¹ by patch blocks: at most half of what is available
+    // stream the model (L⁻¹ or M) by patch blocks: at most half of what is available
     s->pb = (int)((av / 2) / ((size_t)L * sizeof(float)));
     if (s->pb > P) s->pb = P;
     if (s->pb < 1)
-      return fail(err, errlen, PADIM_ERR_OOM, "one patch of the model (D=%d: %.1f MiB) does not fit the device memory available", D,
-                  L * 4 / 1048576.0);
+      return fail(err, errlen, PADIM_ERR_OOM, "one patch of the model (D=%d, N=%d: %.1f MiB) does not fit the device memory available",
+                  D, m->N, L * 4 / 1048576.0);
     s->b_lblk = (size_t)s->pb * L * sizeof(float);
     room -= s->b_lblk;
   } else {
@@ -1634,6 +2303,7 @@ int padim_scorer_create(padim_model *m, int max_batch, padim_scorer **out, char 
   g_live++;
   s->m = m;
   s->ctx = m->ctx;
+  s->prec = precision_of(m->ctx);
   int rc = scorer_init(s, max_batch, err, errlen);
   if (rc != PADIM_OK) {
     padim_scorer_destroy(s);
@@ -1647,9 +2317,47 @@ void padim_scorer_plan(padim_scorer *s, padim_plan *p) {
   p->resident = s->m->resident;
   p->patch_block = s->pb;
   p->stage = s->maxb;
-  p->precision = precision_of(s->ctx);
+  p->precision = s->prec;
   p->device_bytes = s->b_x + s->b_dist + s->b_lblk;
-  p->pinned_bytes = s->m->resident ? 0 : (size_t)s->m->P * s->m->L * sizeof(float);
+  p->pinned_bytes = s->m->resident ? 0 : (size_t)s->m->P * s->m->per * sizeof(float);
+}
+
+// LR_SCORE(S): a scoring launch of shape S (S16x…: calls of ≤ 16 images).
+#define LR_SCORE(S)                                                                                                           \
+  RUN(c, k_lr_score<S>, (unsigned)((long long)np * ntiles(nb, S::G)), S::TH, lr_score_smem<S>(), s->st, x, img, nb, D, N, mu, mm, \
+      inv, P, p0, s->dist)
+// LR_SCORE_SHAPES(T): the shape for the call's size and the model's rank, arithmetic T.
+#define LR_SCORE_SHAPES(T)   \
+  do {                       \
+    if (nb <= 16) {          \
+      if (N <= 16)           \
+        LR_SCORE(S16x16<T>); \
+      else                   \
+        LR_SCORE(S16x64<T>); \
+    } else {                 \
+      if (N <= 16)           \
+        LR_SCORE(S64x64<T>); \
+      else if (N <= 32)      \
+        LR_SCORE(S64x128<T>); \
+      else                   \
+        LR_SCORE(S64x256<T>); \
+    }                        \
+  } while (0)
+
+// lr_score_launch scores the nb staged images against patches p0… of a low-rank model,
+// M of those np patches at mm (device).
+static int lr_score_launch(padim_scorer *s, int np, int nb, int p0, const float *mm, char *err, size_t errlen) {
+  padim_ctx *c = s->ctx;
+  padim_model *m = s->m;
+  const int P = m->P, D = m->D, N = m->N;
+  const long long img = (long long)P * D;
+  const float *x = s->x + (size_t)p0 * D, *mu = m->mean + (size_t)p0 * D;
+  const double inv = 1.0 / m->eps;
+  if (s->prec == PADIM_PREC_FP64)
+    LR_SCORE_SHAPES(F64);
+  else
+    LR_SCORE_SHAPES(DF32);
+  return PADIM_OK;
 }
 
 int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char *err, size_t errlen) {
@@ -1657,7 +2365,7 @@ int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char
   padim_ctx *c = s->ctx;
   padim_model *m = s->m;
   const int P = m->P, D = m->D;
-  const long long L = m->L;
+  const long long L = m->per;
   CK(cudaSetDevice(c->device));
   const size_t img = (size_t)P * D;
   for (int off = 0; off < n; off += s->maxb) {
@@ -1665,12 +2373,14 @@ int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char
     TRY(s->bb.upload(s->x, x + (size_t)off * img, (size_t)nb * img * sizeof(float), s->st, err, errlen));
     for (int p0 = 0; p0 < P; p0 += s->pb) {
       const int np = P - p0 < s->pb ? P - p0 : s->pb;
-      const float *lv = m->linv + (size_t)p0 * L;
+      const float *lv = m->data + (size_t)p0 * L;
       if (!m->resident) {
-        CK(cudaMemcpyAsync(s->lblk, m->h_linv + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
+        CK(cudaMemcpyAsync(s->lblk, m->h_data + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
         lv = s->lblk;
       }
-      if (nb <= 16)
+      if (m->N > 0)
+        TRY(lr_score_launch(s, np, nb, p0, lv, err, errlen));
+      else if (nb <= 16)
         RUN(c, k_score<16>, (unsigned)((long long)np * ntiles(nb, 16)), QTHREADS, score_smem<16>(), s->st, s->x + (size_t)p0 * D,
             (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
       else

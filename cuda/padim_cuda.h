@@ -128,8 +128,31 @@ int padim_factorize(padim_ctx *ctx, int P, int D, int64_t count, const double *m
 int padim_model_upload(padim_ctx *ctx, int P, int D, const float *mean, const float *linv, padim_model **out, char *err,
                        size_t errlen);
 
-/* Mahalanobis distances ||L^-1 (x - mu)|| for batches [n][P][D] into dist [n][P].
- * Each launch reads every patch's L^-1 once per 64 images. */
+/* The low-rank form (N samples, N < D typically): with A = Xc/sqrt(N-1) (the patch's
+ * centred samples, N x D) and L L^T = A A^T + eps I (N x N), the model keeps per patch
+ * the float32 mean [D] and M = L^-1 A [N][D]; the distance of x is
+ * sqrt(max(||x-mu||^2 - ||M(x-mu)||^2, 0)/eps). One sample: M = 0.
+ * padim_lowrank_factorize fits it on the device from the embeddings x [images][P][D]
+ * listed in samples (N indices, in that order; only those cross the bus), in the
+ * factorisation's arithmetic (float64 or double-float: mean, centring, Gram, Cholesky
+ * and solve); mean_out [P][D] and m_out [P][N][D] (either may be NULL) receive the
+ * model, and, when model is not NULL, it is kept. On PADIM_ERR_NOT_PD, *bad_patch is the
+ * first patch whose Gram matrix failed. padim_lowrank_upload makes a model from host
+ * arrays. Scorers (below) take either form. */
+int padim_lowrank_factorize(padim_ctx *ctx, int P, int D, int N, const float *x, int64_t images, const int *samples, double eps,
+                            float *mean_out, float *m_out, padim_model **model, int *bad_patch, char *err, size_t errlen);
+int padim_lowrank_upload(padim_ctx *ctx, int P, int D, int N, double eps, const float *mean, const float *m, padim_model **out,
+                         char *err, size_t errlen);
+/* Device bytes per patch of a low-rank factorisation (workspace, staged samples, flag). */
+size_t padim_lowrank_workspace(int N, int D);
+/* The rank N of a low-rank model; 0 for the full form. */
+int padim_model_rank(const padim_model *m);
+
+/* Mahalanobis distances for batches [n][P][D] into dist [n][P]: ||L^-1 (x - mu)|| for
+ * the full form (float32), or the low-rank form's (dot products in float64 or
+ * double-float, by the context's precision when the scorer is made). Each launch reads
+ * every patch's L^-1 or M once per 64 images; an image's distance does not depend on
+ * the batch it is in. */
 typedef struct padim_scorer padim_scorer;
 int padim_scorer_create(padim_model *m, int max_batch, padim_scorer **out, char *err, size_t errlen);
 void padim_scorer_plan(padim_scorer *s, padim_plan *out);

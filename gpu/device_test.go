@@ -16,8 +16,9 @@ import (
 
 // TestDeviceTimings measures the workload on the device: a fit of N=200
 // images at P=3136, d=550 (two passes of the 128-image stage), the factorisation in
-// both arithmetics, and scoring 1000 images in calls of 64, with every kernel timed
-// by CUDA events. It runs only with PADIM_DEVICE_TIMINGS=1 (scripts/device-check.sh);
+// both arithmetics, and scoring 1000 images in calls of 64; then the low-rank form of
+// the first NL=32 images (few-shot), factorised and scoring the same 1000 images in
+// both arithmetics; with every kernel timed by CUDA events. It runs only with PADIM_DEVICE_TIMINGS=1 (scripts/device-check.sh);
 // PADIM_TIMINGS_P overrides P (a dry run on the emulator), PADIM_TIMINGS_OUT names a
 // JSON file for the results.
 func TestDeviceTimings(t *testing.T) {
@@ -93,11 +94,39 @@ func TestDeviceTimings(t *testing.T) {
 			}
 		}
 	})
+	sc.Close()
+
+	// the low-rank form of the 32 distinct training images, both arithmetics
+	const NL = 32
+	for _, prec := range []Precision{b.props.DefaultFactorization, otherPrecision(b.props.DefaultFactorization)} {
+		b.Precision = prec
+		var lr *gauss.LowRank
+		wall(fmt.Sprintf("low-rank N=%d: factorise %s (incl. upload and model download)", NL, prec), func() {
+			var err error
+			if lr, err = b.FactorizeLowRank(train, gauss.All(NL), P, D, 0.01); err != nil {
+				t.Fatal(err)
+			}
+		})
+		lsc, err := b.NewLowRankScorer(lr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wall(fmt.Sprintf("low-rank N=%d: score %d images in calls of %d, %s dot products (incl. transfers)", NL, NS, batch, prec), func() {
+			for done := 0; done < NS; done += batch {
+				if err := lsc.Score(test, min(batch, NS-done), dist); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+		lsc.Close()
+	}
+	b.Precision = PrecisionAuto
 	kt, err := b.Profile(true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	L := float64(D * (D + 1) / 2)
+	nl, np32, dp32 := float64(NL), float64((NL+31)/32*32), float64((D+31)/32*32)
 	pf, df := float64(P), float64(D)
 	passes := []float64{}
 	for left := N; left > 0; left -= b.Stage {
@@ -117,10 +146,26 @@ func TestDeviceTimings(t *testing.T) {
 		case strings.HasPrefix(k.Name, "k_factor"):
 			r.MinBytes = pf*L*8 + pf*L*4
 			r.Flops = pf * 2 * df * df * df / 3
-		case k.Name == "k_score":
+		case strings.HasPrefix(k.Name, "k_score<"):
 			calls := float64((NS + batch - 1) / batch)
 			r.MinBytes = calls*pf*L*4 + float64(NS)*pf*df*4 + float64(NS)*pf*4
 			r.Flops = float64(NS) * pf * df * (df + 1)
+		case strings.HasPrefix(k.Name, "k_lr_center<"): // samples in, mean and A (8-byte values) out
+			r.MinBytes = nl*pf*df*4 + pf*df*4 + pf*np32*dp32*8
+			r.Flops = 3 * nl * pf * df
+		case strings.HasPrefix(k.Name, "k_lr_gram<"):
+			r.MinBytes = pf*np32*dp32*8 + pf*np32*(np32+32)/2*8
+			r.Flops = pf * nl * (nl + 1) * df
+		case strings.HasPrefix(k.Name, "k_lr_chol<"):
+			r.MinBytes = 2 * pf * np32 * (np32 + 32) / 2 * 8
+			r.Flops = pf * nl * nl * nl / 3
+		case strings.HasPrefix(k.Name, "k_lr_solve<"):
+			r.MinBytes = 2*pf*np32*dp32*8 + pf*np32*(np32+32)/2*8 + pf*nl*df*4
+			r.Flops = pf * nl * nl * df
+		case strings.HasPrefix(k.Name, "k_lr_score<"):
+			calls := float64((NS + batch - 1) / batch)
+			r.MinBytes = calls*pf*nl*df*4 + float64(NS)*pf*df*4 + float64(NS)*pf*4
+			r.Flops = float64(NS) * pf * nl * df * 2
 		}
 		if k.TotalMS > 0 {
 			r.GBs = r.MinBytes / (k.TotalMS / 1e3) / 1e9
@@ -130,9 +175,9 @@ func TestDeviceTimings(t *testing.T) {
 	}
 	t.Logf("P=%d, d=%d, N=%d (stage %d: %v passes), %d images scored in calls of %d", P, D, N, b.Stage, passes, NS, batch)
 	t.Logf("fit plan %+v; score plan %+v", res.FitPlan, res.ScorePlan)
-	t.Logf("%-16s %8s %10s %12s %10s %12s %10s", "kernel", "launches", "ms", "min GB", "GB/s", "GFLOP", "GFLOP/s")
+	t.Logf("%-26s %8s %10s %12s %10s %12s %10s", "kernel", "launches", "ms", "min GB", "GB/s", "GFLOP", "GFLOP/s")
 	for _, r := range res.Kernels {
-		t.Logf("%-16s %8d %10.2f %12.3f %10.1f %12.1f %10.1f", r.Name, r.Launches, r.MS, r.MinBytes/1e9, r.GBs, r.Flops/1e9, r.GFlops)
+		t.Logf("%-26s %8d %10.2f %12.3f %10.1f %12.1f %10.1f", r.Name, r.Launches, r.MS, r.MinBytes/1e9, r.GBs, r.Flops/1e9, r.GFlops)
 	}
 	for _, w := range res.Wall {
 		t.Logf("wall: %-50s %9.3f s", w.Name, w.Seconds)

@@ -13,6 +13,10 @@
 // Concurrency: the Backend, its accumulators and its scorers are safe for concurrent
 // use; an accumulator or scorer serialises its own calls (one device stream each).
 //
+// Both Gaussian forms: the full one (gauss.Backend) and the exact low-rank one for
+// fits on fewer samples than dimensions (gauss.LowRankBackend: FactorizeLowRank and
+// NewLowRankScorer), with the same lifetimes, limits and device-resident models.
+//
 // Data stays on the device: an accumulator stages 128 images per pass on the device
 // and keeps its float64 statistics there; its Factorize method factorises them there
 // and keeps the model on the device for the next NewScorer of that same Gaussian

@@ -64,7 +64,8 @@ func init() {
 	}
 }
 
-// Precision selects the factorisation's arithmetic.
+// Precision selects the arithmetic of the factorisation (both forms) and of the
+// low-rank form's scoring dot products.
 type Precision int
 
 const (
@@ -118,8 +119,9 @@ type Backend struct {
 	// less a reserve). Below what a fit needs, statistics and models stream through
 	// the device by patch blocks from pinned host memory.
 	MemoryBudget int64
-	// Precision of the factorisation (PrecisionAuto by default; the environment
-	// variable PADIM_CUDA_PRECISION=fp64|df32 overrides it).
+	// Precision of the factorisation, both forms, and of the low-rank form's scoring
+	// dot products (fixed when a scorer is made). PrecisionAuto by default; the
+	// environment variable PADIM_CUDA_PRECISION=fp64|df32 overrides it.
 	Precision Precision
 
 	mu     sync.Mutex
@@ -127,11 +129,14 @@ type Backend struct {
 	device int
 	name   string
 	props  Props
-	// cached: the model of the last factorisation, still on the device, for
-	// NewScorer of that same *gauss.Gaussian (used once, then released).
-	cachedG *gauss.Gaussian
+	// cached: the model of the last factorisation (either form), still on the device,
+	// for NewScorer or NewLowRankScorer of that same *gauss.Gaussian or *gauss.LowRank
+	// (used once, then released).
+	cachedG gauss.Model
 	cachedM *C.padim_model
 }
+
+var _ gauss.LowRankBackend = (*Backend)(nil)
 
 // New opens a CUDA device as a gauss.Backend (a *Backend).
 func New(device int) (gauss.Backend, error) {
@@ -189,6 +194,17 @@ func (b *Backend) Close() error {
 	return nil
 }
 
+// takeCachedLocked returns the cached device model of g, if it is the cached one, and
+// hands its reference to the caller.
+func (b *Backend) takeCachedLocked(g gauss.Model) *C.padim_model {
+	if b.cachedM == nil || b.cachedG != g {
+		return nil
+	}
+	m := b.cachedM
+	b.cachedG, b.cachedM = nil, nil
+	return m
+}
+
 func (b *Backend) dropCachedLocked() {
 	if b.cachedM != nil {
 		C.padim_model_release(b.cachedM)
@@ -240,7 +256,7 @@ func (b *Backend) NewAccumulator(p, d int) (gauss.Accumulator, error) {
 }
 
 // remember caches m as the device copy of g (taking over the caller's reference).
-func (b *Backend) remember(g *gauss.Gaussian, m *C.padim_model) {
+func (b *Backend) remember(g gauss.Model, m *C.padim_model) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.ctx == nil {
@@ -408,10 +424,7 @@ func (b *Backend) NewScorer(g *gauss.Gaussian) (gauss.Scorer, error) {
 	if err != nil {
 		return nil, err
 	}
-	var m *C.padim_model
-	if b.cachedG == g && b.cachedM != nil {
-		m, b.cachedG, b.cachedM = b.cachedM, nil, nil // the scorer takes the cache's reference
-	}
+	m := b.takeCachedLocked(g)
 	batch := b.ScoreBatch
 	b.mu.Unlock()
 	if batch <= 0 {
@@ -559,3 +572,99 @@ func planFit(p, d, stage int, avail int64) (Plan, bool) {
 
 // factorWorkspace is the device bytes of one patch's factorisation workspace.
 func factorWorkspace(d int) int64 { return int64(C.padim_factor_workspace(C.int(d))) }
+
+// FactorizeLowRank implements gauss.LowRankBackend on the device: per patch the
+// listed samples' mean (float32 in the model), the centred and scaled samples A, the
+// Gram matrix AAᵀ + εI, its Cholesky factor L and M = L⁻¹A, in the factorisation's
+// arithmetic (Precision: float64, or double-float on consumer cards). Only the listed
+// samples cross the bus, gathered on the host into the pinned copy buffers. The model
+// stays on the device for NewLowRankScorer of the returned *gauss.LowRank.
+func (b *Backend) FactorizeLowRank(x []float32, samples []int, p, d int, eps float64) (*gauss.LowRank, error) {
+	n := len(samples)
+	if n < 1 {
+		return nil, errors.New("gauss: the low-rank form needs at least 1 training sample")
+	}
+	if p <= 0 || d <= 0 || len(x)%(p*d) != 0 || len(x) == 0 {
+		return nil, fmt.Errorf("gauss: %d values are not whole embeddings of P=%d D=%d", len(x), p, d)
+	}
+	images := len(x) / (p * d)
+	cs := make([]C.int, n)
+	for i, s := range samples {
+		if s < 0 || s >= images {
+			return nil, fmt.Errorf("gauss: sample %d of %d", s, images)
+		}
+		if err := gauss.CheckFinite(x[s*p*d:(s+1)*p*d], p, d); err != nil {
+			return nil, err
+		}
+		cs[i] = C.int(s)
+	}
+	if !(eps > 0) || math.IsInf(eps, 0) {
+		return nil, fmt.Errorf("gauss: the low-rank form needs a regularisation eps > 0, got %v", eps)
+	}
+	if int64(n) > math.MaxInt32 || int64(p)*int64(d) > math.MaxInt32 {
+		return nil, fmt.Errorf("gpu: low-rank factorisation: %w: N=%d, P·D=%d", ErrLimit, n, p*d)
+	}
+	ctx, err := b.lockedCtx()
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Unlock() // the factorisation takes a context reference of its own through its model
+	C.padim_ctx_retain(ctx)
+	defer C.padim_ctx_release(ctx)
+	lr := &gauss.LowRank{P: p, D: d, N: n, Eps: eps, Mean: make([]float32, p*d), M: make([]float32, p*n*d)}
+	var bad C.int
+	var m *C.padim_model
+	err = call("low-rank factorisation", func(e *C.char, l C.size_t) C.int {
+		return C.padim_lowrank_factorize(ctx, C.int(p), C.int(d), C.int(n), (*C.float)(unsafe.Pointer(&x[0])), C.int64_t(images),
+			&cs[0], C.double(eps), (*C.float)(unsafe.Pointer(&lr.Mean[0])), (*C.float)(unsafe.Pointer(&lr.M[0])), &m, &bad, e, l)
+	})
+	if bad >= 0 {
+		return nil, &gauss.NotPositiveDefiniteError{Patch: int(bad)}
+	}
+	if err != nil {
+		return nil, err
+	}
+	b.remember(lr, m)
+	return lr, nil
+}
+
+// NewLowRankScorer implements gauss.LowRankBackend. A model this backend factorised
+// last is used where it is on the device; any other is uploaded once. The distances'
+// dot products run in float64 or double-float (Precision, fixed when the scorer is
+// made), since ‖y‖² − ‖My‖² cancels; an image's distance does not depend on its batch.
+func (b *Backend) NewLowRankScorer(lr *gauss.LowRank) (gauss.Scorer, error) {
+	if err := lr.Check(); err != nil {
+		return nil, err
+	}
+	ctx, err := b.lockedCtx()
+	if err != nil {
+		return nil, err
+	}
+	m := b.takeCachedLocked(lr)
+	batch := b.ScoreBatch
+	b.mu.Unlock()
+	if batch <= 0 {
+		batch = 256
+	}
+	if m == nil {
+		C.padim_ctx_retain(ctx)
+		defer C.padim_ctx_release(ctx)
+		if err := call("upload low-rank model", func(e *C.char, l C.size_t) C.int {
+			return C.padim_lowrank_upload(ctx, C.int(lr.P), C.int(lr.D), C.int(lr.N), C.double(lr.Eps), (*C.float)(unsafe.Pointer(&lr.Mean[0])),
+				(*C.float)(unsafe.Pointer(&lr.M[0])), &m, e, l)
+		}); err != nil {
+			return nil, err
+		}
+	}
+	defer C.padim_model_release(m) // the scorer holds its own reference
+	sc := &scorer{p: lr.P, d: lr.D}
+	if err := call("scorer", func(e *C.char, l C.size_t) C.int {
+		return C.padim_scorer_create(m, C.int(batch), &sc.s, e, l)
+	}); err != nil {
+		return nil, err
+	}
+	return sc, nil
+}
+
+// lowRankWorkspace is the device bytes per patch of a low-rank factorisation.
+func lowRankWorkspace(n, d int) int64 { return int64(C.padim_lowrank_workspace(C.int(n), C.int(d))) }

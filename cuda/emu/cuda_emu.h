@@ -776,6 +776,18 @@ inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+// Never contracted into an FMA, as on the GPU: GCC contracts a*b + c by default
+// (-ffp-contract=fast, also in -std=c++20), so the result passes an optimisation barrier.
+inline float __fmul_rn(float a, float b) {
+  float r = a * b;
+  asm("" : "+x"(r));
+  return r;
+}
+inline float __fadd_rn(float a, float b) {
+  float r = a + b;
+  asm("" : "+x"(r));
+  return r;
+}
 
 // ---------------------------------------------------------------- streams and events
 
