@@ -92,6 +92,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			trainCommand(), scoreCommand(), evalCommand(), infoCommand(), synthCommand(),
 			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(),
+			serveCommand(), loadtestCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit(fmt.Sprintf("%v (see padim %s --help)", err, c.Command.Name), exitUsage)
