@@ -1,0 +1,366 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+func loadtestCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "loadtest",
+		Usage:     "drive a padim server with concurrent clients: throughput and latency per concurrency",
+		UsageText: "padim loadtest --url http://127.0.0.1:8080 --model NAME [--api v1|v2] [--concurrency 1,8,32] [--duration 20s] [--expect score.json] IMAGES|DIRS...",
+		Description: "Each client sends one image per request, in a loop over the images (each client starting at its own offset),\n" +
+			"for --warmup (not counted) and then --duration. With --expect (the output of padim score --json on the same\n" +
+			"files), every answer is checked against the CLI's score (1e-5 relative).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "url", Value: "http://127.0.0.1:8080", Usage: "server base URL"},
+			&cli.StringFlag{Name: "model", Required: true, Usage: "model name on the server"},
+			&cli.StringFlag{Name: "api", Value: "v1", Usage: "v1 (POST /v1/models/NAME/score, raw body) or v2 (POST /v2/models/NAME/infer, base64 JSON)"},
+			&cli.StringFlag{Name: "concurrency", Value: "1,8,32", Usage: "client counts to run, in order"},
+			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "measured time per concurrency"},
+			&cli.DurationFlag{Name: "warmup", Value: 3 * time.Second, Usage: "unmeasured time before each measurement"},
+			&cli.StringFlag{Name: "token-file", Usage: "bearer token file"},
+			&cli.BoolFlag{Name: "insecure", Usage: "do not verify the server's TLS certificate"},
+			&cli.StringFlag{Name: "expect", Usage: "padim score --json output for the same files: check every score"},
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
+		},
+		Action: loadtestAction,
+	}
+}
+
+type ltImage struct {
+	name   string
+	body   []byte // what is sent
+	expect float32
+	has    bool
+}
+
+// LoadResult is one concurrency level's measurement.
+type LoadResult struct {
+	Concurrency int            `json:"concurrency"`
+	Seconds     float64        `json:"seconds"`
+	OK          int            `json:"ok"`
+	Errors      map[string]int `json:"errors,omitempty"` // by status code or transport error
+	Mismatches  int            `json:"mismatches"`       // answers differing from --expect
+	Checked     int            `json:"checked"`
+	PerSecond   float64        `json:"images_per_second"`
+	P50ms       float64        `json:"p50_ms"`
+	P90ms       float64        `json:"p90_ms"`
+	P99ms       float64        `json:"p99_ms"`
+	MaxMS       float64        `json:"max_ms"`
+	MeanBatch   float64        `json:"mean_batch,omitempty"` // from the server's padim_batch_images
+	LoadBefore  string         `json:"loadavg_before"`
+	LoadAfter   string         `json:"loadavg_after"`
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func loadtestAction(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return usageError("loadtest needs images or folders")
+	}
+	api := c.String("api")
+	if api != "v1" && api != "v2" {
+		return usageError("--api %q: want v1 or v2", api)
+	}
+	var levels []int
+	for _, f := range splitList(c.String("concurrency")) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return usageError("--concurrency %q: want positive integers", c.String("concurrency"))
+		}
+		levels = append(levels, n)
+	}
+	ts, err := targets(c.Args().Slice())
+	if err != nil {
+		return err
+	}
+	expect := map[string]float32{}
+	if p := c.String("expect"); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		var doc struct {
+			Images []struct {
+				Path  string   `json:"path"`
+				Score *float32 `json:"score"`
+			} `json:"images"`
+		}
+		if err := json.Unmarshal(b, &doc); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		for _, im := range doc.Images {
+			if im.Score != nil {
+				abs, _ := filepath.Abs(im.Path)
+				expect[abs] = *im.Score
+			}
+		}
+	}
+	var imgs []ltImage
+	for _, t := range ts {
+		b, err := os.ReadFile(t.path)
+		if err != nil {
+			return err
+		}
+		im := ltImage{name: t.path, body: b}
+		abs, _ := filepath.Abs(t.path)
+		im.expect, im.has = expect[abs]
+		if api == "v2" {
+			req := map[string]any{"id": t.path, "inputs": []map[string]any{{"name": "image", "shape": []int{1}, "datatype": "BYTES", "data": []string{base64.StdEncoding.EncodeToString(b)}}}}
+			if im.body, err = json.Marshal(req); err != nil {
+				return err
+			}
+		}
+		imgs = append(imgs, im)
+	}
+	if c.String("expect") != "" {
+		n := 0
+		for _, im := range imgs {
+			if im.has {
+				n++
+			}
+		}
+		if n == 0 {
+			return fmt.Errorf("--expect %s names none of the images", c.String("expect"))
+		}
+	}
+	token := ""
+	if p := c.String("token-file"); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	base := strings.TrimSuffix(c.String("url"), "/")
+	url := base + "/v1/models/" + c.String("model") + "/score"
+	if api == "v2" {
+		url = base + "/v2/models/" + c.String("model") + "/infer"
+	}
+	maxC := slices.Max(levels)
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{
+		MaxIdleConns: maxC, MaxIdleConnsPerHost: maxC, IdleConnTimeout: time.Minute,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: c.Bool("insecure")},
+	}}
+	batchStats := func() (sum, count float64) {
+		req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return math.NaN(), math.NaN()
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		label := `{model="` + c.String("model") + `"}`
+		for sc.Scan() {
+			l := sc.Text()
+			if v, ok := strings.CutPrefix(l, "padim_batch_images_sum"+label+" "); ok {
+				sum, _ = strconv.ParseFloat(v, 64)
+			} else if v, ok := strings.CutPrefix(l, "padim_batch_images_count"+label+" "); ok {
+				count, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		return sum, count
+	}
+	var results []LoadResult
+	for _, conc := range levels {
+		r := runLevel(c.Context, client, url, api, token, imgs, conc, c.Duration("warmup"), c.Duration("duration"), batchStats)
+		results = append(results, r)
+		if !c.Bool("json") {
+			printLevel(r)
+		}
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"url": url, "api": api, "images": len(imgs), "levels": results})
+	}
+	for _, r := range results {
+		if r.Mismatches > 0 {
+			return cli.Exit(fmt.Sprintf("%d answers differ from --expect", r.Mismatches), exitError)
+		}
+	}
+	return nil
+}
+
+func printLevel(r LoadResult) {
+	errs := "0"
+	if len(r.Errors) > 0 {
+		var parts []string
+		for k, v := range r.Errors {
+			parts = append(parts, fmt.Sprintf("%s×%d", k, v))
+		}
+		slices.Sort(parts)
+		errs = strings.Join(parts, " ")
+	}
+	fmt.Printf("c=%-3d %7.2f img/s  p50 %7.1f ms  p90 %7.1f ms  p99 %7.1f ms  max %7.1f ms  ok %d  errors %s  checked %d mismatches %d  mean batch %.2f  load %s → %s\n",
+		r.Concurrency, r.PerSecond, r.P50ms, r.P90ms, r.P99ms, r.MaxMS, r.OK, errs, r.Checked, r.Mismatches, r.MeanBatch, r.LoadBefore, r.LoadAfter)
+}
+
+// runLevel runs conc clients for warmup + dur and measures the second part.
+func runLevel(ctx context.Context, client *http.Client, url, api, token string, imgs []ltImage, conc int, warmup, dur time.Duration, batchStats func() (float64, float64)) LoadResult {
+	res := LoadResult{Concurrency: conc, Errors: map[string]int{}, LoadBefore: loadavg()}
+	var mu sync.Mutex
+	var lat []float64
+	start := time.Now()
+	measureFrom := start.Add(warmup)
+	end := measureFrom.Add(dur)
+	var bs0, bc0 float64
+	var once sync.Once
+	markStart := func() { once.Do(func() { bs0, bc0 = batchStats() }) }
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w * max(1, len(imgs)/conc); ; i++ {
+				if ctx.Err() != nil {
+					return
+				}
+				t0 := time.Now()
+				if t0.After(end) {
+					return
+				}
+				if !t0.Before(measureFrom) {
+					markStart()
+				}
+				im := imgs[i%len(imgs)]
+				code, score, err := send(ctx, client, url, api, token, im.body)
+				t1 := time.Now()
+				if t0.Before(measureFrom) || t1.After(end) {
+					continue // not wholly inside the measured window
+				}
+				mu.Lock()
+				switch {
+				case err != nil:
+					res.Errors[shortErr(err)]++
+				case code != http.StatusOK:
+					res.Errors[strconv.Itoa(code)]++
+				default:
+					res.OK++
+					lat = append(lat, float64(t1.Sub(t0).Microseconds())/1000)
+					if im.has {
+						res.Checked++
+						if math.Abs(float64(score-im.expect)) > 1e-5*math.Max(math.Abs(float64(im.expect)), 1e-12) {
+							res.Mismatches++
+						}
+					}
+				}
+				mu.Unlock()
+			}
+		}(w)
+	}
+	wg.Wait()
+	bs1, bc1 := batchStats()
+	if bc1 > bc0 {
+		res.MeanBatch = (bs1 - bs0) / (bc1 - bc0)
+	}
+	res.Seconds = dur.Seconds()
+	res.PerSecond = float64(res.OK) / res.Seconds
+	slices.Sort(lat)
+	res.P50ms, res.P90ms, res.P99ms = quantile(lat, 0.5), quantile(lat, 0.9), quantile(lat, 0.99)
+	if len(lat) > 0 {
+		res.MaxMS = lat[len(lat)-1]
+	}
+	res.LoadAfter = loadavg()
+	return res
+}
+
+// quantile of sorted values (nearest rank).
+func quantile(v []float64, q float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(q*float64(len(v)))) - 1
+	return v[min(max(i, 0), len(v)-1)]
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+// send posts one request and returns the status and, on success, the first score.
+func send(ctx context.Context, client *http.Client, url, api, token string, body []byte) (int, float32, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, err
+	}
+	if api == "v2" {
+		req.Header.Set("Content-Type", "application/json")
+	} else {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return resp.StatusCode, 0, nil
+	}
+	if api == "v1" {
+		var r struct{ Score float32 }
+		if err := json.Unmarshal(b, &r); err != nil {
+			return 0, 0, err
+		}
+		return resp.StatusCode, r.Score, nil
+	}
+	var r struct {
+		Outputs []struct {
+			Name string
+			Data []float32
+		}
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return 0, 0, err
+	}
+	for _, o := range r.Outputs {
+		if o.Name == "score" && len(o.Data) == 1 {
+			return resp.StatusCode, o.Data[0], nil
+		}
+	}
+	return 0, 0, fmt.Errorf("no score in the answer")
+}
