@@ -78,22 +78,41 @@ func (m *model) submit(j *job) (*engine, error) {
 
 // loop gathers jobs into batches and runs them, at most Pipelines at once,
 // until the engine is retired and its queue drained; then it releases the model.
+//
+// A batch starts when it holds MaxBatch images, or once MaxDelay has passed
+// since its first request and no other batch is running: a partial batch
+// started beside a running one would only compete with it for the cores (and
+// small batches cost the Gaussian stage a full pass over the model each), so
+// it keeps gathering until the running batch is done.
 func (e *engine) loop() {
 	o := e.m.srv.opt
-	slots := make(chan struct{}, o.Pipelines)
+	finished := make(chan struct{}, o.Pipelines)
+	running := 0
+	reap := func() {
+		for {
+			select {
+			case <-finished:
+				running--
+			default:
+				return
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	var next *job // taken from the queue but did not fit the last batch
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	open := true
 	for open || next != nil {
-		slots <- struct{}{} // a pipeline slot first: jobs gather while every slot is busy
+		for running >= o.Pipelines {
+			<-finished
+			running--
+		}
 		first := next
 		next = nil
 		if first == nil {
 			var ok bool
 			if first, ok = <-e.in; !ok {
-				<-slots
 				break
 			}
 		}
@@ -101,20 +120,28 @@ func (e *engine) loop() {
 		deadline := first.enqueued.Add(o.MaxDelay)
 	gather:
 		for open && n < o.MaxBatch {
+			reap()
 			var j *job
 			var ok bool
-			if wait := time.Until(deadline); wait <= 0 {
-				select { // past the deadline: take only what is already waiting
-				case j, ok = <-e.in:
-				default:
-					break gather
-				}
-			} else {
+			if wait := time.Until(deadline); wait > 0 {
 				timer.Reset(wait)
 				select {
 				case j, ok = <-e.in:
 					timer.Stop()
 				case <-timer.C:
+					continue gather
+				}
+			} else if running > 0 {
+				select { // past the deadline, a batch running: gather until it is done
+				case j, ok = <-e.in:
+				case <-finished:
+					running--
+					continue gather
+				}
+			} else {
+				select { // past the deadline, nothing running: take only what is already waiting
+				case j, ok = <-e.in:
+				default:
 					break gather
 				}
 			}
@@ -129,10 +156,11 @@ func (e *engine) loop() {
 			batch, n = append(batch, j), n+len(j.images)
 		}
 		e.m.queued.Add(-int64(n))
+		running++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-slots }()
+			defer func() { finished <- struct{}{} }()
 			e.run(batch)
 		}()
 	}

@@ -194,6 +194,19 @@ func loadtestAction(c *cli.Context) error {
 		}
 		return sum, count
 	}
+	// the server must be up and hold the model before any load is sent
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/models/"+c.String("model")+"/ready", nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("the server is not reachable: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: model %q is not ready (%s)", base, c.String("model"), resp.Status)
+	}
 	var results []LoadResult
 	for _, conc := range levels {
 		r := runLevel(c.Context, client, url, api, token, imgs, conc, c.Duration("warmup"), c.Duration("duration"), batchStats)
