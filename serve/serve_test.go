@@ -723,3 +723,55 @@ func TestNewRefuses(t *testing.T) {
 		t.Error("max batch 0")
 	}
 }
+
+// With two pipelines, a partial batch waits for the running one to finish
+// (gathering meanwhile), while a full batch starts beside it at once.
+func TestSecondPipelineTakesOnlyFullBatches(t *testing.T) {
+	f := newFixture(t, 4)
+	cfg := &fakeConfig{}
+	o := testOptions()
+	o.MaxBatch, o.Pipelines = 3, 2
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
+	cfg.delay.Store(int64(600 * time.Millisecond))
+	send := func(img int, wg *sync.WaitGroup, took *time.Duration) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			if r, a := ts.scoreV1("wood", f.imgs[img], ""); a.code != http.StatusOK || !relClose(r.Score, f.expect[img].Score) {
+				t.Errorf("image %d: %v", img, a)
+			}
+			*took = time.Since(t0)
+		}()
+	}
+	var wg sync.WaitGroup
+	var d [4]time.Duration
+	send(0, &wg, &d[0]) // runs alone for 600 ms
+	time.Sleep(100 * time.Millisecond)
+	send(1, &wg, &d[1]) // partial: waits for the first
+	time.Sleep(100 * time.Millisecond)
+	send(2, &wg, &d[2]) // joins it
+	wg.Wait()
+	a := ts.do(http.MethodGet, "/metrics", nil)
+	if sum, n := histogram(t, a.body, "padim_batch_images", `model="wood"`); sum != 3 || n != 2 {
+		t.Fatalf("%v images in %v batches, want 3 in 2 (the partial batch must wait and gather)", sum, n)
+	}
+	if d[1] < 900*time.Millisecond {
+		t.Fatalf("the partial batch ran beside the first (answered in %v)", d[1])
+	}
+	// a full batch starts beside a running one (its backbone still waits for
+	// the other's: the pipeline runs one backbone batch at a time)
+	q0, _ := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
+	send(3, &wg, &d[3])
+	time.Sleep(100 * time.Millisecond)
+	var full [3]time.Duration
+	for i := range full {
+		send(i, &wg, &full[i])
+	}
+	wg.Wait()
+	a = ts.do(http.MethodGet, "/metrics", nil)
+	q1, _ := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
+	if q1-q0 > 0.4 {
+		t.Errorf("four requests waited %.2fs in all for their batches: the full batch waited for the running one", q1-q0)
+	}
+}
