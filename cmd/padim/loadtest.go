@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ func loadtestCommand() *cli.Command {
 			&cli.StringFlag{Name: "token-file", Usage: "bearer token file"},
 			&cli.BoolFlag{Name: "insecure", Usage: "do not verify the server's TLS certificate"},
 			&cli.StringFlag{Name: "expect", Usage: "padim score --json output for the same files: check every score"},
+			&cli.IntFlag{Name: "server-pid", Usage: "the server's process id (same machine): with it, the CPU time of other processes during each measurement is reported"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
 		},
 		Action: loadtestAction,
@@ -69,6 +71,53 @@ type LoadResult struct {
 	MeanBatch   float64        `json:"mean_batch,omitempty"` // from the server's padim_batch_images
 	LoadBefore  string         `json:"loadavg_before"`
 	LoadAfter   string         `json:"loadavg_after"`
+	// CPU use during the measurement, in cores (from /proc): the whole machine,
+	// the server and this load generator, and what is left: other processes.
+	CPUAll    float64 `json:"cpu_all"`
+	CPUServer float64 `json:"cpu_server,omitempty"`
+	CPUClient float64 `json:"cpu_client"`
+	CPUOther  float64 `json:"cpu_other,omitempty"`
+}
+
+// cpuTicks is a snapshot of CPU time in clock ticks.
+type cpuTicks struct {
+	all, idle, server, client float64
+	at                        time.Time
+}
+
+const clockTicks = 100 // USER_HZ on Linux
+
+func readCPU(serverPID int) cpuTicks {
+	t := cpuTicks{at: time.Now()}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		for i := 1; i < len(f) && i <= 8; i++ {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			t.all += v
+			if i == 4 || i == 5 { // idle, iowait
+				t.idle += v
+			}
+		}
+	}
+	proc := func(path string) float64 {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return 0
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // after the command name
+		if len(f) < 13 {
+			return 0
+		}
+		u, _ := strconv.ParseFloat(f[11], 64) // utime, field 14
+		k, _ := strconv.ParseFloat(f[12], 64) // stime, field 15
+		return u + k
+	}
+	t.client = proc("/proc/self/stat")
+	if serverPID > 0 {
+		t.server = proc(fmt.Sprintf("/proc/%d/stat", serverPID))
+	}
+	return t
 }
 
 func loadavg() string {
@@ -209,7 +258,7 @@ func loadtestAction(c *cli.Context) error {
 	}
 	var results []LoadResult
 	for _, conc := range levels {
-		r := runLevel(c.Context, client, url, api, token, imgs, conc, c.Duration("warmup"), c.Duration("duration"), batchStats)
+		r := runLevel(c.Context, client, url, api, token, imgs, conc, c.Duration("warmup"), c.Duration("duration"), batchStats, c.Int("server-pid"))
 		results = append(results, r)
 		if !c.Bool("json") {
 			printLevel(r)
@@ -238,12 +287,12 @@ func printLevel(r LoadResult) {
 		slices.Sort(parts)
 		errs = strings.Join(parts, " ")
 	}
-	fmt.Printf("c=%-3d %7.2f img/s  p50 %7.1f ms  p90 %7.1f ms  p99 %7.1f ms  max %7.1f ms  ok %d  errors %s  checked %d mismatches %d  mean batch %.2f  load %s → %s\n",
-		r.Concurrency, r.PerSecond, r.P50ms, r.P90ms, r.P99ms, r.MaxMS, r.OK, errs, r.Checked, r.Mismatches, r.MeanBatch, r.LoadBefore, r.LoadAfter)
+	fmt.Printf("c=%-3d %7.2f img/s  p50 %7.1f ms  p90 %7.1f ms  p99 %7.1f ms  max %7.1f ms  ok %d  errors %s  checked %d mismatches %d  mean batch %.2f  load %s → %s  cpu cores: all %.2f server %.2f client %.2f other %.2f\n",
+		r.Concurrency, r.PerSecond, r.P50ms, r.P90ms, r.P99ms, r.MaxMS, r.OK, errs, r.Checked, r.Mismatches, r.MeanBatch, r.LoadBefore, r.LoadAfter, r.CPUAll, r.CPUServer, r.CPUClient, r.CPUOther)
 }
 
 // runLevel runs conc clients for warmup + dur and measures the second part.
-func runLevel(ctx context.Context, client *http.Client, url, api, token string, imgs []ltImage, conc int, warmup, dur time.Duration, batchStats func() (float64, float64)) LoadResult {
+func runLevel(ctx context.Context, client *http.Client, url, api, token string, imgs []ltImage, conc int, warmup, dur time.Duration, batchStats func() (float64, float64), serverPID int) LoadResult {
 	res := LoadResult{Concurrency: conc, Errors: map[string]int{}, LoadBefore: loadavg()}
 	var mu sync.Mutex
 	var lat []float64
@@ -251,8 +300,9 @@ func runLevel(ctx context.Context, client *http.Client, url, api, token string, 
 	measureFrom := start.Add(warmup)
 	end := measureFrom.Add(dur)
 	var bs0, bc0 float64
+	var cpu0 cpuTicks
 	var once sync.Once
-	markStart := func() { once.Do(func() { bs0, bc0 = batchStats() }) }
+	markStart := func() { once.Do(func() { bs0, bc0 = batchStats(); cpu0 = readCPU(serverPID) }) }
 	var wg sync.WaitGroup
 	for w := 0; w < conc; w++ {
 		wg.Add(1)
@@ -296,6 +346,16 @@ func runLevel(ctx context.Context, client *http.Client, url, api, token string, 
 		}(w)
 	}
 	wg.Wait()
+	cpu1 := readCPU(serverPID)
+	if secs := cpu1.at.Sub(cpu0.at).Seconds(); secs > 0 && !cpu0.at.IsZero() {
+		ncpu := float64(runtime.NumCPU())
+		res.CPUAll = (1 - (cpu1.idle-cpu0.idle)/(cpu1.all-cpu0.all)) * ncpu
+		res.CPUClient = (cpu1.client - cpu0.client) / clockTicks / secs
+		if serverPID > 0 {
+			res.CPUServer = (cpu1.server - cpu0.server) / clockTicks / secs
+			res.CPUOther = max(0, res.CPUAll-res.CPUServer-res.CPUClient)
+		}
+	}
 	bs1, bc1 := batchStats()
 	if bc1 > bc0 {
 		res.MeanBatch = (bs1 - bs0) / (bc1 - bc0)
