@@ -79,15 +79,17 @@ func run(ctx context.Context, args []string) int {
 	app := newApp()
 	err := app.RunContext(ctx, args)
 	atomicfile.RemoveTemps()
+	if err == nil {
+		// Finished, a signal notwithstanding (a server that drained, a
+		// command that completed as it came).
+		return exitOK
+	}
 	if s, ok := stoppedBy.Load().(os.Signal); ok {
-		if err != nil && !errors.Is(err, context.Canceled) {
+		if !errors.Is(err, context.Canceled) {
 			fmt.Fprintln(os.Stderr, "padim:", err)
 		}
 		fmt.Fprintf(os.Stderr, "padim: %v: stopped, nothing half-written left\n", s)
 		return signalCode(s)
-	}
-	if err == nil {
-		return exitOK
 	}
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
@@ -135,7 +137,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			trainCommand(), scoreCommand(), evalCommand(), infoCommand(), synthCommand(),
 			backboneCommand(), demoCommand(), benchCommand(), mergeCommand(), experimentCommand(),
-			collectCommand(), calibrateCommand(),
+			collectCommand(), calibrateCommand(), serveCommand(), loadtestCommand(),
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit(fmt.Sprintf("%v (see padim --help)", err), exitUsage)

@@ -1,0 +1,468 @@
+package serve
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/imageio"
+)
+
+// fakeConfig steers every fake backbone a test's loader makes.
+type fakeConfig struct {
+	delay  atomic.Int64 // nanoseconds of sleep per Extract call
+	calls  atomic.Int64
+	closed atomic.Int64 // Loaded.Close calls
+	loads  atomic.Int64
+}
+
+// fakeBackbone is a small deterministic feature extractor (random 1×1 mixes of
+// the input channels, average-pooled by 4 and 8, through tanh), each image
+// independent of the others in its batch. It panics on a "poison" image: one
+// whose first pixel is pure magenta.
+type fakeBackbone struct {
+	size   int
+	w1, w2 [][3]float32
+	cfg    *fakeConfig
+}
+
+const fakeSize = 32
+
+func newFake(cfg *fakeConfig, seed uint64) *fakeBackbone {
+	r := rand.New(rand.NewPCG(seed, 9))
+	f := &fakeBackbone{size: fakeSize, cfg: cfg}
+	for i := 0; i < 10; i++ {
+		f.w1 = append(f.w1, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
+	}
+	for i := 0; i < 6; i++ {
+		f.w2 = append(f.w2, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
+	}
+	return f
+}
+
+func (f *fakeBackbone) InputSize() int { return f.size }
+func (f *fakeBackbone) Taps() []embed.TapShape {
+	return []embed.TapShape{{Name: "layer1", C: len(f.w1), H: f.size / 4, W: f.size / 4}, {Name: "layer2", C: len(f.w2), H: f.size / 8, W: f.size / 8}}
+}
+
+// poison's first normalised pixel: R high, G low (never so in the textures).
+func isPoison(img []float32, size int) bool {
+	return img[0] > 2.0 && img[size*size] < -1.8 && img[2*size*size] > 1.5
+}
+
+func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
+	if f.cfg != nil {
+		f.cfg.calls.Add(1)
+		if d := f.cfg.delay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
+	}
+	per := 3 * f.size * f.size
+	for b := 0; b < n; b++ {
+		if isPoison(batch[b*per:], f.size) {
+			panic("poison image")
+		}
+	}
+	taps := f.Taps()
+	out := make([]embed.Tap, 2)
+	for ti, w := range [][][3]float32{f.w1, f.w2} {
+		sh := taps[ti]
+		t := embed.Tap{TapShape: sh, N: n, Data: make([]float32, n*sh.C*sh.H*sh.W)}
+		k := f.size / sh.H
+		for b := 0; b < n; b++ {
+			img := batch[b*per:]
+			for c := 0; c < sh.C; c++ {
+				for y := 0; y < sh.H; y++ {
+					for x := 0; x < sh.W; x++ {
+						var s float32
+						for yy := y * k; yy < (y+1)*k; yy++ {
+							for xx := x * k; xx < (x+1)*k; xx++ {
+								for ch := 0; ch < 3; ch++ {
+									s += w[c][ch] * img[ch*f.size*f.size+yy*f.size+xx]
+								}
+							}
+						}
+						t.Data[((b*sh.C+c)*sh.H+y)*sh.W+x] = float32(math.Tanh(float64(s) / float64(k*k)))
+					}
+				}
+			}
+		}
+		out[ti] = t
+	}
+	return out, nil
+}
+
+// texture encodes a 48×48 wood-like PNG; defect paints a blue square.
+func texture(seed uint64, defect bool) []byte {
+	r := rand.New(rand.NewPCG(seed, 3))
+	img := image.NewNRGBA(image.Rect(0, 0, 48, 48))
+	phase := r.Float64() * 6
+	for y := 0; y < 48; y++ {
+		for x := 0; x < 48; x++ {
+			v := 0.5 + 0.2*math.Sin(float64(x)/3+phase) + 0.05*r.NormFloat64()
+			c := uint8(math.Max(0, math.Min(255, v*255)))
+			img.Set(x, y, color.NRGBA{c, uint8(float64(c) * 0.8), uint8(float64(c) * 0.5), 255})
+		}
+	}
+	if defect {
+		x0, y0 := 6+r.IntN(20), 6+r.IntN(20)
+		for y := y0; y < y0+12; y++ {
+			for x := x0; x < x0+12; x++ {
+				img.Set(x, y, color.NRGBA{10, 60, 200, 255})
+			}
+		}
+	}
+	return encodePNG(img)
+}
+
+func poison() []byte {
+	img := image.NewNRGBA(image.Rect(0, 0, 40, 40))
+	for i := 0; i < len(img.Pix); i += 4 {
+		copy(img.Pix[i:], []uint8{255, 0, 255, 255})
+	}
+	return encodePNG(img)
+}
+
+func encodePNG(img image.Image) []byte {
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+// trainModel trains a calibrated model on the fake backbone and saves it.
+func trainModel(t testing.TB, path string, seed uint64, dim int) {
+	t.Helper()
+	dir := t.TempDir()
+	var files []string
+	for i := 0; i < 24; i++ {
+		p := filepath.Join(dir, fmt.Sprintf("%02d.png", i))
+		if err := os.WriteFile(p, texture(seed*1000+uint64(i), false), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, p)
+	}
+	pre := imageio.Preprocess{Resize: fakeSize, Mean: imageio.ImageNetMean, Std: imageio.ImageNetStd}
+	cfg := detector.TrainConfig{Preprocess: pre, Pipeline: detector.PipelineOptions{Batch: 8}, Dim: dim, Seed: seed, Eps: 0.01,
+		Holdout: 0.25, Sigma: 2, BackboneName: "fake", BackboneONNX: []byte("fake graph")}
+	m, _, err := detector.Train(context.Background(), newFake(nil, 1), files, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Calibration == nil {
+		t.Fatal("no calibration")
+	}
+	if err := m.Save(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeLoader loads models onto fake backbones steered by cfg.
+func fakeLoader(cfg *fakeConfig) Loader {
+	return func(path string) (*Loaded, error) {
+		m, err := detector.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		sc, err := m.NewScorer(Guard(newFake(cfg, 1)), detector.ScoreConfig{Pipeline: detector.PipelineOptions{Batch: 8, Workers: 2}})
+		if err != nil {
+			return nil, err
+		}
+		cfg.loads.Add(1)
+		return &Loaded{Model: m, Scorer: sc, Close: func() { cfg.closed.Add(1); sc.Close() }}, nil
+	}
+}
+
+// expected is one image's answer from the library, scored alone.
+type expected struct {
+	Score  float32
+	Defect bool
+	Map    []float32 // in the input image's frame (the server's default)
+	W, H   int
+	NetMap []float32 // in the network's frame
+	NW, NH int
+	Boxes  int // in the input image's pixels
+}
+
+// libraryScores scores each image alone through the library, as padim score does.
+func libraryScores(t testing.TB, path string, imgs [][]byte) []expected {
+	t.Helper()
+	m, err := detector.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := m.NewScorer(newFake(nil, 1), detector.ScoreConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	var in []detector.Input
+	for i, b := range imgs {
+		in = append(in, detector.Input{Name: fmt.Sprint(i), Data: b})
+	}
+	out := make([]expected, len(imgs))
+	err = sc.Score(context.Background(), in, func(r *detector.Result) error {
+		if r.Err != nil {
+			return r.Err
+		}
+		m, w, h := r.ImageMap()
+		out[r.Index] = expected{r.Score, r.Defect, m, w, h, r.Map, r.W, r.H, len(r.ImageBoxes)}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// testServer is a server on the loopback.
+type testServer struct {
+	*Server
+	url    string
+	client *http.Client
+	cancel context.CancelFunc
+	done   chan error
+	logs   *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(t testing.TB, specs []ModelSpec, load Loader, o Options) *testServer {
+	t.Helper()
+	logs := &syncBuffer{}
+	o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	srv, err := New(specs, load, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts := &testServer{Server: srv, url: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1), logs: logs,
+		client: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	go func() { ts.done <- srv.Run(ctx, ln, nil) }()
+	t.Cleanup(func() {
+		// connections the client dialled but never used count as busy for 5 s
+		// in http.Server.Shutdown: close them first
+		ts.client.CloseIdleConnections()
+		cancel()
+		select {
+		case err := <-ts.done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(time.Minute):
+			t.Error("the server did not stop")
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+	return ts
+}
+
+// answer is a decoded HTTP answer.
+type answer struct {
+	code   int
+	header http.Header
+	body   []byte
+	err    error
+}
+
+func (a answer) String() string {
+	return fmt.Sprintf("%d %s %v", a.code, bytes.TrimSpace(a.body), a.err)
+}
+
+func (ts *testServer) do(method, path string, body []byte, hdr ...string) answer {
+	req, err := http.NewRequest(method, ts.url+path, bytes.NewReader(body))
+	if err != nil {
+		return answer{err: err}
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := ts.client.Do(req)
+	if err != nil {
+		return answer{err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return answer{code: resp.StatusCode, header: resp.Header, body: b, err: err}
+}
+
+type v1Answer struct {
+	Model     string   `json:"model"`
+	Version   string   `json:"version"`
+	Score     float32  `json:"score"`
+	Defect    *bool    `json:"defect"`
+	Threshold *float32 `json:"threshold"`
+	Boxes     []struct {
+		X, Y, W, H int
+		Score      float32
+	} `json:"boxes"`
+	ElapsedMS float64 `json:"elapsed_ms"`
+	MapFrame  string  `json:"map_frame"`
+	MapPNG    string  `json:"map_png"`
+	MapNPY    string  `json:"map_npy"`
+}
+
+func (ts *testServer) scoreV1(model string, img []byte, query string) (v1Answer, answer) {
+	a := ts.do(http.MethodPost, "/v1/models/"+model+"/score"+query, img)
+	var r v1Answer
+	if a.err == nil && a.code == http.StatusOK {
+		if err := json.Unmarshal(a.body, &r); err != nil {
+			a.err = err
+		}
+	}
+	return r, a
+}
+
+type v2Output struct {
+	Name     string          `json:"name"`
+	Shape    []int           `json:"shape"`
+	Datatype string          `json:"datatype"`
+	Data     json.RawMessage `json:"data"`
+}
+
+type v2Answer struct {
+	ModelName    string     `json:"model_name"`
+	ModelVersion string     `json:"model_version"`
+	ID           string     `json:"id"`
+	Outputs      []v2Output `json:"outputs"`
+}
+
+func (r v2Answer) output(name string) *v2Output {
+	for i := range r.Outputs {
+		if r.Outputs[i].Name == name {
+			return &r.Outputs[i]
+		}
+	}
+	return nil
+}
+
+func (r v2Answer) scores() ([]float32, error) {
+	o := r.output("score")
+	if o == nil {
+		return nil, errors.New("no score output")
+	}
+	var v []float32
+	return v, json.Unmarshal(o.Data, &v)
+}
+
+func inferBody(id string, imgs [][]byte, outputs ...string) []byte {
+	var data []string
+	for _, b := range imgs {
+		data = append(data, base64.StdEncoding.EncodeToString(b))
+	}
+	req := map[string]any{"id": id, "inputs": []map[string]any{{"name": "image", "shape": []int{len(imgs)}, "datatype": "BYTES", "data": data}}}
+	if len(outputs) > 0 {
+		var outs []map[string]string
+		for _, o := range outputs {
+			outs = append(outs, map[string]string{"name": o})
+		}
+		req["outputs"] = outs
+	}
+	b, _ := json.Marshal(req)
+	return b
+}
+
+func (ts *testServer) infer(model string, body []byte) (v2Answer, answer) {
+	a := ts.do(http.MethodPost, "/v2/models/"+model+"/infer", body, "Content-Type", "application/json")
+	var r v2Answer
+	if a.err == nil && a.code == http.StatusOK {
+		if err := json.Unmarshal(a.body, &r); err != nil {
+			a.err = err
+		}
+	}
+	return r, a
+}
+
+func relClose(a, b float32) bool {
+	return math.Abs(float64(a-b)) <= 1e-5*math.Max(math.Abs(float64(b)), 1e-12)
+}
+
+// healthy checks that the server answers health and a good request correctly.
+func (ts *testServer) healthy(t testing.TB, model string, img []byte, want expected) {
+	t.Helper()
+	for _, p := range []string{"/v2/health/live", "/v2/health/ready"} {
+		if a := ts.do(http.MethodGet, p, nil); a.code != http.StatusOK {
+			t.Fatalf("%s: %v", p, a)
+		}
+	}
+	r, a := ts.scoreV1(model, img, "")
+	if a.code != http.StatusOK || a.err != nil || !relClose(r.Score, want.Score) {
+		t.Fatalf("good request after: %v (score %v, want %v)", a, r.Score, want.Score)
+	}
+}
+
+// fixture is a trained model and images with their known answers.
+type fixture struct {
+	dir    string
+	path   string
+	imgs   [][]byte
+	expect []expected
+}
+
+func newFixture(t testing.TB, n int) *fixture {
+	t.Helper()
+	f := &fixture{dir: t.TempDir()}
+	f.path = filepath.Join(f.dir, "wood.padim")
+	trainModel(t, f.path, 1, 12)
+	for i := 0; i < n; i++ {
+		f.imgs = append(f.imgs, texture(uint64(5000+i), i%3 == 2))
+	}
+	f.expect = libraryScores(t, f.path, f.imgs)
+	// answers must tell images apart
+	for i := range f.expect {
+		for j := 0; j < i; j++ {
+			if relClose(f.expect[i].Score, f.expect[j].Score) {
+				t.Fatalf("images %d and %d score alike (%v)", i, j, f.expect[i].Score)
+			}
+		}
+	}
+	return f
+}
+
+func testOptions() Options {
+	o := DefaultOptions()
+	o.Timeout = 20 * time.Second
+	return o
+}

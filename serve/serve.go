@@ -1,0 +1,395 @@
+// Package serve is padim's HTTP scoring service: the KServe v2 / Open Inference
+// Protocol REST endpoints, a plain raw-image endpoint, Prometheus metrics, and
+// dynamic batching of concurrent requests into single pipeline calls.
+//
+// Each model runs a batcher: requests queue (at most Options.Queue images), a
+// batch is gathered for at most Options.MaxDelay after its first request or until
+// it holds Options.MaxBatch images, and the whole batch goes through one
+// detector.Scorer.Score call. Reloading a model swaps in a new scorer atomically:
+// requests that already hold the old one finish on it, and it is closed when the
+// last of them is done.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/picture"
+)
+
+// Options configure a Server. DefaultOptions gives the documented defaults.
+type Options struct {
+	MaxBatch  int           // most images per pipeline call
+	MaxDelay  time.Duration // longest a batch waits for company after its first request
+	Pipelines int           // pipeline calls in flight per model (the next batch is gathered while one runs)
+	Queue     int           // images waiting for a batch, per model, before requests get 429
+	MaxBody   int64         // request body limit in bytes (413 beyond)
+	Timeout   time.Duration // per request, from its arrival to its answer (503 beyond)
+	Token     string        // bearer token required on every endpoint but health; "" for none
+	Snapshot  bool          // copy each model file before mapping it, so rewriting the file in place cannot disturb the served model
+	Logger    *slog.Logger  // one line per request; nil discards
+	Version   string        // reported by server metadata
+}
+
+// Defaults.
+const (
+	DefaultMaxBatch  = 16
+	DefaultMaxDelay  = 5 * time.Millisecond
+	DefaultPipelines = 2
+	DefaultQueue     = 64
+	DefaultMaxBody   = 32 << 20
+	DefaultTimeout   = 30 * time.Second
+)
+
+// DefaultOptions returns the defaults of padim serve.
+func DefaultOptions() Options {
+	return Options{MaxBatch: DefaultMaxBatch, MaxDelay: DefaultMaxDelay, Pipelines: DefaultPipelines, Queue: DefaultQueue,
+		MaxBody: DefaultMaxBody, Timeout: DefaultTimeout, Snapshot: true, Version: "dev"}
+}
+
+func (o Options) check() error {
+	switch {
+	case o.MaxBatch < 1:
+		return fmt.Errorf("max batch %d: want at least 1", o.MaxBatch)
+	case o.MaxDelay < 0:
+		return fmt.Errorf("max delay %v: want ≥ 0", o.MaxDelay)
+	case o.Pipelines < 1:
+		return fmt.Errorf("pipelines %d: want at least 1", o.Pipelines)
+	case o.Queue < 1:
+		return fmt.Errorf("queue %d: want at least 1 image", o.Queue)
+	case o.MaxBody < 1:
+		return fmt.Errorf("max body %d: want at least 1 byte", o.MaxBody)
+	case o.Timeout <= 0:
+		return fmt.Errorf("timeout %v: want > 0", o.Timeout)
+	}
+	return nil
+}
+
+// ModelSpec names a model file to serve.
+type ModelSpec struct {
+	Name string // the name in URLs
+	Path string
+}
+
+// ParseModelSpec reads "NAME=PATH" or "PATH" (the name is then the file's base
+// name without extension).
+func ParseModelSpec(s string) (ModelSpec, error) {
+	if name, path, ok := strings.Cut(s, "="); ok && name != "" && !strings.ContainsAny(name, `/\`) {
+		return ModelSpec{Name: name, Path: path}, checkName(name)
+	}
+	base := filepath.Base(s)
+	name := strings.TrimSuffix(base, filepath.Ext(base))
+	return ModelSpec{Name: name, Path: s}, checkName(name)
+}
+
+func checkName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\?#% ") {
+		return fmt.Errorf("model name %q: want a non-empty name without / \\ ? # %% or spaces", name)
+	}
+	return nil
+}
+
+// Loaded is a model opened for scoring.
+type Loaded struct {
+	Model  *detector.Model
+	Scorer *detector.Scorer
+	Close  func() // releases the scorer, backbone and backend; called once, when no request uses them any more
+}
+
+// Loader opens a model file for scoring (padim serve builds the backbone and
+// the Gaussian backend from its flags). Wrap the model's Extractor in Guard so
+// that a panic in the backbone fails its batch instead of the process.
+type Loader func(path string) (*Loaded, error)
+
+// Server serves models over HTTP. Its ServeHTTP routes every endpoint.
+type Server struct {
+	opt      Options
+	load     Loader
+	log      *slog.Logger
+	models   map[string]*model
+	names    []string
+	met      *metrics
+	draining atomic.Bool
+	baseCtx  context.Context
+	cancel   context.CancelFunc
+	closed   sync.Once
+}
+
+// New loads every model and returns a server ready to handle requests.
+func New(specs []ModelSpec, load Loader, o Options) (*Server, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	if len(specs) == 0 {
+		return nil, errors.New("no model to serve")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Server{opt: o, load: load, log: o.Logger, models: map[string]*model{}}
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	s.met = newMetrics()
+	for _, sp := range specs {
+		if err := checkName(sp.Name); err != nil {
+			return nil, err
+		}
+		if _, dup := s.models[sp.Name]; dup {
+			return nil, fmt.Errorf("two models are named %q; name them with NAME=PATH", sp.Name)
+		}
+		m := &model{srv: s, name: sp.Name, path: sp.Path}
+		s.models[sp.Name] = m
+		s.names = append(s.names, sp.Name)
+		s.met.addModel(m)
+	}
+	slices.Sort(s.names)
+	for _, name := range s.names {
+		if _, err := s.Reload(name); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Models returns the names served, sorted.
+func (s *Server) Models() []string { return slices.Clone(s.names) }
+
+// Reload opens the model's file again and swaps it in atomically. Requests
+// already admitted finish on the old model; if the new file cannot be loaded,
+// the old model keeps serving and the error is returned. It returns the new
+// version.
+func (s *Server) Reload(name string) (string, error) {
+	m, ok := s.models[name]
+	if !ok {
+		return "", fmt.Errorf("no model %q", name)
+	}
+	m.loadMu.Lock()
+	defer m.loadMu.Unlock()
+	t := time.Now()
+	l, err := s.open(m.path)
+	if err != nil {
+		s.met.loads.WithLabelValues(name, "error").Inc()
+		s.log.Error("model load refused", "model", name, "path", m.path, "err", err)
+		return "", err
+	}
+	m.gen++
+	e := newEngine(m, m.gen, l)
+	old := m.cur.Swap(e)
+	if old != nil {
+		old.retire()
+	}
+	s.met.loads.WithLabelValues(name, "ok").Inc()
+	s.met.generation.WithLabelValues(name).Set(float64(m.gen))
+	s.log.Info("model loaded", "model", name, "path", m.path, "version", e.version, "backbone", l.Model.BackboneName,
+		"input", l.Model.Preprocess.InputSize(), "dim", len(l.Model.Channels), "calibrated", l.Scorer.Thresholds() != nil,
+		"seconds", time.Since(t).Seconds())
+	return e.version, nil
+}
+
+// ReloadAll reloads every model (SIGHUP); each keeps its old version on failure.
+func (s *Server) ReloadAll() error {
+	var errs []error
+	for _, name := range s.names {
+		if _, err := s.Reload(name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// open loads a model file, from a private copy when Options.Snapshot is set:
+// the served model is mapped from that copy, so a file rewritten in place (a
+// copy over it, a partial upload) never changes what is being served.
+func (s *Server) open(path string) (*Loaded, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, err
+	}
+	src := path
+	if s.opt.Snapshot {
+		tmp, err := snapshot(path)
+		if err != nil {
+			return nil, fmt.Errorf("copying %s before loading it: %w", path, err)
+		}
+		defer os.Remove(tmp) // the mapping keeps the data; the name goes now
+		src = tmp
+	}
+	l, err := s.load(src)
+	if err != nil {
+		if src != path {
+			err = errors.New(strings.ReplaceAll(err.Error(), src, path))
+		}
+		return nil, err
+	}
+	if l == nil || l.Model == nil || l.Scorer == nil {
+		return nil, fmt.Errorf("%s: the loader returned no scorer", path)
+	}
+	return l, nil
+}
+
+func snapshot(path string) (string, error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp("", "padim-serve-*"+filepath.Ext(path))
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(out.Name())
+		return "", err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(out.Name())
+		return "", err
+	}
+	return out.Name(), nil
+}
+
+// Ready reports whether the server takes requests: every model loaded and not draining.
+func (s *Server) Ready() bool {
+	if s.draining.Load() {
+		return false
+	}
+	for _, m := range s.models {
+		if m.cur.Load() == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Drain marks the server as going away: readiness turns false (requests are
+// still answered).
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Close stops every model's batcher once its admitted requests are answered
+// and releases the models. Call it after the HTTP server has stopped.
+func (s *Server) Close() {
+	s.closed.Do(func() {
+		s.draining.Store(true)
+		var es []*engine
+		for _, m := range s.models {
+			m.loadMu.Lock()
+			if e := m.cur.Swap(nil); e != nil {
+				e.retire()
+				es = append(es, e)
+			}
+			m.loadMu.Unlock()
+		}
+		for _, e := range es {
+			<-e.stopped
+		}
+		s.cancel()
+	})
+}
+
+// model is one served name; its engine is swapped on reload.
+type model struct {
+	srv    *Server
+	name   string
+	path   string
+	loadMu sync.Mutex // serialises loads
+	gen    int
+	cur    atomic.Pointer[engine]
+	queued atomic.Int64 // images admitted and not yet in a batch, across versions
+}
+
+// acquire returns the current engine, held until release; nil when the server is closing.
+func (m *model) acquire() *engine {
+	for {
+		e := m.cur.Load()
+		if e == nil {
+			return nil
+		}
+		if e.tryAcquire() {
+			return e
+		}
+		// retired between the load and the acquire: the new one is in place
+	}
+}
+
+// modelInfo is what requests need to know of a loaded model.
+type modelInfo struct {
+	thresholds *detector.Thresholds
+	heat       picture.Range
+}
+
+func infoOf(l *Loaded) modelInfo {
+	in := modelInfo{thresholds: l.Scorer.Thresholds()}
+	if c := l.Model.Calibration; c != nil && len(c.PixelQuantiles) > 0 {
+		in.heat = picture.Range{Lo: c.PixelQuantiles[0], Hi: 1.5 * c.Image}
+	}
+	return in
+}
+
+// engine is one loaded version of a model and its batcher.
+type engine struct {
+	m       *model
+	gen     int
+	version string
+	l       *Loaded
+	info    modelInfo
+	in      chan *job
+	mu      sync.Mutex
+	users   int
+	retired bool
+	stopped chan struct{} // closed when the batcher has finished and the model is released
+
+	statMu sync.Mutex
+	last   map[string]detector.StageTime
+}
+
+func newEngine(m *model, gen int, l *Loaded) *engine {
+	e := &engine{m: m, gen: gen, version: strconv.Itoa(gen), l: l, info: infoOf(l),
+		in: make(chan *job, m.srv.opt.Queue), stopped: make(chan struct{}), last: map[string]detector.StageTime{}}
+	go e.loop()
+	return e
+}
+
+func (e *engine) tryAcquire() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.retired {
+		return false
+	}
+	e.users++
+	return true
+}
+
+func (e *engine) release() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.users--
+	if e.retired && e.users == 0 {
+		close(e.in)
+	}
+}
+
+// retire takes the engine out of service: it finishes what it was given and
+// then releases the model.
+func (e *engine) retire() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.retired {
+		return
+	}
+	e.retired = true
+	if e.users == 0 {
+		close(e.in)
+	}
+}

@@ -1,0 +1,805 @@
+package serve
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"image/png"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/padim/padim/detector/npy"
+)
+
+// Every endpoint answers the library's numbers, in the protocol's shapes.
+func TestEndpointsMatchLibrary(t *testing.T) {
+	f := newFixture(t, 6)
+	cfg := &fakeConfig{}
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), testOptions())
+
+	for i, img := range f.imgs {
+		want := f.expect[i]
+		r, a := ts.scoreV1("wood", img, "")
+		if a.code != http.StatusOK || a.err != nil {
+			t.Fatalf("v1 image %d: %v", i, a)
+		}
+		if !relClose(r.Score, want.Score) || r.Defect == nil || *r.Defect != want.Defect || r.Threshold == nil || r.Model != "wood" || r.Version != "1" {
+			t.Fatalf("v1 image %d: %s; want score %v defect %v", i, a.body, want.Score, want.Defect)
+		}
+		if want.Defect != (len(r.Boxes) > 0) || len(r.Boxes) != want.Boxes {
+			t.Errorf("v1 image %d: defect %v with %d boxes, want %d", i, want.Defect, len(r.Boxes), want.Boxes)
+		}
+		if !bytes.Contains(a.body, []byte(`"boxes":[`)) || !bytes.Contains(a.body, []byte(`"elapsed_ms":`)) {
+			t.Errorf("v1 answer lacks keys: %s", a.body)
+		}
+	}
+
+	// ?map=npy is the float32 map; ?map=png an overlay of the map's size.
+	r, a := ts.scoreV1("wood", f.imgs[2], "?map=npy")
+	if a.code != http.StatusOK {
+		t.Fatal(a)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(r.MapNPY)
+	m, shape, err := npy.Decode(raw)
+	if err != nil || len(shape) != 2 || shape[0] != f.expect[2].H || shape[1] != f.expect[2].W {
+		t.Fatalf("npy map: %v shape %v", err, shape)
+	}
+	for i := range m {
+		if !relClose(m[i], f.expect[2].Map[i]) {
+			t.Fatalf("map pixel %d: %v, want %v", i, m[i], f.expect[2].Map[i])
+		}
+	}
+	// ?map_frame=network: the map as the network sees the image
+	r, a = ts.scoreV1("wood", f.imgs[2], "?map=npy&map_frame=network")
+	raw, _ = base64.StdEncoding.DecodeString(r.MapNPY)
+	m, shape, err = npy.Decode(raw)
+	if a.code != http.StatusOK || err != nil || len(shape) != 2 || shape[0] != f.expect[2].NH || shape[1] != f.expect[2].NW || r.MapFrame != "network" {
+		t.Fatalf("network-frame npy map: %v %v shape %v", a, err, shape)
+	}
+	for i := range m {
+		if !relClose(m[i], f.expect[2].NetMap[i]) {
+			t.Fatalf("network-frame map pixel %d: %v, want %v", i, m[i], f.expect[2].NetMap[i])
+		}
+	}
+	if _, a := ts.scoreV1("wood", f.imgs[2], "?map=npy&map_frame=tile"); a.code != http.StatusBadRequest {
+		t.Fatalf("map_frame=tile: %v", a)
+	}
+	r, a = ts.scoreV1("wood", f.imgs[2], "?map=png")
+	if a.code != http.StatusOK {
+		t.Fatal(a)
+	}
+	raw, _ = base64.StdEncoding.DecodeString(r.MapPNG)
+	img, err := png.Decode(bytes.NewReader(raw))
+	if err != nil || img.Bounds().Dx() != f.expect[2].W || img.Bounds().Dy() != f.expect[2].H {
+		t.Fatalf("png map: %v %v", err, img)
+	}
+	if _, a := ts.scoreV1("wood", f.imgs[2], "?map=gif"); a.code != http.StatusBadRequest {
+		t.Fatalf("map=gif: %v", a)
+	}
+
+	// v2: several images in one request come back in order; maps on request.
+	v2, a := ts.infer("wood", inferBody("req-7", f.imgs))
+	if a.code != http.StatusOK || a.err != nil {
+		t.Fatal(a)
+	}
+	scores, err := v2.scores()
+	if err != nil || len(scores) != len(f.imgs) || v2.ID != "req-7" || v2.ModelName != "wood" || v2.ModelVersion != "1" {
+		t.Fatalf("v2: %s", a.body)
+	}
+	var defects []bool
+	json.Unmarshal(v2.output("defect").Data, &defects)
+	for i := range scores {
+		if !relClose(scores[i], f.expect[i].Score) || defects[i] != f.expect[i].Defect {
+			t.Fatalf("v2 image %d: %v %v, want %v %v", i, scores[i], defects[i], f.expect[i].Score, f.expect[i].Defect)
+		}
+	}
+	if o := v2.output("defect"); o.Datatype != "BOOL" || fmt.Sprint(o.Shape) != fmt.Sprint([]int{len(f.imgs)}) {
+		t.Fatalf("defect output %+v", o)
+	}
+	if o := v2.output("threshold"); o == nil || o.Datatype != "FP32" || fmt.Sprint(o.Shape) != "[1]" {
+		t.Fatalf("threshold output %+v", o)
+	}
+	if v2.output("anomaly_map") != nil {
+		t.Fatal("anomaly_map sent unasked")
+	}
+	v2, a = ts.infer("wood", inferBody("", f.imgs[:2], "score", "anomaly_map"))
+	if a.code != http.StatusOK {
+		t.Fatal(a)
+	}
+	o := v2.output("anomaly_map")
+	W, H := f.expect[0].W, f.expect[0].H
+	if len(v2.Outputs) != 2 || o == nil || o.Datatype != "FP32" || fmt.Sprint(o.Shape) != fmt.Sprint([]int{2, H, W}) {
+		t.Fatalf("anomaly_map: %s", a.body[:min(len(a.body), 300)])
+	}
+	var mv []float32
+	json.Unmarshal(o.Data, &mv)
+	for i := 0; i < 2; i++ {
+		for k := 0; k < W*H; k++ {
+			if !relClose(mv[i*W*H+k], f.expect[i].Map[k]) {
+				t.Fatalf("anomaly_map image %d pixel %d: %v, want %v", i, k, mv[i*W*H+k], f.expect[i].Map[k])
+			}
+		}
+	}
+	// the output parameter map_frame "network" gives the network's frame
+	body := fmt.Sprintf(`{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":[%q]}],"outputs":[{"name":"anomaly_map","parameters":{"map_frame":"network"}}]}`, base64.StdEncoding.EncodeToString(f.imgs[3]))
+	v2, a = ts.infer("wood", []byte(body))
+	o = v2.output("anomaly_map")
+	if a.code != http.StatusOK || o == nil || fmt.Sprint(o.Shape) != fmt.Sprint([]int{1, f.expect[3].NH, f.expect[3].NW}) {
+		t.Fatalf("network-frame anomaly_map: %v", a)
+	}
+	json.Unmarshal(o.Data, &mv)
+	for k := range mv {
+		if !relClose(mv[k], f.expect[3].NetMap[k]) {
+			t.Fatalf("network-frame anomaly_map pixel %d: %v, want %v", k, mv[k], f.expect[3].NetMap[k])
+		}
+	}
+	// nested data in its natural shape [n,1] is accepted too
+	nested := fmt.Sprintf(`{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","data":[[%q]]}]}`, base64.StdEncoding.EncodeToString(f.imgs[1]))
+	v2, a = ts.infer("wood", []byte(nested))
+	if s, _ := v2.scores(); a.code != http.StatusOK || len(s) != 1 || !relClose(s[0], f.expect[1].Score) {
+		t.Fatalf("nested: %v", a)
+	}
+
+	// metadata and health
+	for path, want := range map[string]string{
+		"/v2/health/live":       `{"live":true}`,
+		"/v2/health/ready":      `{"ready":true}`,
+		"/v2/models/wood/ready": `{"name":"wood","ready":true}`,
+	} {
+		if a := ts.do(http.MethodGet, path, nil); a.code != http.StatusOK || strings.TrimSpace(string(a.body)) != want {
+			t.Errorf("%s: %v", path, a)
+		}
+	}
+	var md struct {
+		Name     string
+		Versions []string
+		Platform string
+		Inputs   []tensorMeta
+		Outputs  []tensorMeta
+	}
+	a = ts.do(http.MethodGet, "/v2/models/wood", nil)
+	if err := json.Unmarshal(a.body, &md); err != nil || md.Name != "wood" || md.Platform != "padim" || fmt.Sprint(md.Versions) != "[1]" ||
+		fmt.Sprint(md.Inputs) != fmt.Sprint([]tensorMeta{{"image", "BYTES", []int{-1}}}) || len(md.Outputs) != 4 {
+		t.Fatalf("model metadata: %v", a)
+	}
+	if a := ts.do(http.MethodGet, "/v2/models/wood/versions/1", nil); a.code != http.StatusOK {
+		t.Fatalf("versioned metadata: %v", a)
+	}
+	if a := ts.do(http.MethodGet, "/v2/models/wood/versions/9/ready", nil); a.code != http.StatusNotFound {
+		t.Fatalf("unknown version: %v", a)
+	}
+	a = ts.do(http.MethodGet, "/v2", nil)
+	if !bytes.Contains(a.body, []byte(`"name":"padim"`)) || !bytes.Contains(a.body, []byte(`"extensions":[]`)) {
+		t.Fatalf("server metadata: %v", a)
+	}
+	// one log line per request, with the model
+	if n := strings.Count(ts.logs.String(), `"msg":"request"`); n < 10 {
+		t.Fatalf("%d request log lines", n)
+	}
+}
+
+// pngHeader is a valid PNG signature and IHDR chunk claiming w×h pixels, and nothing else.
+func pngHeader(w, h uint32) []byte {
+	b := []byte("\x89PNG\r\n\x1a\n")
+	ihdr := binary.BigEndian.AppendUint32(nil, w)
+	ihdr = binary.BigEndian.AppendUint32(ihdr, h)
+	ihdr = append(ihdr, 8, 6, 0, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ihdr)))
+	chunk := append([]byte("IHDR"), ihdr...)
+	b = append(b, chunk...)
+	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(chunk))
+}
+
+// Every bad input gets its status and a JSON error, and the server stays healthy.
+func TestBadInputs(t *testing.T) {
+	f := newFixture(t, 2)
+	o := testOptions()
+	o.MaxBody = 256 << 10
+	o.Queue = 8
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
+	good := f.imgs[0]
+	big := append(bytes.Clone(good), make([]byte, 300<<10)...)
+	huge := pngHeader(100000, 100000)
+	cases := []struct {
+		name, method, path string
+		body               []byte
+		code               int
+		want               string // in the error message
+	}{
+		{"over max-body", "POST", "/v1/models/wood/score", big, 413, "limit"},
+		{"over max-body v2", "POST", "/v2/models/wood/infer", inferBody("", [][]byte{big}), 413, "limit"},
+		{"pixels over the limit", "POST", "/v1/models/wood/score", huge, 400, "pixel limit"},
+		{"pixels over the limit v2", "POST", "/v2/models/wood/infer", inferBody("", [][]byte{good, huge}), 400, "image[1]"},
+		{"not an image", "POST", "/v1/models/wood/score", []byte("hello, I am not a picture"), 400, "header"},
+		{"empty", "POST", "/v1/models/wood/score", nil, 400, "empty"},
+		{"truncated", "POST", "/v1/models/wood/score", good[:len(good)/2], 400, "image"},
+		{"truncated v2", "POST", "/v2/models/wood/infer", inferBody("", [][]byte{good, good[:len(good)/2]}), 400, "image[1]"},
+		{"unknown model", "POST", "/v1/models/nope/score", good, 404, "no model"},
+		{"unknown model v2", "POST", "/v2/models/nope/infer", inferBody("", [][]byte{good}), 404, "no model"},
+		{"unknown model metadata", "GET", "/v2/models/nope", nil, 404, "no model"},
+		{"unknown model load", "POST", "/v2/repository/models/nope/load", nil, 404, "no model"},
+		{"unknown path", "GET", "/v3/whatever", nil, 404, "no endpoint"},
+		{"wrong method score", "GET", "/v1/models/wood/score", nil, 405, "not allowed"},
+		{"wrong method infer", "PUT", "/v2/models/wood/infer", good, 405, "not allowed"},
+		{"wrong method health", "POST", "/v2/health/live", nil, 405, "not allowed"},
+		{"wrong method metadata", "DELETE", "/v2/models/wood", nil, 405, "not allowed"},
+		{"v2 not JSON", "POST", "/v2/models/wood/infer", []byte("{"), 400, "not an inference request"},
+		{"v2 wrong input", "POST", "/v2/models/wood/infer", []byte(`{"inputs":[{"name":"pixels","shape":[1],"datatype":"BYTES","data":["AA=="]}]}`), 400, "exactly one input"},
+		{"v2 wrong datatype", "POST", "/v2/models/wood/infer", []byte(`{"inputs":[{"name":"image","shape":[1],"datatype":"FP32","data":[1.5]}]}`), 400, "BYTES"},
+		{"v2 shape mismatch", "POST", "/v2/models/wood/infer", []byte(`{"inputs":[{"name":"image","shape":[2],"datatype":"BYTES","data":["AA=="]}]}`), 400, "shape"},
+		{"v2 not base64", "POST", "/v2/models/wood/infer", []byte(`{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["!!!"]}]}`), 400, "base64"},
+		{"v2 numbers", "POST", "/v2/models/wood/infer", []byte(`{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":[3]}]}`), 400, "base64 strings"},
+		{"v2 unknown output", "POST", "/v2/models/wood/infer", inferBody("", [][]byte{good}, "logits"), 400, "no output"},
+		{"v2 more images than the queue", "POST", "/v2/models/wood/infer", inferBody("", [][]byte{good, good, good, good, good, good, good, good, good}), 400, "queues at most"},
+	}
+	for _, c := range cases {
+		a := ts.do(c.method, c.path, c.body)
+		var e struct{ Error string }
+		if a.err != nil || a.code != c.code || json.Unmarshal(a.body, &e) != nil || !strings.Contains(e.Error, c.want) ||
+			!strings.HasPrefix(a.header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s: got %v, want %d with %q in a JSON error", c.name, a, c.code, c.want)
+		}
+		if c.code == 405 && a.header.Get("Allow") == "" {
+			t.Errorf("%s: 405 without Allow", c.name)
+		}
+		ts.healthy(t, "wood", good, f.expect[0])
+	}
+	// the refused requests never reached the pipeline, except the truncated
+	// ones, which failed alone: images scored = good requests only
+	a := ts.do(http.MethodGet, "/metrics", nil)
+	if !regexp.MustCompile(`padim_images_scored_total\{model="wood"\} ` + strconv.Itoa(len(cases)+1) + `\n`).Match(a.body) {
+		t.Errorf("images scored: %s", grep(a.body, "padim_images_scored_total"))
+	}
+	if !regexp.MustCompile(`padim_http_requests_total\{code="413",route="score"\} 1\n`).Match(a.body) {
+		t.Errorf("413 count: %s", grep(a.body, "padim_http_requests_total"))
+	}
+}
+
+func grep(b []byte, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// A broken image batched with good ones fails alone.
+func TestBadImageInBatchDoesNotHurtOthers(t *testing.T) {
+	f := newFixture(t, 6)
+	o := testOptions()
+	o.MaxDelay = 300 * time.Millisecond // everything sent at once lands in one batch
+	o.Pipelines = 1
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
+	truncated := f.imgs[0][:len(f.imgs[0])*2/3]
+	var wg sync.WaitGroup
+	answers := make([]answer, len(f.imgs)+1)
+	scores := make([]float32, len(f.imgs)+1)
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := truncated
+			if i < len(f.imgs) {
+				body = f.imgs[i]
+			}
+			var r v1Answer
+			r, answers[i] = ts.scoreV1("wood", body, "")
+			scores[i] = r.Score
+		}()
+	}
+	wg.Wait()
+	for i, img := range f.imgs {
+		_ = img
+		if answers[i].code != http.StatusOK || !relClose(scores[i], f.expect[i].Score) {
+			t.Errorf("good image %d: %v score %v want %v", i, answers[i], scores[i], f.expect[i].Score)
+		}
+	}
+	if a := answers[len(f.imgs)]; a.code != http.StatusBadRequest {
+		t.Errorf("truncated image: %v", a)
+	}
+	a := ts.do(http.MethodGet, "/metrics", nil)
+	if !strings.Contains(grep(a.body, "padim_batch_images_count"), "} 1") {
+		t.Errorf("want the %d requests in one batch: %s", len(answers), grep(a.body, "padim_batch_images"))
+	}
+}
+
+// 32 clients × 20 requests: every request answered once, with its own image's answer.
+func TestConcurrentClientsGetTheirOwnAnswers(t *testing.T) {
+	f := newFixture(t, 20)
+	cfg := &fakeConfig{}
+	cfg.delay.Store(int64(2 * time.Millisecond))
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), testOptions())
+	const clients, each = 32, 20
+	type result struct {
+		client, k, img int
+		code           int
+		score          float32
+		id             string
+		err            error
+	}
+	results := make(chan result, clients*each)
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < each; k++ {
+				img := (c*7 + k*3) % len(f.imgs)
+				res := result{client: c, k: k, img: img}
+				if (c+k)%2 == 0 {
+					r, a := ts.scoreV1("wood", f.imgs[img], "")
+					res.code, res.score, res.err = a.code, r.Score, a.err
+				} else {
+					id := fmt.Sprintf("c%d-k%d", c, k)
+					r, a := ts.infer("wood", inferBody(id, [][]byte{f.imgs[img]}))
+					res.code, res.err, res.id = a.code, a.err, r.ID
+					if s, err := r.scores(); err == nil && len(s) == 1 {
+						res.score = s[0]
+					} else if a.code == http.StatusOK {
+						res.err = fmt.Errorf("scores %v %v", s, err)
+					}
+					if a.code == http.StatusOK && r.ID != id {
+						res.err = fmt.Errorf("answer id %q for request %q", r.ID, id)
+					}
+				}
+				results <- res
+			}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	seen := map[[2]int]bool{}
+	for r := range results {
+		key := [2]int{r.client, r.k}
+		if seen[key] {
+			t.Fatalf("request %v answered twice", key)
+		}
+		seen[key] = true
+		if r.err != nil || r.code != http.StatusOK {
+			t.Fatalf("client %d request %d: %d %v", r.client, r.k, r.code, r.err)
+		}
+		if !relClose(r.score, f.expect[r.img].Score) {
+			t.Fatalf("client %d request %d (image %d): score %v, want %v: answers swapped?", r.client, r.k, r.img, r.score, f.expect[r.img].Score)
+		}
+	}
+	if len(seen) != clients*each {
+		t.Fatalf("%d answers for %d requests", len(seen), clients*each)
+	}
+	a := ts.do(http.MethodGet, "/metrics", nil)
+	if !strings.Contains(string(a.body), fmt.Sprintf("padim_images_scored_total{model=\"wood\"} %d\n", clients*each)) {
+		t.Errorf("images scored (each exactly once): %s", grep(a.body, "padim_images_scored_total"))
+	}
+	sum, count := histogram(t, a.body, "padim_batch_images", `model="wood"`)
+	if sum != clients*each || count >= sum {
+		t.Errorf("batches: %v images in %v pipeline calls: want all images, batched", sum, count)
+	}
+	t.Logf("%v images in %v pipeline calls (mean %.1f)", sum, count, sum/count)
+}
+
+// histogram returns a Prometheus histogram's _sum and _count.
+func histogram(t *testing.T, body []byte, name, labels string) (sum, count float64) {
+	t.Helper()
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, name+"_sum{"+labels+"} "); ok {
+			sum, _ = strconv.ParseFloat(v, 64)
+		}
+		if v, ok := strings.CutPrefix(l, name+"_count{"+labels+"} "); ok {
+			count, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return
+}
+
+// Overload: a full queue answers 429 with Retry-After; everything admitted is
+// answered correctly and the server recovers.
+func TestOverloadGives429(t *testing.T) {
+	f := newFixture(t, 4)
+	cfg := &fakeConfig{}
+	cfg.delay.Store(int64(40 * time.Millisecond))
+	o := testOptions()
+	o.Queue, o.MaxBatch, o.Pipelines = 4, 2, 1
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
+	const n = 48
+	var wg sync.WaitGroup
+	answers := make([]answer, n)
+	scores := make([]float32, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r v1Answer
+			r, answers[i] = ts.scoreV1("wood", f.imgs[i%4], "")
+			scores[i] = r.Score
+		}()
+	}
+	wg.Wait()
+	ok, busy := 0, 0
+	for i, a := range answers {
+		switch a.code {
+		case http.StatusOK:
+			ok++
+			if !relClose(scores[i], f.expect[i%4].Score) {
+				t.Errorf("request %d: score %v want %v", i, scores[i], f.expect[i%4].Score)
+			}
+		case http.StatusTooManyRequests:
+			busy++
+			if a.header.Get("Retry-After") == "" || !bytes.Contains(a.body, []byte(`"error"`)) {
+				t.Errorf("429 without Retry-After or JSON error: %v %v", a.header, a)
+			}
+		default:
+			t.Errorf("request %d: %v", i, a)
+		}
+	}
+	if busy == 0 || ok == 0 {
+		t.Fatalf("%d ok, %d refused: want both", ok, busy)
+	}
+	t.Logf("%d answered, %d refused with 429", ok, busy)
+	cfg.delay.Store(0)
+	ts.healthy(t, "wood", f.imgs[1], f.expect[1])
+	if q := ts.models["wood"].queued.Load(); q != 0 {
+		t.Fatalf("queue holds %d images after the storm", q)
+	}
+}
+
+// A request past the timeout gets 503; the server goes on.
+func TestTimeoutGives503(t *testing.T) {
+	f := newFixture(t, 2)
+	cfg := &fakeConfig{}
+	o := testOptions()
+	o.Timeout = 150 * time.Millisecond
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
+	cfg.delay.Store(int64(600 * time.Millisecond))
+	t0 := time.Now()
+	_, a := ts.scoreV1("wood", f.imgs[0], "")
+	if a.code != http.StatusServiceUnavailable || !bytes.Contains(a.body, []byte("timeout")) {
+		t.Fatalf("slow request: %v", a)
+	}
+	if d := time.Since(t0); d > 550*time.Millisecond {
+		t.Fatalf("503 came after %v, not at the 150ms timeout", d)
+	}
+	cfg.delay.Store(0)
+	time.Sleep(700 * time.Millisecond) // the abandoned batch finishes
+	ts.healthy(t, "wood", f.imgs[1], f.expect[1])
+}
+
+// A panic while scoring one request fails that request alone (500); a panic
+// in a handler is answered 500; the server goes on.
+func TestPanicFailsOneRequest(t *testing.T) {
+	f := newFixture(t, 5)
+	o := testOptions()
+	o.MaxDelay = 300 * time.Millisecond
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
+	var wg sync.WaitGroup
+	answers := make([]answer, len(f.imgs)+1)
+	scores := make([]float32, len(f.imgs)+1)
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := poison()
+			if i < len(f.imgs) {
+				body = f.imgs[i]
+			}
+			var r v1Answer
+			r, answers[i] = ts.scoreV1("wood", body, "")
+			scores[i] = r.Score
+		}()
+	}
+	wg.Wait()
+	for i := range f.imgs {
+		if answers[i].code != http.StatusOK || !relClose(scores[i], f.expect[i].Score) {
+			t.Errorf("good image %d batched with a poison one: %v", i, answers[i])
+		}
+	}
+	if a := answers[len(f.imgs)]; a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte("panicked")) {
+		t.Errorf("poison image: %v", a)
+	}
+	ts.healthy(t, "wood", f.imgs[0], f.expect[0])
+
+	requestHook = func(r *http.Request) {
+		if r.URL.Query().Get("boom") != "" {
+			panic("boom")
+		}
+	}
+	defer func() { requestHook = nil }()
+	if a := ts.do(http.MethodGet, "/v2?boom=1", nil); a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte(`"error"`)) {
+		t.Errorf("handler panic: %v", a)
+	}
+	ts.healthy(t, "wood", f.imgs[0], f.expect[0])
+	if !strings.Contains(ts.logs.String(), "panic") {
+		t.Error("the panics were not logged")
+	}
+}
+
+// A lone request waits at most max-delay for company; a full batch does not wait.
+func TestMaxDelay(t *testing.T) {
+	f := newFixture(t, 4)
+	o := testOptions()
+	o.MaxDelay, o.MaxBatch = 250*time.Millisecond, 4
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
+	t0 := time.Now()
+	if _, a := ts.scoreV1("wood", f.imgs[0], ""); a.code != http.StatusOK {
+		t.Fatal(a)
+	}
+	lone := time.Since(t0)
+	a := ts.do(http.MethodGet, "/metrics", nil)
+	qsum, qn := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
+	if qn != 1 || qsum < 0.24 || qsum > 0.4 {
+		t.Fatalf("a lone request waited %vs for its batch (max-delay 250ms); total %v", qsum, lone)
+	}
+	// four at once fill the batch: no waiting for the deadline
+	v2, a2 := ts.infer("wood", inferBody("", f.imgs))
+	if a2.code != http.StatusOK || len(v2.Outputs) == 0 {
+		t.Fatal(a2)
+	}
+	a = ts.do(http.MethodGet, "/metrics", nil)
+	qsum2, qn2 := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
+	if qn2 != 2 || qsum2-qsum > 0.1 {
+		t.Fatalf("a full batch waited %vs", qsum2-qsum)
+	}
+}
+
+// Reloading under load loses no request: each answer is right for the version
+// that gave it; old versions are released; a corrupt file is refused and the
+// old model keeps serving.
+func TestReloadUnderLoad(t *testing.T) {
+	f := newFixture(t, 6)
+	dir := f.dir
+	pathB := filepath.Join(dir, "b.padim")
+	trainModel(t, pathB, 2, 10)
+	expectB := libraryScores(t, pathB, f.imgs)
+	fileA, _ := os.ReadFile(f.path)
+	fileB, _ := os.ReadFile(pathB)
+	live := filepath.Join(dir, "live.padim")
+	os.WriteFile(live, fileA, 0o644)
+	cfg := &fakeConfig{}
+	cfg.delay.Store(int64(3 * time.Millisecond))
+	ts := start(t, []ModelSpec{{"wood", live}}, fakeLoader(cfg), testOptions())
+
+	// version v serves file A when odd, B when even
+	want := func(version string, img int) float32 {
+		v, _ := strconv.Atoi(version)
+		if v%2 == 1 {
+			return f.expect[img].Score
+		}
+		return expectB[img].Score
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var total int
+	versions := map[string]int{}
+	for c := 0; c < 12; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				img := (c + k) % len(f.imgs)
+				r, a := ts.scoreV1("wood", f.imgs[img], "")
+				if a.code != http.StatusOK {
+					t.Errorf("during reloads: %v", a)
+					return
+				}
+				if !relClose(r.Score, want(r.Version, img)) {
+					t.Errorf("version %s image %d: score %v, want %v", r.Version, img, r.Score, want(r.Version, img))
+					return
+				}
+				mu.Lock()
+				total++
+				versions[r.Version]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for v := 2; v <= 5; v++ {
+		time.Sleep(150 * time.Millisecond)
+		next := fileB
+		if v%2 == 1 {
+			next = fileA
+		}
+		os.WriteFile(live+".tmp", next, 0o644)
+		os.Rename(live+".tmp", live)
+		a := ts.do(http.MethodPost, "/v2/repository/models/wood/load", nil)
+		if a.code != http.StatusOK || !strings.Contains(string(a.body), fmt.Sprintf(`"version":"%d"`, v)) {
+			t.Fatalf("load %d: %v", v, a)
+		}
+	}
+	time.Sleep(150 * time.Millisecond)
+
+	// a corrupt file, written in place over the one being served: refused
+	os.WriteFile(live, fileA[:len(fileA)/2], 0o644)
+	a := ts.do(http.MethodPost, "/v2/repository/models/wood/load", nil)
+	if a.code != http.StatusBadRequest || !strings.Contains(string(a.body), "keeps serving") {
+		t.Fatalf("corrupt reload: %v", a)
+	}
+	os.WriteFile(live, []byte("garbage"), 0o644)
+	if err := ts.ReloadAll(); err == nil {
+		t.Fatal("SIGHUP-style reload of garbage succeeded")
+	}
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d requests across versions %v", total, versions)
+	if len(versions) < 3 {
+		t.Errorf("versions seen %v: the reloads did not happen under load", versions)
+	}
+	r, a2 := ts.scoreV1("wood", f.imgs[0], "")
+	if a2.code != http.StatusOK || r.Version != "5" || !relClose(r.Score, f.expect[0].Score) {
+		t.Fatalf("after the refused reloads: %v", a2)
+	}
+	if a := ts.do(http.MethodGet, "/v2/models/wood/ready", nil); a.code != http.StatusOK {
+		t.Fatal(a)
+	}
+	// every replaced version was released once its requests were done
+	deadline := time.Now().Add(5 * time.Second)
+	for cfg.closed.Load() != 4 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := cfg.closed.Load(); c != 4 || cfg.loads.Load() != 5 {
+		t.Fatalf("%d loads, %d closed; want 5 and 4", cfg.loads.Load(), c)
+	}
+	a = ts.do(http.MethodGet, "/metrics", nil)
+	if !strings.Contains(string(a.body), `padim_model_loads_total{model="wood",result="error"} 2`) {
+		t.Errorf("load errors: %s", grep(a.body, "padim_model_loads_total"))
+	}
+}
+
+// Draining answers the requests in flight, then stops.
+func TestDrainAnswersInFlight(t *testing.T) {
+	f := newFixture(t, 4)
+	cfg := &fakeConfig{}
+	o := testOptions()
+	o.MaxDelay = 400 * time.Millisecond // requests sit in the batcher when the drain starts
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
+	var wg sync.WaitGroup
+	answers := make([]answer, 6)
+	scores := make([]float32, 6)
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r v1Answer
+			r, answers[i] = ts.scoreV1("wood", f.imgs[i%4], "")
+			scores[i] = r.Score
+		}()
+	}
+	time.Sleep(150 * time.Millisecond)
+	if !ts.Ready() {
+		t.Fatal("not ready before the drain")
+	}
+	ts.cancel() // what SIGTERM does
+	time.Sleep(50 * time.Millisecond)
+	if ts.Ready() {
+		t.Error("still ready while draining")
+	}
+	wg.Wait()
+	for i, a := range answers {
+		if a.code != http.StatusOK || !relClose(scores[i], f.expect[i%4].Score) {
+			t.Errorf("in-flight request %d: %v", i, a)
+		}
+	}
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts.done <- nil // for the cleanup
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if a := ts.do(http.MethodGet, "/v2/health/live", nil); a.err == nil {
+		t.Fatalf("answered after the drain: %v", a)
+	}
+	if cfg.closed.Load() != 1 {
+		t.Fatalf("model released %d times", cfg.closed.Load())
+	}
+}
+
+func TestParseModelSpec(t *testing.T) {
+	for in, want := range map[string]ModelSpec{
+		"models/wood.padim":         {"wood", "models/wood.padim"},
+		"line3=models/wood.padim":   {"line3", "models/wood.padim"},
+		"/data/a=b/wood.v2.padim":   {"wood.v2", "/data/a=b/wood.v2.padim"},
+		"cam_1=/srv/m/x=y.padim":    {"cam_1", "/srv/m/x=y.padim"},
+		"plain":                     {"plain", "plain"},
+		"ok-name=relative/dir/m.pd": {"ok-name", "relative/dir/m.pd"},
+	} {
+		got, err := ParseModelSpec(in)
+		if err != nil || got != want {
+			t.Errorf("%q: %+v %v, want %+v", in, got, err, want)
+		}
+	}
+	if _, err := ParseModelSpec("bad name=x.padim"); err == nil {
+		t.Error("a name with a space accepted")
+	}
+}
+
+func TestNewRefuses(t *testing.T) {
+	f := newFixture(t, 1)
+	load := fakeLoader(&fakeConfig{})
+	if _, err := New([]ModelSpec{{"a", f.path}, {"a", f.path}}, load, testOptions()); err == nil {
+		t.Error("two models named alike")
+	}
+	if _, err := New([]ModelSpec{{"a", filepath.Join(f.dir, "missing.padim")}}, load, testOptions()); err == nil {
+		t.Error("a missing file")
+	}
+	bad := filepath.Join(f.dir, "bad.padim")
+	os.WriteFile(bad, []byte("not a model"), 0o644)
+	if _, err := New([]ModelSpec{{"a", bad}}, load, testOptions()); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("a corrupt file: %v (the error must name the file, not its snapshot)", err)
+	}
+	o := testOptions()
+	o.MaxBatch = 0
+	if _, err := New([]ModelSpec{{"a", f.path}}, load, o); err == nil {
+		t.Error("max batch 0")
+	}
+}
+
+// With two pipelines, a partial batch waits for the running one to finish
+// (gathering meanwhile), while a full batch starts beside it at once.
+func TestSecondPipelineTakesOnlyFullBatches(t *testing.T) {
+	f := newFixture(t, 4)
+	cfg := &fakeConfig{}
+	o := testOptions()
+	o.MaxBatch, o.Pipelines = 3, 2
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
+	cfg.delay.Store(int64(600 * time.Millisecond))
+	send := func(img int, wg *sync.WaitGroup, took *time.Duration) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			if r, a := ts.scoreV1("wood", f.imgs[img], ""); a.code != http.StatusOK || !relClose(r.Score, f.expect[img].Score) {
+				t.Errorf("image %d: %v", img, a)
+			}
+			*took = time.Since(t0)
+		}()
+	}
+	var wg sync.WaitGroup
+	var d [4]time.Duration
+	send(0, &wg, &d[0]) // runs alone for 600 ms
+	time.Sleep(100 * time.Millisecond)
+	send(1, &wg, &d[1]) // partial: waits for the first
+	time.Sleep(100 * time.Millisecond)
+	send(2, &wg, &d[2]) // joins it
+	wg.Wait()
+	a := ts.do(http.MethodGet, "/metrics", nil)
+	if sum, n := histogram(t, a.body, "padim_batch_images", `model="wood"`); sum != 3 || n != 2 {
+		t.Fatalf("%v images in %v batches, want 3 in 2 (the partial batch must wait and gather)", sum, n)
+	}
+	if d[1] < 900*time.Millisecond {
+		t.Fatalf("the partial batch ran beside the first (answered in %v)", d[1])
+	}
+	// a full batch starts beside a running one (its backbone still waits for
+	// the other's: the pipeline runs one backbone batch at a time)
+	q0, _ := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
+	send(3, &wg, &d[3])
+	time.Sleep(100 * time.Millisecond)
+	var full [3]time.Duration
+	for i := range full {
+		send(i, &wg, &full[i])
+	}
+	wg.Wait()
+	a = ts.do(http.MethodGet, "/metrics", nil)
+	q1, _ := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
+	if q1-q0 > 0.4 {
+		t.Errorf("four requests waited %.2fs in all for their batches: the full batch waited for the running one", q1-q0)
+	}
+}
