@@ -627,7 +627,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	defer e.release()
 	th := e.info.thresholds
 	if th == nil && req.Outputs != nil && (want["defect"] || want["threshold"]) {
-		writeError(w, info, http.StatusBadRequest, "model %q has no thresholds (trained without a hold-out): no defect or threshold output", name)
+		writeError(w, info, http.StatusBadRequest, "model %q has no thresholds (trained with --calibrate none): no defect or threshold output; ask for score only, or retrain with calibration", name)
 		return
 	}
 	nimg := len(j.results)

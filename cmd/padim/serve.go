@@ -26,7 +26,7 @@ func serveCommand() *cli.Command {
 			"   [--queue 64] [--max-body 32MiB] [--timeout 30s] [--token-file F] [--tls-cert F --tls-key F] [--log-format text|json]",
 		Description: "Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready, /metrics;\n" +
 			"POST /v2/models/NAME/infer (input \"image\": BYTES, base64 encoded images), /v1/models/NAME/score (raw image body;\n" +
-			"?map=png or ?map=npy), /v2/repository/models/NAME/load (reload the file). SIGHUP reloads every model; SIGTERM drains and exits.",
+			"?map=png or ?map=npy; ?map_frame=network for the network input's frame), /v2/repository/models/NAME/load (reload the file). SIGHUP reloads every model; SIGTERM drains and exits.",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "model", Required: true, Usage: "model to serve, as [NAME=]PATH (NAME defaults to the file's base name); repeat for several"},
 			&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", Usage: "listen address (port 0 picks one; the log says which)"},
