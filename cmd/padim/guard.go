@@ -102,6 +102,13 @@ var flagRanges = map[string][2]float64{
 	"repeats":       {1, 100},
 	"k":             {1, 100000},
 	"coreset":       {0.0001, 1},
+	"flush-every":   {0, 1 << 20},
+	"max-batch":     {1, 256},
+	"pipelines":     {1, 64},
+	"queue":         {1, 1 << 16},
+	"retries":       {0, 1000},
+	"max-other":     {0, 1024},
+	"server-pid":    {0, 1 << 22},
 	"backbone-seed": {0, math.MaxUint64},
 	"seed":          {0, math.MaxUint64},
 }

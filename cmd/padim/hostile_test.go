@@ -228,6 +228,15 @@ func TestHostileInputTable(t *testing.T) {
 		{name: "score --open-radius 100000", prep: func(t *testing.T, d string) []string {
 			return []string{"score", "--model", fx.mdl, "--open-radius", "100000", good}
 		}, code: exitUsage, msg: "--open-radius"},
+		{name: "serve --queue 100000000", prep: func(t *testing.T, d string) []string {
+			return []string{"serve", "--model", fx.mdl, "--queue", "100000000"}
+		}, code: exitUsage, msg: "--queue"},
+		{name: "serve --max-body 5GiB", prep: func(t *testing.T, d string) []string {
+			return []string{"serve", "--model", fx.mdl, "--max-body", "5GiB"}
+		}, code: exitUsage, msg: "--max-body"},
+		{name: "serve --timeout 0s", prep: func(t *testing.T, d string) []string {
+			return []string{"serve", "--model", fx.mdl, "--timeout", "0s"}
+		}, code: exitUsage, msg: "--timeout"},
 		{name: "train --batch 100000", prep: func(t *testing.T, d string) []string {
 			return []string{"train", "--backbone", fx.bb, "--data", fx.data, "--out", filepath.Join(d, "m"), "--batch", "100000"}
 		}, code: exitUsage, msg: "--batch"},

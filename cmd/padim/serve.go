@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -74,8 +75,14 @@ func serveAction(c *cli.Context) error {
 	o.MaxBatch, o.MaxDelay, o.Pipelines = c.Int("max-batch"), c.Duration("max-delay"), c.Int("pipelines")
 	o.Queue, o.Timeout, o.Snapshot = c.Int("queue"), c.Duration("timeout"), c.Bool("snapshot")
 	var err error
-	if o.MaxBody, err = parseSize(c.String("max-body")); err != nil {
-		return usageError("--max-body: %v", err)
+	if o.MaxBody, err = parseSize(c.String("max-body")); err != nil || o.MaxBody > 1<<30 {
+		return usageError("--max-body %s: want a size from 1 byte to 1GiB, like 32MiB", c.String("max-body"))
+	}
+	if o.MaxDelay < 0 || o.MaxDelay > 10*time.Second {
+		return usageError("--max-delay %v: want 0 to 10s", o.MaxDelay)
+	}
+	if o.Timeout <= 0 || o.Timeout > time.Hour {
+		return usageError("--timeout %v: want more than 0 and at most 1h", o.Timeout)
 	}
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
 		o.Version = bi.Main.Version
