@@ -24,3 +24,15 @@ for sweep in layers dim samples methods; do
   ex "$sweep-mobilenet_v2" "$sweep" --repeats $rep --backbone "$tmp/mobilenet_v2.onnx"
 done
 ex backbones backbones
+# SPADE and PatchCore at N=200 (issue 12: time and memory for 200 training images),
+# with padim bench on its synthetic wood (train, save, load, score as shipped);
+# PaDiM beside them. SPADE scores 20 images (each is a kNN over 50 training maps).
+for bb in resnet50_cbam mobilenet_v2; do
+  bbflag=(--arch resnet50_cbam); [ $bb = mobilenet_v2 ] && bbflag=(--backbone "$tmp/mobilenet_v2.onnx")
+  for m in padim patchcore spade; do
+    n=100; [ $m = spade ] && n=20
+    echo "== bench $m $bb"
+    /usr/bin/time -f "%e s, %M KB" bin/padim -q bench "${bbflag[@]}" --method $m --n 200 --score $n --device cpu --peak=false --json \
+      > "$out/bench-$m-$bb.json" 2> "$out/bench-$m-$bb.err"; tail -1 "$out/bench-$m-$bb.err"
+  done
+done

@@ -4,11 +4,13 @@
 # (--max-batch 1), for Resnet50_CBAM at 224 (d=550) and the shared MobileNetV2,
 # against a timed padim score on the same images. Every served score is checked
 # against padim score --json (1e-5 relative).
-#   bench/results/2026-11-26-serve/run.sh [WORK_DIR]   (from the repository root)
+#   bench/run-serve.sh [WORK_DIR]
+# Raw output in bench/results/<date>-serve/.
 # WORK_DIR (default /tmp/padim-serve-bench) holds the data and the 2 GB model.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-out=bench/results/2026-11-26-serve
+cd "$(dirname "$0")/.."
+out=bench/results/$(date -u +%Y-%m-%d)-serve
+mkdir -p "$out"
 work=${1:-/tmp/padim-serve-bench}
 mkdir -p "$work"
 make -s build

@@ -5,6 +5,7 @@
 #   bench/run-shipped.sh [DATA_DIR]
 # BEFORE=path/to/older/padim also times an older build on the same work.
 # Raw output (stdout, stderr with /usr/bin/time -v) in bench/results/<date>-shipped/.
+# The comparator needs PyTorch and torchvision (Debian: python3-torch python3-torchvision).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build
@@ -31,7 +32,7 @@ run train-auto-loo bin/padim -v train --backbone "$tmp/r50.onnx" --data "$data" 
 run bench-full   bin/padim -q bench --backbone "$tmp/r50.onnx" --data "$data" --n 200 --score 100 --dim 550 --gaussian full --device cpu --json
 run bench-auto   bin/padim -q bench --backbone "$tmp/r50.onnx" --data "$data" --n 200 --score 100 --dim 550 --device cpu --peak=false --json
 if [ -n "${BEFORE:-}" ]; then
-  run before-train "$BEFORE" -v train --backbone "$tmp/r50.onnx" --data "$data" --out "$tmp/before.padim" --holdout 0 --device cpu
+  run before-train "$BEFORE" train --backbone "$tmp/r50.onnx" --data "$data" --out "$tmp/before.padim" --holdout 0 --device cpu
   run before-score "$BEFORE" score --model "$tmp/before.padim" --maps none --device cpu "$test"
 fi
 run torch "$py" bench/torch_padim.py --weights "$tmp/r50.safetensors" --data "$data" --n 200 --score 101 --dim 550 --threads "$(nproc)" --json "$out/torch.json"
