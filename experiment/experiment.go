@@ -85,6 +85,7 @@ type Run struct {
 	ScoreSeconds  evaluate.Metric `json:"score_seconds_per_image"`
 	Form          string          `json:"form"`
 	TrainedImages int             `json:"trained_images"`
+	Channels      int             `json:"channels"` // kept: Dim, or every channel of the taps when they have fewer
 }
 
 // Execute runs every point Repeats times.
@@ -165,6 +166,7 @@ func runOnce(ctx context.Context, cfg Config, bb Backbone, ext detector.Extracto
 		Seed: seed, ImageAUROC: ev.ImageAUROC, PixelAUROC: ev.PixelAUROC, AUPRO: ev.AUPRO,
 		F1: ev.ImageF1, F1Calibrated: ev.ImageF1Calibrated, FitSeconds: evaluate.Metric(fit),
 		ScoreSeconds: evaluate.Metric(time.Since(t).Seconds() / float64(max(ev.NImages, 1))), Form: m.Gaussian.Form(), TrainedImages: m.NTrain,
+		Channels: len(m.Channels),
 	}, nil
 }
 
@@ -191,7 +193,7 @@ func summarise(runs []Run) (mean, std Run) {
 	for _, v := range get(&std) {
 		*v = evaluate.Metric(math.Sqrt(float64(*v)))
 	}
-	mean.Form, mean.TrainedImages = runs[0].Form, runs[0].TrainedImages
+	mean.Form, mean.TrainedImages, mean.Channels = runs[0].Form, runs[0].TrainedImages, runs[0].Channels
 	return
 }
 

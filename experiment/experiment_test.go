@@ -79,6 +79,9 @@ func TestExecuteReusesBackboneAndSummarises(t *testing.T) {
 	if len(rs) != 4 || len(rs[0].Runs) != 2 || rs[0].Runs[0].Seed == rs[0].Runs[1].Seed || !strings.Contains(rs[2].Note, "no layer4") {
 		t.Fatalf("results %+v", rs)
 	}
+	if rs[0].Mean.Channels != 4 || rs[1].Mean.Channels != 6 {
+		t.Fatalf("channels kept %d and %d, want 4 and 6", rs[0].Mean.Channels, rs[1].Mean.Channels)
+	}
 	for _, r := range []Result{rs[0], rs[1], rs[3]} {
 		a := float64(r.Mean.ImageAUROC)
 		if !(a >= 0 && a <= 1) || math.IsNaN(float64(r.Std.ImageAUROC)) {
@@ -88,6 +91,16 @@ func TestExecuteReusesBackboneAndSummarises(t *testing.T) {
 	var sb strings.Builder
 	Print(&sb, "layers", rs)
 	if !strings.Contains(sb.String(), "skipped") || !strings.Contains(sb.String(), "±") {
+		t.Fatalf("table:\n%s", sb.String())
+	}
+}
+
+// A point whose d exceeds the taps' channels says that all were kept.
+func TestPrintNotesAllChannelsKept(t *testing.T) {
+	r := Result{Point: Point{Label: "d=250", Backbone: "small", Dim: 250}, Runs: []Run{{Channels: 152}}, Mean: Run{Channels: 152}}
+	var sb strings.Builder
+	Print(&sb, "dim", []Result{r})
+	if !strings.Contains(sb.String(), "the taps have 152 channels, all kept") {
 		t.Fatalf("table:\n%s", sb.String())
 	}
 }

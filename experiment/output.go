@@ -44,7 +44,7 @@ func fmtMS(mean, std evaluate.Metric, repeats int) string {
 
 // Print writes the paper-shaped table.
 func Print(w io.Writer, sweep string, rs []Result) {
-	fmt.Fprintf(w, "%-16s %-16s %-15s %-15s %-15s %-15s %-15s %9s %11s %8s  %s\n", sweep, "backbone", "image AUROC", "pixel AUROC", "AUPRO", "F1 best", "F1 calibrated", "fit s", "score s/img", "form", "paper (img/pix/F1)")
+	fmt.Fprintf(w, "%-16s %-16s %-15s %-15s %-15s %-15s %-15s %9s %11s %8s %6s  %s\n", sweep, "backbone", "image AUROC", "pixel AUROC", "AUPRO", "F1 best", "F1 calibrated", "fit s", "score s/img", "form", "d", "paper (img/pix/F1)")
 	for _, r := range rs {
 		ref := ""
 		if p, ok := Paper[sweep][r.Label]; ok {
@@ -55,9 +55,18 @@ func Print(w io.Writer, sweep string, rs []Result) {
 			continue
 		}
 		n := len(r.Runs)
-		fmt.Fprintf(w, "%-16s %-16s %-15s %-15s %-15s %-15s %-15s %9.2f %11.3f %8s  %s\n", r.Label, r.Backbone,
+		d := "-"
+		if r.Mean.Channels > 0 {
+			d = strconv.Itoa(r.Mean.Channels)
+		}
+		fmt.Fprintf(w, "%-16s %-16s %-15s %-15s %-15s %-15s %-15s %9.2f %11.3f %8s %6s  %s\n", r.Label, r.Backbone,
 			fmtMS(r.Mean.ImageAUROC, r.Std.ImageAUROC, n), fmtMS(r.Mean.PixelAUROC, r.Std.PixelAUROC, n), fmtMS(r.Mean.AUPRO, r.Std.AUPRO, n),
-			fmtMS(r.Mean.F1, r.Std.F1, n), fmtMS(r.Mean.F1Calibrated, r.Std.F1Calibrated, n), float64(r.Mean.FitSeconds), float64(r.Mean.ScoreSeconds), r.Mean.Form, ref)
+			fmtMS(r.Mean.F1, r.Std.F1, n), fmtMS(r.Mean.F1Calibrated, r.Std.F1Calibrated, n), float64(r.Mean.FitSeconds), float64(r.Mean.ScoreSeconds), r.Mean.Form, d, ref)
+	}
+	for _, r := range rs {
+		if r.Note == "" && r.Dim > 0 && r.Mean.Channels > 0 && r.Mean.Channels < r.Dim {
+			fmt.Fprintf(w, "note: %s %s asks for d = %d; the taps have %d channels, all kept\n", r.Label, r.Backbone, r.Dim, r.Mean.Channels)
+		}
 	}
 }
 
@@ -65,12 +74,12 @@ func Print(w io.Writer, sweep string, rs []Result) {
 func WriteCSV(path, sweep string, rs []Result) error {
 	return atomicfile.Write(path, func(w io.Writer) error {
 		cw := csv.NewWriter(w)
-		cw.Write([]string{"sweep", "point", "backbone", "method", "dim", "n", "seed", "image_auroc", "pixel_auroc", "aupro", "image_f1", "image_f1_calibrated", "fit_seconds", "score_seconds_per_image", "form"})
+		cw.Write([]string{"sweep", "point", "backbone", "method", "dim", "n", "seed", "image_auroc", "pixel_auroc", "aupro", "image_f1", "image_f1_calibrated", "fit_seconds", "score_seconds_per_image", "form", "channels"})
 		f := func(v evaluate.Metric) string { return strconv.FormatFloat(float64(v), 'g', 6, 64) }
 		for _, r := range rs {
 			for _, x := range r.Runs {
 				cw.Write([]string{sweep, r.Label, r.Backbone, r.Method, strconv.Itoa(r.Dim), strconv.Itoa(x.TrainedImages), strconv.FormatUint(x.Seed, 10),
-					f(x.ImageAUROC), f(x.PixelAUROC), f(x.AUPRO), f(x.F1), f(x.F1Calibrated), f(x.FitSeconds), f(x.ScoreSeconds), x.Form})
+					f(x.ImageAUROC), f(x.PixelAUROC), f(x.AUPRO), f(x.F1), f(x.F1Calibrated), f(x.FitSeconds), f(x.ScoreSeconds), x.Form, strconv.Itoa(x.Channels)})
 			}
 		}
 		cw.Flush()
