@@ -98,7 +98,6 @@ var flagRanges = map[string][2]float64{
 	"train":         {0, 1 << 17},
 	"test-good":     {0, 1 << 17},
 	"test-defect":   {0, 1 << 17},
-	"false-alarms":  {0.0001, 0.5},
 	"repeats":       {1, 100},
 	"k":             {1, 100000},
 	"coreset":       {0.0001, 1},

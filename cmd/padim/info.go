@@ -63,7 +63,7 @@ func infoCommand() *cli.Command {
 				fmt.Printf("calibration      %d images, out-of-sample scores %v\n", cal.Images, cal.ImageScores)
 				fmt.Printf("held-out pixels  quantiles %v at %v\n", cal.PixelQuantiles, cal.PixelLevels)
 			} else {
-				fmt.Println("thresholds       none (trained with --holdout 0)")
+				fmt.Println("thresholds       none (trained with --calibrate none, or on one image)")
 			}
 			return nil
 		},

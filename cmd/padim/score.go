@@ -346,7 +346,7 @@ func scoreAction(c *cli.Context) error {
 	}
 	defer closeAll()
 	if sc.Thresholds() == nil {
-		notef(c, "note: %s has no calibrated thresholds (trained with --holdout 0): scores only; give --threshold for verdicts", c.String("model"))
+		notef(c, "note: %s has no calibrated thresholds (trained with --calibrate none, or on one image): scores only; give --threshold for verdicts", c.String("model"))
 	}
 	rg := heatRange(m)
 
