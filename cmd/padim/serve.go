@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,32 +49,12 @@ func serveCommand() *cli.Command {
 	}
 }
 
-// parseSize reads a byte count: 1048576, 512KiB, 32MiB, 1GiB (KB/MB/GB are taken as the same powers of two).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}} {
-		if v, ok := strings.CutSuffix(t, u.suffix); ok {
-			t, mult = strings.TrimSpace(v), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q is not a positive size", s)
-	}
-	return n * mult, nil
-}
-
 func serveAction(c *cli.Context) error {
 	o := serve.DefaultOptions()
 	o.MaxBatch, o.MaxDelay, o.Pipelines = c.Int("max-batch"), c.Duration("max-delay"), c.Int("pipelines")
 	o.Queue, o.Timeout, o.Snapshot = c.Int("queue"), c.Duration("timeout"), c.Bool("snapshot")
 	var err error
-	if o.MaxBody, err = parseSize(c.String("max-body")); err != nil || o.MaxBody > 1<<30 {
+	if o.MaxBody, err = parseBytes(c.String("max-body")); err != nil || o.MaxBody > 1<<30 {
 		return usageError("--max-body %s: want a size from 1 byte to 1GiB, like 32MiB", c.String("max-body"))
 	}
 	if o.MaxDelay < 0 || o.MaxDelay > 10*time.Second {
