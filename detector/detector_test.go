@@ -14,65 +14,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/fakebackbone"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/internal/refpadim"
 )
 
-// fakeBackbone is a small deterministic feature extractor: random 1×1 mixes of
-// the input channels, average-pooled by 4 and 8, through tanh.
-type fakeBackbone struct {
-	size int
-	w1   [][3]float32
-	w2   [][3]float32
-}
-
-func newFake(size int) *fakeBackbone {
-	r := rand.New(rand.NewPCG(9, 9))
-	f := &fakeBackbone{size: size}
-	for i := 0; i < 10; i++ {
-		f.w1 = append(f.w1, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
-	}
-	for i := 0; i < 6; i++ {
-		f.w2 = append(f.w2, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
-	}
-	return f
-}
-
-func (f *fakeBackbone) InputSize() int { return f.size }
-func (f *fakeBackbone) Taps() []embed.TapShape {
-	return []embed.TapShape{{Name: "layer1", C: len(f.w1), H: f.size / 4, W: f.size / 4}, {Name: "layer2", C: len(f.w2), H: f.size / 8, W: f.size / 8}}
-}
-func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
-	taps := f.Taps()
-	out := make([]embed.Tap, 2)
-	for ti, w := range [][][3]float32{f.w1, f.w2} {
-		sh := taps[ti]
-		t := embed.Tap{TapShape: sh, N: n, Data: make([]float32, n*sh.C*sh.H*sh.W)}
-		k := f.size / sh.H
-		for b := 0; b < n; b++ {
-			img := batch[b*3*f.size*f.size:]
-			for c := 0; c < sh.C; c++ {
-				for y := 0; y < sh.H; y++ {
-					for x := 0; x < sh.W; x++ {
-						var s float32
-						for yy := y * k; yy < (y+1)*k; yy++ {
-							for xx := x * k; xx < (x+1)*k; xx++ {
-								for ch := 0; ch < 3; ch++ {
-									s += w[c][ch] * img[ch*f.size*f.size+yy*f.size+xx]
-								}
-							}
-						}
-						t.Data[((b*sh.C+c)*sh.H+y)*sh.W+x] = float32(math.Tanh(float64(s) / float64(k*k)))
-					}
-				}
-			}
-		}
-		out[ti] = t
-	}
-	return out, nil
-}
+// newFake is the tests' backbone: detector/fakebackbone with seed 9.
+func newFake(size int) *fakebackbone.Backbone { return fakebackbone.New(size, 9) }
 
 // writeImages writes n textured images; defect=true paints a dark square.
 func writeImages(t testing.TB, dir string, n int, seed uint64, defect bool) []string {
@@ -238,7 +187,7 @@ func TestHoldoutCalibrationAndRoundTrip(t *testing.T) {
 	}
 	// a model of another backbone is refused by the scorer
 	other := newFake(32)
-	other.w1 = other.w1[:9]
+	other.W1 = other.W1[:9]
 	if _, err := m2.NewScorer(other, ScoreConfig{}); err == nil || !strings.Contains(err.Error(), "another backbone") {
 		t.Errorf("foreign backbone: %v", err)
 	}

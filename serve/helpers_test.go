@@ -25,6 +25,7 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/fakebackbone"
 	"github.com/padim/padim/detector/imageio"
 )
 
@@ -36,33 +37,17 @@ type fakeConfig struct {
 	loads  atomic.Int64
 }
 
-// fakeBackbone is a small deterministic feature extractor (random 1×1 mixes of
-// the input channels, average-pooled by 4 and 8, through tanh), each image
-// independent of the others in its batch. It panics on a "poison" image: one
-// whose first pixel is pure magenta.
+// fakeBackbone is detector/fakebackbone, steered by a fakeConfig. It panics on
+// a "poison" image: one whose first pixel is pure magenta.
 type fakeBackbone struct {
-	size   int
-	w1, w2 [][3]float32
-	cfg    *fakeConfig
+	*fakebackbone.Backbone
+	cfg *fakeConfig
 }
 
 const fakeSize = 32
 
 func newFake(cfg *fakeConfig, seed uint64) *fakeBackbone {
-	r := rand.New(rand.NewPCG(seed, 9))
-	f := &fakeBackbone{size: fakeSize, cfg: cfg}
-	for i := 0; i < 10; i++ {
-		f.w1 = append(f.w1, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
-	}
-	for i := 0; i < 6; i++ {
-		f.w2 = append(f.w2, [3]float32{float32(r.NormFloat64()), float32(r.NormFloat64()), float32(r.NormFloat64())})
-	}
-	return f
-}
-
-func (f *fakeBackbone) InputSize() int { return f.size }
-func (f *fakeBackbone) Taps() []embed.TapShape {
-	return []embed.TapShape{{Name: "layer1", C: len(f.w1), H: f.size / 4, W: f.size / 4}, {Name: "layer2", C: len(f.w2), H: f.size / 8, W: f.size / 8}}
+	return &fakeBackbone{fakebackbone.New(fakeSize, seed), cfg}
 }
 
 // poison's first normalised pixel: R high, G low (never so in the textures).
@@ -77,39 +62,13 @@ func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
 			time.Sleep(time.Duration(d))
 		}
 	}
-	per := 3 * f.size * f.size
+	per := 3 * f.Size * f.Size
 	for b := 0; b < n; b++ {
-		if isPoison(batch[b*per:], f.size) {
+		if isPoison(batch[b*per:], f.Size) {
 			panic("poison image")
 		}
 	}
-	taps := f.Taps()
-	out := make([]embed.Tap, 2)
-	for ti, w := range [][][3]float32{f.w1, f.w2} {
-		sh := taps[ti]
-		t := embed.Tap{TapShape: sh, N: n, Data: make([]float32, n*sh.C*sh.H*sh.W)}
-		k := f.size / sh.H
-		for b := 0; b < n; b++ {
-			img := batch[b*per:]
-			for c := 0; c < sh.C; c++ {
-				for y := 0; y < sh.H; y++ {
-					for x := 0; x < sh.W; x++ {
-						var s float32
-						for yy := y * k; yy < (y+1)*k; yy++ {
-							for xx := x * k; xx < (x+1)*k; xx++ {
-								for ch := 0; ch < 3; ch++ {
-									s += w[c][ch] * img[ch*f.size*f.size+yy*f.size+xx]
-								}
-							}
-						}
-						t.Data[((b*sh.C+c)*sh.H+y)*sh.W+x] = float32(math.Tanh(float64(s) / float64(k*k)))
-					}
-				}
-			}
-		}
-		out[ti] = t
-	}
-	return out, nil
+	return f.Backbone.Extract(batch, n)
 }
 
 // texture encodes a 48×48 wood-like PNG; defect paints a blue square.
