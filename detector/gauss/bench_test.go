@@ -105,3 +105,24 @@ func BenchmarkPeakSGEMM(b *testing.B) {
 		b.ReportMetric(gauss.PeakGFLOPS(1024, time.Second), "GFLOP/s")
 	}
 }
+
+// BenchmarkScoreLowRank scores a batch of 32 with the low-rank form at N=200,
+// D=550 on P=256 patches (2·n·P·N·D flops for the products Z = Y·Mᵀ).
+func BenchmarkScoreLowRank(b *testing.B) {
+	const p, d, nTrain, n = 256, 550, 200, 32
+	train := gausstest.Correlated(3, nTrain, p, d, 1, 1)
+	m, err := gauss.CPU{}.FactorizeLowRank(train, gauss.All(nTrain), p, d, 0.01)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sc, _ := gauss.CPU{}.NewLowRankScorer(m)
+	x := gausstest.Correlated(4, n, p, d, 1, 1)
+	dist := make([]float32, n*p)
+	for b.Loop() {
+		if err := sc.Score(x, n, dist); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(2*float64(n)*p*nTrain*d*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	b.ReportMetric(float64(n)*float64(b.N)*p/3136/b.Elapsed().Seconds(), "images/s@P=3136")
+}
