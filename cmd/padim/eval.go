@@ -86,10 +86,6 @@ func evalAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	every, err := flushEvery(c)
-	if err != nil {
-		return err
-	}
 	if sh != nil {
 		switch {
 		case c.String("out") == "":
@@ -129,7 +125,7 @@ func evalAction(c *cli.Context) error {
 	}
 	defer closeAll()
 	if sh != nil {
-		return evalShard(c, sh, every, sc, items, keys, start)
+		return evalShard(c, sh, sc, items, keys, start)
 	}
 	data := c.String("data")
 	if data == "" {
@@ -180,27 +176,13 @@ type evalRecord struct {
 // results: per image the evaluation's record, and its map and ground-truth
 // mask, exactly, in block files beside the results (padim collect computes
 // the whole set's metrics from them).
-func evalShard(c *cli.Context, sh *shard.Spec, every int, sc *detector.Scorer, items []dataset.Item, keys []string, start time.Time) error {
-	sum, err := fileSHA256(c.String("model"))
-	if err != nil {
-		return err
-	}
+func evalShard(c *cli.Context, sh *shard.Spec, sc *detector.Scorer, items []dataset.Item, keys []string, start time.Time) error {
 	th := sc.Thresholds()
-	id := shard.Identity{Command: "eval", ModelSHA256: sum, ListHash: shard.ListHash(keys), Total: len(items),
-		Settings: settingsHash("eval", th, c.Int("open-radius")), Extra: map[string]any{"thresholds": th}}
 	sel := sh.Select(keys)
-	res, note, err := shard.OpenResults(c.String("out"), *sh, id, shardKeys(keys, sel), c.Bool("restart"))
+	res, id, err := openShard(c, sh, shard.Identity{Command: "eval", ListHash: shard.ListHash(keys), Total: len(items),
+		Settings: settingsHash("eval", th, c.Int("open-radius")), Extra: map[string]any{"thresholds": th}}, keys, sel)
 	if err != nil {
-		if errors.Is(err, shard.ErrMismatch) {
-			return cli.Exit(err.Error(), exitUsage)
-		}
 		return err
-	}
-	res.FlushEvery = every
-	if note != "" && c.Bool("restart") {
-		fmt.Fprintln(os.Stderr, "padim:", note) // discarding work is said even with -q
-	} else if note != "" {
-		notef(c, "%s", note)
 	}
 	var todo []int // positions in items
 	for _, i := range sel {

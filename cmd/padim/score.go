@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"image"
 	"os"
@@ -284,10 +283,6 @@ func scoreAction(c *cli.Context) error {
 	if frame != "image" && frame != "network" {
 		return usageError("--map-frame %q: want image or network", frame)
 	}
-	every, err := flushEvery(c)
-	if err != nil {
-		return err
-	}
 	if sh != nil {
 		switch {
 		case c.String("out") == "":
@@ -352,24 +347,10 @@ func scoreAction(c *cli.Context) error {
 
 	// a shard: resume its results file, score what is not done
 	if sh != nil {
-		sum, err := fileSHA256(c.String("model"))
+		res, id, err := openShard(c, sh, shard.Identity{Command: "score", ListHash: shard.ListHash(keys), Total: len(all),
+			Settings: settingsHash("score", sc.Thresholds(), c.Int("open-radius"), maps, frame)}, keys, sel)
 		if err != nil {
 			return err
-		}
-		id := shard.Identity{Command: "score", ModelSHA256: sum, ListHash: shard.ListHash(keys), Total: len(all),
-			Settings: settingsHash("score", sc.Thresholds(), c.Int("open-radius"), maps, frame)}
-		res, note, err := shard.OpenResults(c.String("out"), *sh, id, shardKeys(keys, sel), c.Bool("restart"))
-		if err != nil {
-			if errors.Is(err, shard.ErrMismatch) {
-				return cli.Exit(err.Error(), exitUsage)
-			}
-			return err
-		}
-		res.FlushEvery = every
-		if note != "" && c.Bool("restart") {
-			fmt.Fprintln(os.Stderr, "padim:", note) // discarding work is said even with -q
-		} else if note != "" {
-			notef(c, "%s", note)
 		}
 		common := shard.Common{ModelSHA256: id.ModelSHA256, Settings: id.Settings}
 		var todo []target

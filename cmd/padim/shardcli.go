@@ -51,13 +51,30 @@ func shardSpec(c *cli.Context) (*shard.Spec, error) {
 	return &s, nil
 }
 
-// flushEvery reads --flush-every (range-checked here: it is this file's flag).
-func flushEvery(c *cli.Context) (int, error) {
-	v := c.Int("flush-every")
-	if v < 0 || v > 1<<20 {
-		return 0, usageError("--flush-every %d: want a value in [0, %d]", v, 1<<20)
+// openShard opens (or resumes) the shard's results file under --out. Its
+// identity is id with the model file's sha256: results from another model,
+// list or settings are a usage error, and what --restart discards is said even
+// with -q.
+func openShard(c *cli.Context, sh *shard.Spec, id shard.Identity, keys []string, sel []int) (*shard.Results, shard.Identity, error) {
+	sum, err := fileSHA256(c.String("model"))
+	if err != nil {
+		return nil, id, err
 	}
-	return v, nil
+	id.ModelSHA256 = sum
+	res, note, err := shard.OpenResults(c.String("out"), *sh, id, shardKeys(keys, sel), c.Bool("restart"))
+	if err != nil {
+		if errors.Is(err, shard.ErrMismatch) {
+			return nil, id, cli.Exit(err.Error(), exitUsage)
+		}
+		return nil, id, err
+	}
+	res.FlushEvery = c.Int("flush-every") // in range: checkFlags
+	if note != "" && c.Bool("restart") {
+		fmt.Fprintln(os.Stderr, "padim:", note)
+	} else if note != "" {
+		notef(c, "%s", note)
+	}
+	return res, id, nil
 }
 
 // fileSHA256 is the hex sha256 of a file's bytes.
