@@ -489,6 +489,57 @@ __device__ void trtri_tile(const typename T::V *l, typename T::V *x) {
   __syncthreads();
 }
 
+// chol_update subtracts Σ_{K<J} L_IK·L_JKᵀ from this thread's 4×4 share of tile (I, J)
+// in acc (tx, ty: the thread's column and row in the 8×8 grid): the update of a
+// left-looking Cholesky (k_factor, k_lr_chol); sA and sB stage the tiles. Every thread
+// of the block calls it.
+template <class T>
+__device__ __forceinline__ void chol_update(gptr<typename T::V> w, int I, int J, typename T::V *sA, typename T::V *sB,
+                                            typename T::Acc (&acc)[4][4], int tx, int ty) {
+  typedef typename T::V V;
+  for (int K = 0; K < J; K++) {
+    load_tile<T>(w, I, K, sA, false);
+    load_tile<T>(w, J, K, sB, false);
+    __syncthreads();
+    for (int k = 0; k < FT; k++) {
+      V av[4], bv[4];
+#pragma unroll
+      for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
+#pragma unroll
+      for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
+#pragma unroll
+      for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) T::sub(acc[a][b], av[a], bv[b]);
+    }
+    FLOPS(2 * 16 * FT);
+    __syncthreads();
+  }
+}
+
+// chol_offdiag writes an off-diagonal tile of L, A_IJ·X_JJᵀ with X_JJ = L_JJ⁻¹ in sX,
+// into t, from this thread's 4×4 share of A_IJ in acc (sA stages it). Every thread
+// of the block calls it.
+template <class T>
+__device__ __forceinline__ void chol_offdiag(typename T::Acc (&acc)[4][4], typename T::V *sA, const typename T::V *sX,
+                                             gptr<typename T::V> t, int tx, int ty) {
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) sA[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
+  __syncthreads();
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      const int r = ty + 8 * a, c = tx + 8 * b;
+      typename T::Acc s = T::acc(T::zero());
+      for (int k = 0; k <= c; k++) T::add(s, sA[r * FLD + k], sX[c * FLD + k]);
+      t[r * FT + c] = T::get(s);
+      FLOPS(2 * (c + 1));
+    }
+}
+
 // k_factor: one block per patch of a chunk. Σ = M2·inv + eps·I is read from the packed
 // float64 statistics as the left-looking Cholesky needs each tile, L overwrites nothing
 // but the workspace, then L⁻¹ replaces L tile by tile (bottom-up, in place), and each
@@ -535,24 +586,7 @@ __global__ void __launch_bounds__(FTHREADS)
           FP64OPS(2);
           acc[a][b] = T::acc(T::from_double(v));
         }
-      for (int K = 0; K < J; K++) {
-        load_tile<T>(w, I, K, sA, false);
-        load_tile<T>(w, J, K, sB, false);
-        __syncthreads();
-        for (int k = 0; k < FT; k++) {
-          V av[4], bv[4];
-#pragma unroll
-          for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
-#pragma unroll
-          for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
-#pragma unroll
-          for (int a = 0; a < 4; a++)
-#pragma unroll
-            for (int b = 0; b < 4; b++) T::sub(acc[a][b], av[a], bv[b]);
-        }
-        FLOPS(2 * 16 * FT);
-        __syncthreads();
-      }
+      chol_update<T>(w, I, J, sA, sB, acc, tx, ty);
       if (I == J) {
 #pragma unroll
         for (int a = 0; a < 4; a++)
@@ -564,23 +598,7 @@ __global__ void __launch_bounds__(FTHREADS)
         gptr<V> t = tile_at<T>(w, J, J);
         for (int e = tid; e < FT * FT; e += FTHREADS) t[e] = sD[(e / FT) * FLD + e % FT];
       } else {
-        // L_IJ = A_IJ · L_JJ⁻ᵀ = A_IJ · X_JJᵀ
-#pragma unroll
-        for (int a = 0; a < 4; a++)
-#pragma unroll
-          for (int b = 0; b < 4; b++) sA[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
-        __syncthreads();
-        gptr<V> t = tile_at<T>(w, I, J);
-#pragma unroll
-        for (int a = 0; a < 4; a++)
-#pragma unroll
-          for (int b = 0; b < 4; b++) {
-            const int r = ty + 8 * a, c = tx + 8 * b;
-            typename T::Acc s = T::acc(T::zero());
-            for (int k = 0; k <= c; k++) T::add(s, sA[r * FLD + k], sX[c * FLD + k]);
-            t[r * FT + c] = T::get(s);
-            FLOPS(2 * (c + 1));
-          }
+        chol_offdiag<T>(acc, sA, sX, tile_at<T>(w, I, J), tx, ty);  // L_IJ = A_IJ · L_JJ⁻ᵀ
       }
       __syncthreads();
     }
@@ -934,24 +952,7 @@ __global__ void __launch_bounds__(FTHREADS)
       for (int a = 0; a < 4; a++)
 #pragma unroll
         for (int b = 0; b < 4; b++) acc[a][b] = T::acc(t[(ty + 8 * a) * FT + tx + 8 * b]);
-      for (int K = 0; K < J; K++) {
-        load_tile<T>(w, I, K, sA, false);
-        load_tile<T>(w, J, K, sB, false);
-        __syncthreads();
-        for (int k = 0; k < FT; k++) {
-          V av[4], bv[4];
-#pragma unroll
-          for (int a = 0; a < 4; a++) av[a] = sA[(ty + 8 * a) * FLD + k];
-#pragma unroll
-          for (int b = 0; b < 4; b++) bv[b] = sB[(tx + 8 * b) * FLD + k];
-#pragma unroll
-          for (int a = 0; a < 4; a++)
-#pragma unroll
-            for (int b = 0; b < 4; b++) T::sub(acc[a][b], av[a], bv[b]);
-        }
-        FLOPS(2 * 16 * FT);
-        __syncthreads();
-      }
+      chol_update<T>(w, I, J, sA, sB, acc, tx, ty);
       if (I == J) {
 #pragma unroll
         for (int a = 0; a < 4; a++)
@@ -962,22 +963,7 @@ __global__ void __launch_bounds__(FTHREADS)
         trtri_tile<T>(sD, sX);
         for (int e = tid; e < FT * FT; e += FTHREADS) t[e] = sX[(e / FT) * FLD + e % FT];
       } else {
-        // L_IJ = K_IJ · L_JJ⁻ᵀ = K_IJ · X_JJᵀ
-#pragma unroll
-        for (int a = 0; a < 4; a++)
-#pragma unroll
-          for (int b = 0; b < 4; b++) sA[(ty + 8 * a) * FLD + tx + 8 * b] = T::get(acc[a][b]);
-        __syncthreads();
-#pragma unroll
-        for (int a = 0; a < 4; a++)
-#pragma unroll
-          for (int b = 0; b < 4; b++) {
-            const int r = ty + 8 * a, c = tx + 8 * b;
-            typename T::Acc s = T::acc(T::zero());
-            for (int k = 0; k <= c; k++) T::add(s, sA[r * FLD + k], sX[c * FLD + k]);
-            t[r * FT + c] = T::get(s);
-            FLOPS(2 * (c + 1));
-          }
+        chol_offdiag<T>(acc, sA, sX, t, tx, ty);  // L_IJ = K_IJ · L_JJ⁻ᵀ
       }
       __syncthreads();
     }
