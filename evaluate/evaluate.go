@@ -11,6 +11,7 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/metrics"
 	"github.com/padim/padim/detector/postproc"
 )
@@ -74,19 +75,11 @@ type Evaluation struct {
 // sees every result with its ground-truth mask (for pictures); a nil result
 // means the file was skipped.
 func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad bool, onImage func(*detector.Result, dataset.Item, []bool) error) (*Evaluation, error) {
-	ev := &Evaluation{}
-	th := sc.Thresholds()
+	var t Tally
 	paths := make([]string, len(items))
 	for i, it := range items {
 		paths[i] = it.Path
 	}
-	var (
-		scores []float32
-		labels []bool
-		maps   [][]float32
-		masks  [][]bool
-		w, h   int
-	)
 	pre := sc.Pipeline().Preprocess()
 	err := sc.Score(ctx, detector.FileInputs(paths), func(r *detector.Result) error {
 		it := items[r.Index]
@@ -94,27 +87,15 @@ func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad
 			if !skipBad {
 				return r.Err
 			}
-			ev.Skipped = append(ev.Skipped, Skipped{r.Name, r.Err.Error()})
+			t.Skip(Skipped{r.Name, r.Err.Error()})
 			if onImage != nil {
 				return onImage(nil, it, nil)
 			}
 			return nil
 		}
-		var mask []bool
-		if it.Defective {
-			m, err := dataset.LoadMask(it.MaskPath, pre, r.W, r.H)
-			if err != nil {
-				return err
-			}
-			if len(m) != r.W*r.H {
-				return errors.New("mask " + it.MaskPath + " does not match its image's size")
-			}
-			mask = m
-		} else {
-			mask = make([]bool, r.W*r.H)
-		}
-		if w == 0 {
-			w, h = r.W, r.H
+		mask, err := Mask(it, pre, r.W, r.H)
+		if err != nil {
+			return err
 		}
 		img := Image{Name: it.Name(), Path: it.Path, Type: it.Type, Score: r.Score, Boxes: r.Boxes}
 		if it.Defective {
@@ -124,13 +105,7 @@ func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad
 			d := r.Defect
 			img.Defect = &d
 		}
-		ev.PerImage = append(ev.PerImage, img)
-		scores = append(scores, r.Score)
-		labels = append(labels, it.Defective)
-		if r.W == w && r.H == h {
-			maps = append(maps, r.Map)
-			masks = append(masks, mask)
-		}
+		t.Add(img, r.Map, mask, r.W, r.H)
 		if onImage != nil {
 			return onImage(r, it, mask)
 		}
@@ -139,6 +114,58 @@ func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad
 	if err != nil {
 		return nil, err
 	}
+	return t.Finish(sc.Thresholds()), nil
+}
+
+// Mask is an item's ground truth on a w×h map: its mask file resized as the
+// image was, or all false for a good image.
+func Mask(it dataset.Item, pre imageio.Preprocess, w, h int) ([]bool, error) {
+	if !it.Defective {
+		return make([]bool, w*h), nil
+	}
+	m, err := dataset.LoadMask(it.MaskPath, pre, w, h)
+	if err != nil {
+		return nil, err
+	}
+	if len(m) != w*h {
+		return nil, errors.New("mask " + it.MaskPath + " does not match its image's size")
+	}
+	return m, nil
+}
+
+// Tally gathers the outcomes of a test set's images in input order and
+// computes its metrics: the one computation behind Run and the merge of a
+// sharded evaluation. The zero Tally is empty.
+type Tally struct {
+	ev     Evaluation
+	scores []float32
+	labels []bool
+	maps   [][]float32 // of the first image's size; others count at image level only
+	masks  [][]bool
+	w, h   int
+}
+
+// Skip records an image that could not be scored.
+func (t *Tally) Skip(s Skipped) { t.ev.Skipped = append(t.ev.Skipped, s) }
+
+// Add records a scored image with its w×h map and ground-truth mask.
+func (t *Tally) Add(img Image, m []float32, mask []bool, w, h int) {
+	if t.w == 0 {
+		t.w, t.h = w, h
+	}
+	t.ev.PerImage = append(t.ev.PerImage, img)
+	t.scores = append(t.scores, img.Score)
+	t.labels = append(t.labels, img.Label == 1)
+	if w == t.w && h == t.h {
+		t.maps = append(t.maps, m)
+		t.masks = append(t.masks, mask)
+	}
+}
+
+// Finish computes the metrics, with F1, TPR and FPR at th (nil: none, NaN).
+func (t *Tally) Finish(th *detector.Thresholds) *Evaluation {
+	ev := &t.ev
+	scores, labels, maps, masks := t.scores, t.labels, t.maps, t.masks
 	ev.NImages = len(scores)
 	for _, l := range labels {
 		if l {
@@ -155,7 +182,7 @@ func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad
 		plab = append(plab, masks[i]...)
 	}
 	ev.PixelAUROC, ev.PixelF1, ev.PixelROC = curveMetrics(pix, plab, 2000)
-	ap, _ := metrics.AUPRO(maps, masks, w, h, AUPROLimit)
+	ap, _ := metrics.AUPRO(maps, masks, t.w, t.h, AUPROLimit)
 	ev.AUPRO = Metric(ap)
 
 	ev.ImageF1Calibrated, ev.PixelF1Calibrated, ev.ImageTPR, ev.ImageFPR, ev.PixelTPR, ev.PixelFPR = nan, nan, nan, nan, nan, nan
@@ -167,7 +194,7 @@ func Run(ctx context.Context, sc *detector.Scorer, items []dataset.Item, skipBad
 		pc := metrics.At(pix, plab, th.Pixel)
 		ev.PixelF1Calibrated, ev.PixelTPR, ev.PixelFPR = Metric(pc.F1()), Metric(pc.TPR()), Metric(pc.FPR())
 	}
-	return ev, nil
+	return ev
 }
 
 // curveMetrics sweeps the scores once for AUROC, best F1 and the ROC curve

@@ -4,7 +4,6 @@ import (
 	"math"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/metrics"
 	"github.com/padim/padim/evaluate"
 )
 
@@ -18,76 +17,19 @@ type Outcome struct {
 }
 
 // Evaluate computes the metrics of a whole evaluation from its images' outcomes,
-// in input order, as evaluate.Run does on one machine: the same curves over the
-// same scores and pixels (maps of the first image's size), the same AUPRO, the
-// same counts at the thresholds th (nil: none).
+// in input order, with evaluate.Run's computation (evaluate.Tally): the same
+// curves over the same scores and pixels (maps of the first image's size), the
+// same AUPRO, the same counts at the thresholds th (nil: none).
 func Evaluate(outs []Outcome, th *detector.Thresholds) *evaluate.Evaluation {
-	ev := &evaluate.Evaluation{}
-	var (
-		scores []float32
-		labels []bool
-		maps   [][]float32
-		masks  [][]bool
-		w, h   int
-	)
+	var t evaluate.Tally
 	for _, o := range outs {
 		if o.Skipped != nil {
-			ev.Skipped = append(ev.Skipped, *o.Skipped)
+			t.Skip(*o.Skipped)
 			continue
 		}
-		if w == 0 {
-			w, h = o.W, o.H
-		}
-		ev.PerImage = append(ev.PerImage, o.Image)
-		scores = append(scores, o.Image.Score)
-		labels = append(labels, o.Image.Label == 1)
-		if o.W == w && o.H == h {
-			maps = append(maps, o.Map)
-			masks = append(masks, o.Mask)
-		}
+		t.Add(o.Image, o.Map, o.Mask, o.W, o.H)
 	}
-	ev.NImages = len(scores)
-	for _, l := range labels {
-		if l {
-			ev.NDefective++
-		}
-	}
-	nan := evaluate.Metric(math.NaN())
-	ev.ImageAUROC, ev.ImageF1 = curveMetrics(scores, labels)
-	var pix []float32
-	var plab []bool
-	for i := range maps {
-		pix = append(pix, maps[i]...)
-		plab = append(plab, masks[i]...)
-	}
-	ev.PixelAUROC, ev.PixelF1 = curveMetrics(pix, plab)
-	ap, _ := metrics.AUPRO(maps, masks, w, h, evaluate.AUPROLimit)
-	ev.AUPRO = evaluate.Metric(ap)
-	ev.ImageF1Calibrated, ev.PixelF1Calibrated, ev.ImageTPR, ev.ImageFPR, ev.PixelTPR, ev.PixelFPR = nan, nan, nan, nan, nan, nan
-	ev.ImageThreshold, ev.PixelThreshold = nan, nan
-	if th != nil {
-		ev.ImageThreshold, ev.PixelThreshold = evaluate.Metric(th.Image), evaluate.Metric(th.Pixel)
-		c := metrics.At(scores, labels, th.Image)
-		ev.ImageF1Calibrated, ev.ImageTPR, ev.ImageFPR = evaluate.Metric(c.F1()), evaluate.Metric(c.TPR()), evaluate.Metric(c.FPR())
-		pc := metrics.At(pix, plab, th.Pixel)
-		ev.PixelF1Calibrated, ev.PixelTPR, ev.PixelFPR = evaluate.Metric(pc.F1()), evaluate.Metric(pc.TPR()), evaluate.Metric(pc.FPR())
-	}
-	return ev
-}
-
-func curveMetrics(scores []float32, labels []bool) (auroc, f1 evaluate.Metric) {
-	auroc, f1 = evaluate.Metric(math.NaN()), evaluate.Metric(math.NaN())
-	c, err := metrics.NewCurve(scores, labels)
-	if err != nil {
-		return
-	}
-	if v, err := c.AUROC(); err == nil {
-		auroc = evaluate.Metric(v)
-	}
-	if v, _, err := c.BestF1(); err == nil {
-		f1 = evaluate.Metric(v)
-	}
-	return
+	return t.Finish(th)
 }
 
 // PackPixels is the exact pixel material of one evaluated image: its map

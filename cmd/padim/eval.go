@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -212,16 +211,9 @@ func evalShard(c *cli.Context, sh *shard.Spec, sc *detector.Scorer, items []data
 			notef(c, "unreadable: %s", rec.Error)
 			return res.Add(rec, true)
 		}
-		mask := make([]bool, r.W*r.H)
-		if it.Defective {
-			m, err := dataset.LoadMask(it.MaskPath, pre, r.W, r.H)
-			if err != nil {
-				return err
-			}
-			if len(m) != r.W*r.H {
-				return errors.New("mask " + it.MaskPath + " does not match its image's size")
-			}
-			mask = m
+		mask, err := evaluate.Mask(it, pre, r.W, r.H)
+		if err != nil {
+			return err
 		}
 		score := r.Score
 		rec.Score, rec.Boxes, rec.W, rec.H = &score, r.Boxes, r.W, r.H
