@@ -43,7 +43,7 @@ func calibrateAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOutputs(append(append([]string{c.String("manifest")}, c.Args().Slice()...), files...), []string{c.String("out")}); err != nil {
+	if err := checkOutputs(append(append([]string{c.String("manifest")}, c.Args().Slice()...), files...), []string{c.String("out")}, c.String("data")); err != nil {
 		return err
 	}
 	start := time.Now()

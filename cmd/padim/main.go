@@ -55,6 +55,9 @@ func main() {
 	go func() {
 		s := <-sigs
 		stoppedBy.Store(s)
+		// no output is replaced from now on (a rename in progress finishes
+		// first: then the run had finished its outputs and says so)
+		atomicfile.Stop()
 		cancel()
 		fmt.Fprintf(os.Stderr, "padim: %v: stopping (a second signal stops at once)\n", s)
 		<-sigs
@@ -67,6 +70,9 @@ func main() {
 
 // stoppedBy is the signal that cancelled the run, if any.
 var stoppedBy atomic.Value
+
+// commandName is the command being run.
+var commandName atomic.Value
 
 func signalCode(s os.Signal) int {
 	if s == syscall.SIGTERM {
@@ -81,11 +87,14 @@ func run(ctx context.Context, args []string) int {
 	atomicfile.RemoveTemps()
 	if err == nil {
 		// Finished, a signal notwithstanding (a server that drained, a
-		// command that completed as it came).
+		// command whose outputs were complete before the signal came).
+		if s, ok := stoppedBy.Load().(os.Signal); ok && commandName.Load() != "serve" {
+			fmt.Fprintf(os.Stderr, "padim: %v came after the run had finished its work: its outputs are complete\n", s)
+		}
 		return exitOK
 	}
 	if s, ok := stoppedBy.Load().(os.Signal); ok {
-		if !errors.Is(err, context.Canceled) {
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, atomicfile.ErrStopped) {
 			fmt.Fprintln(os.Stderr, "padim:", err)
 		}
 		fmt.Fprintf(os.Stderr, "padim: %v: stopped, nothing half-written left\n", s)
@@ -178,6 +187,7 @@ func setupCommand(cmd *cli.Command) {
 	}
 	if action := cmd.Action; action != nil {
 		cmd.Action = func(c *cli.Context) error {
+			commandName.Store(c.Command.Name)
 			for _, name := range required {
 				if !c.IsSet(name) {
 					return usageError("--%s is required (see padim %s --help)", name, c.Command.FullName())
