@@ -857,6 +857,17 @@ func TestHostileRoundTwo(t *testing.T) {
 				t.Errorf("message: %s", stderr)
 			}
 		}},
+		{name: "calibrating on images not in the statistics", prep: func(t *testing.T, d string) ([]string, runOpts) {
+			st := filepath.Join(d, "s.stats")
+			if _, errs, code, _ := runBin(t, nil, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--shard", "0/1", "--stats-out", st, "--dim", "20", "--device", "cpu"); code != 0 {
+				t.Fatal(errs)
+			}
+			return []string{"calibrate", "--device", "cpu", "--data", filepath.Join(fx.data, "test"), "--out", filepath.Join(d, "c.calib"), st}, runOpts{}
+		}, code: exitError, msg: "is not one of the images those statistics were fitted on", check: func(t *testing.T, d, _, stderr string, _ int64) {
+			if strings.Contains(stderr, "unsupported value") {
+				t.Errorf("message: %s", stderr)
+			}
+		}},
 		// Low: two trainings into one --out both said "wrote"
 		{name: "a training into an --out another run is writing", prep: func(t *testing.T, d string) ([]string, runOpts) {
 			out := filepath.Join(d, "m.padim")
