@@ -4,7 +4,8 @@
 // method lives in package detector.
 //
 // Exit codes: 0 ok; 1 error; 2 usage; 3 `score --fail-on-defect` found a defect;
-// 4 the run finished but some input files could not be read (they are reported).
+// 4 the run finished but some input files could not be read (they are reported);
+// 130/143 stopped by SIGINT/SIGTERM. A signal beats the rest, and 3 beats 4.
 package main
 
 import (
@@ -119,7 +120,7 @@ func newApp() *cli.App {
 		Name:  "padim",
 		Usage: "learn good product surfaces from a few images, find and locate defects (PaDiM)",
 		Description: "Train on good images, score new ones into anomaly maps, verdicts and defect boxes.\n" +
-			"Exit codes: 0 ok, 1 error, 2 usage, 3 defect found (score --fail-on-defect), 4 unreadable inputs skipped.",
+			"Exit codes: 0 ok, 1 error, 2 usage, 3 defect found (score --fail-on-defect; it outranks 4), 4 unreadable inputs skipped, 130/143 interrupted.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bars or notes on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print each pipeline stage's busy time on stderr (train, score, eval)"},
