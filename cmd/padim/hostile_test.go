@@ -935,9 +935,15 @@ func TestHostileRoundTwo(t *testing.T) {
 	}
 }
 
+// held is a process of the binary held at a stage by the test hook.
+type held struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it has exited
+}
+
 // startAt starts the binary held at a stage by the test hook (testWaitEnv)
 // and returns once it says it is there.
-func startAt(t *testing.T, stage string, args ...string) *exec.Cmd {
+func startAt(t *testing.T, stage string, args ...string) *held {
 	t.Helper()
 	cmd := exec.Command(fix.bin, args...)
 	cmd.Env = append(libEnv(), testWaitEnv+"="+stage)
@@ -964,19 +970,22 @@ func startAt(t *testing.T, stage string, args ...string) *exec.Cmd {
 	}()
 	guard := time.AfterFunc(hangGuard, func() { cmd.Process.Kill() })
 	t.Cleanup(func() { guard.Stop() })
-	go func() { cmd.Wait(); pw.Close() }()
+	h := &held{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); pw.Close(); close(h.done) }()
 	if !<-reached {
+		<-h.done
 		t.Fatalf("padim %s never reached %s (exit %v):\n%s", strings.Join(args, " "), stage, cmd.ProcessState, errb.String())
 	}
-	return cmd
+	return h
 }
 
-// exitOf waits for a started command and returns its exit code.
-func exitOf(cmd *exec.Cmd) int {
-	for cmd.ProcessState == nil {
-		time.Sleep(10 * time.Millisecond) // Wait runs in startAt's goroutine
-	}
-	return cmd.ProcessState.ExitCode()
+// signal sends sig to the held process.
+func (h *held) signal(sig os.Signal) { h.cmd.Process.Signal(sig) }
+
+// exit waits for the held process and returns its exit code.
+func (h *held) exit() int {
+	<-h.done
+	return h.cmd.ProcessState.ExitCode()
 }
 
 // 3. A signal at any phase of train (read and embed, cross-fit, hold-out
@@ -1014,9 +1023,9 @@ func TestSignalAtEveryPhaseOfTrain(t *testing.T) {
 					os.WriteFile(args[i], []byte("previous statistics"), 0o644)
 				}
 			}
-			cmd := startAt(t, c.stage, args...)
-			cmd.Process.Signal(c.sig)
-			code := exitOf(cmd)
+			h := startAt(t, c.stage, args...)
+			h.signal(c.sig)
+			code := h.exit()
 			now, _ := os.ReadFile(out)
 			if c.stage == "saved" {
 				if code != 0 || bytes.Equal(now, old) {
@@ -1076,13 +1085,14 @@ func TestShardLockTwoProcesses(t *testing.T) {
 	args := []string{"score", "--model", fx.mdl, "--device", "cpu", "--shard", "0/1", "--out", filepath.Join(dir, "r"), "--flush-every", "1", filepath.Join(fx.data, "test")}
 	first := startAt(t, "score:2", args...)
 	_, stderr, code, _ := runGuarded(t, runOpts{}, args...)
-	if want := fmt.Sprintf("shard 0/1 is already running (pid %d)", first.Process.Pid); code != exitError || !strings.Contains(stderr, want) {
+	pid := first.cmd.Process.Pid
+	if want := fmt.Sprintf("shard 0/1 is already running (pid %d)", pid); code != exitError || !strings.Contains(stderr, want) {
 		t.Fatalf("second process: exit %d, want %q:\n%s", code, want, stderr)
 	}
-	first.Process.Kill()
-	exitOf(first)
+	first.signal(os.Kill)
+	first.exit()
 	out, stderr, code, _ := runGuarded(t, runOpts{}, args...)
-	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("process %d, which is gone", first.Process.Pid)) || !strings.Contains(out, "1 done before") {
+	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("process %d, which is gone", pid)) || !strings.Contains(out, "1 done before") {
 		t.Fatalf("after the kill: exit %d\n%s%s", code, out, stderr)
 	}
 	if _, errs, code, _ := runGuarded(t, runOpts{}, "collect", filepath.Join(dir, "r")); code != 0 {
