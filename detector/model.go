@@ -23,6 +23,7 @@ import (
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/nn"
+	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/detector/safetensors"
 )
 
@@ -238,8 +239,8 @@ var ErrModel = errors.New("not a usable padim model")
 func Load(path string) (*Model, error) {
 	f, err := safetensors.Map(path, true)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
-			return nil, err
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, readfile.ErrNotRegular) {
+			return nil, err // not a model file at all (a folder, a FIFO): nothing to retrain
 		}
 		return nil, fmt.Errorf("%w: %w", ErrModel, err)
 	}

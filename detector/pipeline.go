@@ -3,9 +3,10 @@ package detector
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"image"
-	"os"
+	"math"
 	"runtime"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Extractor runs a backbone: a batch of n normalised images [n][3][S][S] in, one
@@ -402,6 +404,9 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 		if _, err := p.layout.Embed(taps, c.emb[off:off+nIn*P*D]); err != nil {
 			return err
 		}
+		if k := firstNonFinite(c.emb[off:off+nIn*P*D], P*D); k >= 0 {
+			return fmt.Errorf("%s: %w", c.refs[c.n-nIn+k].it.name, ErrNonFiniteFeatures)
+		}
 		p.Timings.Since("embed", t, nIn)
 		nIn = 0
 		return nil
@@ -484,6 +489,23 @@ func (p *Pipeline) embedLoop(ctx context.Context, s *stream, ordered chan chan *
 	return flush(true)
 }
 
+// ErrNonFiniteFeatures is wrapped by the error of a backbone that gave a NaN
+// or infinite feature: the backbone is broken, whatever the image (train and
+// score stop on it alike).
+var ErrNonFiniteFeatures = errors.New("the backbone produced a non-finite feature (NaN or Inf): the backbone is broken (NaN weights, or an export that overflows), not the image")
+
+// firstNonFinite is the first sample (of n values each) of v holding a NaN
+// or an infinity, or -1.
+func firstNonFinite(v []float32, n int) int {
+	const exp = 0x7f800000 // all exponent bits set: Inf or NaN
+	for i, x := range v {
+		if math.Float32bits(x)&exp == exp {
+			return i / n
+		}
+	}
+	return -1
+}
+
 // header reads an input's image size without decoding it.
 func (p *Pipeline) header(in Input) (imageio.Header, error) {
 	switch {
@@ -496,7 +518,7 @@ func (p *Pipeline) header(in Input) (imageio.Header, error) {
 		}
 		return h, nil
 	}
-	f, err := os.Open(in.Name)
+	f, err := readfile.Open(in.Name) // a FIFO or a folder is refused, not waited on
 	if err != nil {
 		return imageio.Header{}, err
 	}
@@ -563,6 +585,8 @@ func (p *Pipeline) decode(in Input, it *item) {
 		it.w, it.h = it.view.W, it.view.H
 		if s, f := p.pre.InputSize(), it.frame; p.pre.Tile == 0 && f.ImageW*SmallImageFactor < s && f.ImageH*SmallImageFactor < s {
 			it.warning = fmt.Sprintf("the image is %dx%d, much smaller than the %d² network input: its map is mostly interpolation and its score means little", f.ImageW, f.ImageH, s)
+		} else if p.pre.Tile == 0 && (f.ImageW*SmallImageFactor < s || f.ImageH*SmallImageFactor < s) {
+			it.warning = fmt.Sprintf("the image is %dx%d: one side is much smaller than the %d² network input, so it is stretched more than %d× along it: its map is mostly interpolation there and its score means little", f.ImageW, f.ImageH, s, SmallImageFactor)
 		}
 	}
 	it.err = err

@@ -5,13 +5,17 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/padim/padim/detector/embed"
 )
 
 // scoreAll scores inputs and returns the results in emission order.
@@ -221,5 +225,45 @@ func TestMemoryBudgetSmallerThanAnImage(t *testing.T) {
 	}
 	if fr := a[1].Frame; fr.ImageW != 1500 || fr.ImageH != 1200 || fr.W != 32 || fr.ScaleX != 1500.0/32 {
 		t.Fatalf("frame %+v", fr)
+	}
+}
+
+// nanBackbone is the fake backbone with a NaN in one image's features.
+type nanBackbone struct {
+	Extractor
+	calls int
+	at    int // the call whose first feature is NaN
+}
+
+func (b *nanBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
+	taps, err := b.Extractor.Extract(batch, n)
+	b.calls++
+	if err == nil && b.calls == b.at {
+		for i := range taps {
+			taps[i].Data[0] = float32(math.NaN())
+		}
+	}
+	return taps, err
+}
+
+// A backbone that gives NaN features is named as the cause, at scoring as at
+// training (scoring used to give NaN scores, and only train said why), and
+// whatever image it happened on.
+func TestNonFiniteFeaturesStopScoring(t *testing.T) {
+	dir := t.TempDir()
+	train := writeImages(t, filepath.Join(dir, "train"), 8, 31, false)
+	m := trainSmall(t, func(c *TrainConfig) { c.Calibration = CalibrateNone }, train)
+	sc, err := m.NewScorer(&nanBackbone{Extractor: newFake(32), at: 2}, ScoreConfig{Pipeline: PipelineOptions{Batch: 1, Workers: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	err = sc.Score(ctx, FileInputs(train[:4]), func(*Result) error { return nil })
+	if !errors.Is(err, ErrNonFiniteFeatures) || !strings.Contains(err.Error(), filepath.Base(train[1])) || !strings.Contains(err.Error(), "backbone is broken") {
+		t.Fatalf("NaN features at scoring: %v", err)
+	}
+	_, _, err = Train(ctx, &nanBackbone{Extractor: newFake(32), at: 1}, train, TrainConfig{Preprocess: testPreprocess(), Dim: 12, Seed: 3, Eps: 0.01, Sigma: 4, Calibration: CalibrateNone, Pipeline: PipelineOptions{Batch: 1}})
+	if !errors.Is(err, ErrNonFiniteFeatures) {
+		t.Fatalf("NaN features at training: %v", err)
 	}
 }

@@ -166,7 +166,14 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		return nil, nil, err
 	}
 	if cfg.Method != MethodPaDiM {
-		return trainNN(ctx, ext, files, cfg)
+		m, rep, err := trainNN(ctx, ext, files, cfg)
+		if err == nil {
+			err = ctx.Err() // stopped during its last phase
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, rep, nil
 	}
 	taps := ext.Taps()
 	total := embed.TotalChannels(taps)
@@ -215,6 +222,11 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		return nil, nil, err
 	}
 	rep.Trained, rep.Skipped = frep.Files, append(rep.Skipped, frep.Skipped...)
+	// every phase below checks for cancellation before it starts (and the
+	// long ones inside), so that a signal at any moment stops the training
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	if f.n == 0 {
 		if len(rep.Skipped) > 0 {
 			return nil, nil, fmt.Errorf("no readable training image: %d could not be used, the first for this reason: %w", len(rep.Skipped), rep.Skipped[0])
@@ -227,6 +239,9 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		return nil, nil, fmt.Errorf("the backbone's features do not change across the %d training images: it cannot tell images apart (a broken or foreign backbone?)", f.n)
 	}
 	set := ScoreSettings{Backend: cfg.Backend, Sigma: cfg.Sigma}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 
 	// 2. Thresholds from out-of-sample scores.
 	var calib *Calibration
@@ -257,12 +272,21 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 	}
 
 	// 3. The final model on every usable image.
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	if cfg.Progress != nil {
 		cfg.Progress("factorize", 0, 1)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
 	}
 	t := time.Now()
 	g, err := f.model()
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
 	p.Timings.Since("factorize", t, 1)
@@ -296,6 +320,9 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		if rep.Shard, err = f.shard(); err != nil {
 			return nil, nil, err
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
 	}
 	return m, rep, nil
 }
@@ -589,7 +616,7 @@ func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set Score
 	P, D := f.p.Layout().P(), f.p.Layout().D()
 	oneEach := f.n == nf // one sample per image: no tiles
 	if oneEach && f.eps > 0 && f.store.inMemory() && gauss.LeaveOneOutCost(f.n, P, D) <= LeaveOneOutMaxFlops {
-		return f.leaveOneOut(set, rule, progress)
+		return f.leaveOneOut(ctx, set, rule, progress)
 	}
 	k := min(folds, nf)
 	fold := make([]int, nf)
@@ -659,6 +686,9 @@ func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set Score
 			if progress != nil {
 				progress("crossfit", done, nf)
 			}
+			if err := ctx.Err(); err != nil {
+				return nil, 0, err
+			}
 		}
 	}
 	c, err := CalibrateScores(imgScores, pixels, rule)
@@ -671,7 +701,7 @@ func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set Score
 
 // leaveOneOut scores every image with the model of all the others (in closed
 // form, exact) and derives thresholds from those scores.
-func (f *fitter) leaveOneOut(set ScoreSettings, rule Rule, progress Progress) (*Calibration, int, error) {
+func (f *fitter) leaveOneOut(ctx context.Context, set ScoreSettings, rule Rule, progress Progress) (*Calibration, int, error) {
 	P, D := f.p.Layout().P(), f.p.Layout().D()
 	var loo gauss.LeaveOneOuter = gauss.CPU{}
 	if l, ok := f.b.(gauss.LeaveOneOuter); ok {
@@ -679,6 +709,9 @@ func (f *fitter) leaveOneOut(set ScoreSettings, rule Rule, progress Progress) (*
 	}
 	dist := make([]float32, f.n*P)
 	if err := loo.LeaveOneOut(f.store.all(), gauss.All(f.n), P, D, f.eps, dist); err != nil {
+		return nil, 0, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
 	maps, err := mapMaker(f.p, set.Sigma)
@@ -702,6 +735,9 @@ func (f *fitter) leaveOneOut(set ScoreSettings, rule Rule, progress Progress) (*
 		}
 		if progress != nil {
 			progress("crossfit", i+1, len(f.files))
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
 		}
 	}
 	c, err := CalibrateScores(imgScores, pixels, rule)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Thresholds of a sharded fit.
@@ -358,7 +358,7 @@ func WriteCalib(path string, h CalibHeader, recs []CalibRecord) error {
 
 // IsCalib reports whether a file is a calibration shard file.
 func IsCalib(path string) bool {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path) // a FIFO is refused, not waited on
 	if err != nil {
 		return false
 	}
@@ -370,7 +370,7 @@ func IsCalib(path string) bool {
 
 // ReadCalib reads a calibration shard file.
 func ReadCalib(path string) (*CalibHeader, []CalibRecord, error) {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path) // a FIFO is refused, not waited on
 	if err != nil {
 		return nil, nil, err
 	}

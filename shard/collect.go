@@ -1,8 +1,6 @@
 package shard
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +11,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Record is one result record read back by Collect.
@@ -98,7 +98,7 @@ func Collect(dir string) (*Collected, error) {
 	seenIdx := map[int]string{}
 	for i := 0; i < c.Count; i++ {
 		spec := Spec{Index: i, Count: c.Count}
-		b, err := os.ReadFile(MarkerPath(dir, spec))
+		b, err := readfile.ReadFile(MarkerPath(dir, spec))
 		if err != nil {
 			return nil, err
 		}
@@ -160,26 +160,28 @@ func Collect(dir string) (*Collected, error) {
 	return c, nil
 }
 
+// readRecords reads a shard's records, each checked against its checksum:
+// a record changed by hand (a forged score) or a file cut short is refused.
 func readRecords(path string) ([]Record, error) {
-	b, err := os.ReadFile(path)
+	b, err := readfile.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	var recs []Record
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 256<<20)
-	n := 0
-	for sc.Scan() {
-		n++
+	err = checkLines(path, b, func(n int, l []byte) error {
 		var r Record
-		line := slices.Clone(sc.Bytes())
+		line := slices.Clone(l)
 		if err := json.Unmarshal(line, &r); err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", path, n, err)
+			return fmt.Errorf("%w: %s line %d: %v", ErrDamaged, path, n, err)
 		}
 		r.Line = line
 		recs = append(recs, r)
+		return nil
+	})
+	if errors.Is(err, ErrDamaged) {
+		err = fmt.Errorf("%w; rerun that shard with --restart", err)
 	}
-	return recs, sc.Err()
+	return recs, err
 }
 
 // Outputs are the files collect writes into the results folder.

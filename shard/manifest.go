@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 	"strings"
+
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Entry is one input of a manifest.
@@ -27,14 +30,23 @@ type manifestLine struct {
 	Type  string          `json:"type"`
 }
 
+// MaxManifestLine bounds one line of a manifest (a path, or a JSON object).
+const MaxManifestLine = 16 << 20
+
 // ReadManifest reads an explicit input list: one path a line, or JSON lines
 // with "path" and optional "label" (0/1, false/true, "good"/"defect"),
-// "mask" and "type". Blank lines are skipped. A path listed twice is an error.
+// "mask" and "type". Blank lines are skipped. A path listed twice is an
+// error, and so is a line that is not one JSON object with known keys, each
+// once (two objects on a line, a key given twice), or longer than
+// MaxManifestLine: each names the file and the line, and stops the run
+// before any work (a list read differently on two machines would split
+// differently).
 func ReadManifest(path string) ([]Entry, error) {
-	b, err := os.ReadFile(path)
+	f, err := readfile.Open(path) // a FIFO is refused, not waited on
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
 	base := filepath.Dir(path)
 	resolve := func(p string) string {
 		if filepath.IsAbs(p) {
@@ -44,26 +56,37 @@ func ReadManifest(path string) ([]Entry, error) {
 	}
 	var out []Entry
 	seen := map[string]int{}
-	isJSON := bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n\ufeff"), []byte("{"))
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := strings.TrimSuffix(sc.Text(), "\r")
+	br := bufio.NewReaderSize(f, 64<<10)
+	isJSON, decided := false, false
+	for line := 1; ; line++ {
+		b, long, err := ReadLine(br, MaxManifestLine)
+		if long > 0 {
+			return nil, fmt.Errorf("%s:%d: the line is %d bytes, longer than the %d MiB a manifest line may have (one input a line: a path, or a JSON object)", path, line, long, MaxManifestLine>>20)
+		}
+		if err != nil && err != io.EOF {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if err == io.EOF && len(b) == 0 {
+			break
+		}
+		text := strings.TrimSuffix(string(b), "\r")
 		if line == 1 {
 			text = strings.TrimPrefix(text, "\ufeff")
 		}
 		if strings.TrimSpace(text) == "" {
+			if err == io.EOF {
+				break
+			}
 			continue
+		}
+		if !decided {
+			isJSON, decided = strings.HasPrefix(strings.TrimLeft(text, " \t"), "{"), true
 		}
 		var e Entry
 		if isJSON {
 			var ml manifestLine
-			dec := json.NewDecoder(strings.NewReader(text))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&ml); err != nil {
-				return nil, fmt.Errorf("%s:%d: %v (want {\"path\": ..., \"label\": 0|1, \"mask\": ..., \"type\": ...})", path, line, err)
+			if err := DecodeLine([]byte(text), &ml); err != nil {
+				return nil, fmt.Errorf("%s:%d: %v (want one object a line: {\"path\": ..., \"label\": 0|1, \"mask\": ..., \"type\": ...})", path, line, err)
 			}
 			if ml.Path == nil || *ml.Path == "" {
 				return nil, fmt.Errorf("%s:%d: no \"path\"", path, line)
@@ -90,14 +113,148 @@ func ReadManifest(path string) ([]Entry, error) {
 		}
 		seen[e.Key] = line
 		out = append(out, e)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		if err == io.EOF {
+			break
+		}
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s lists no inputs", path)
 	}
 	return out, nil
+}
+
+// ReadLine reads one line (without its newline) of at most max bytes. A
+// longer line is read to its end and dropped: long is then its length and b
+// nil, so that a caller can report it and go on with the next line. err is
+// io.EOF with the last line (which may be empty).
+func ReadLine(br *bufio.Reader, max int) (b []byte, long int64, err error) {
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if long > 0 {
+			long += int64(len(chunk))
+		} else if len(b)+len(chunk) > max+1 || len(b)+len(chunk) == max+1 && chunk[len(chunk)-1] != '\n' {
+			long = int64(len(b) + len(chunk))
+			b = nil
+		} else {
+			b = append(b, chunk...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if long > 0 {
+			if err == nil {
+				long-- // the newline
+			}
+			return nil, long, err
+		}
+		if n := len(b); n > 0 && b[n-1] == '\n' {
+			b = b[:n-1]
+		}
+		return b, 0, err
+	}
+}
+
+// DecodeLine decodes one line holding one JSON object into v, strictly: a
+// field v does not have, a key given twice, or anything after the object
+// (a second object: a missing newline) is an error, each saying which.
+func DecodeLine(line []byte, v any) error {
+	if !json.Valid(line) {
+		dec := json.NewDecoder(bytes.NewReader(line))
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return fmt.Errorf("not a JSON object: %v", err)
+		}
+		return errors.New("more than one JSON value on the line (a missing newline between two objects?)")
+	}
+	if k, dup := duplicateKey(line); dup {
+		return fmt.Errorf("the key %q is given twice", k)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// duplicateKey returns a key that a valid JSON object gives twice at its top
+// level (false when none does, or the value is no object). It skips values
+// without decoding them, so that a large one costs no copy.
+func duplicateKey(b []byte) (string, bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for i++; ; {
+		i = skipSpace(b, i)
+		if i >= len(b) || b[i] == '}' {
+			return "", false
+		}
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+		end := skipString(b, i)
+		raw := b[i:end]
+		key := string(raw[1 : len(raw)-1])
+		if bytes.IndexByte(raw, '\\') >= 0 {
+			json.Unmarshal(raw, &key)
+		}
+		if seen[key] {
+			return key, true
+		}
+		seen[key] = true
+		i = skipSpace(b, end)
+		i = skipValue(b, skipSpace(b, i+1)) // past the colon
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string starting at b[i] (a quote).
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// skipValue returns the index after the (valid) JSON value starting at b[i].
+func skipValue(b []byte, i int) int {
+	if i >= len(b) {
+		return i
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
+		i++
+	}
+	return i
 }
 
 func parseLabel(raw json.RawMessage) (int, error) {

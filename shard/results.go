@@ -1,8 +1,9 @@
 package shard
 
 import (
-	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Common are the fields every per-shard result record starts with.
@@ -91,6 +93,7 @@ type Results struct {
 	blob      []byte
 	seq       int // next block number
 	lastFlush time.Time
+	lock      *atomicfile.Lock
 }
 
 // ResultsPath is a shard's result file in dir.
@@ -109,24 +112,112 @@ func blockDir(s Spec) string { return "maps-" + s.Name() }
 // model, other settings or another input list into a shard's file.
 var ErrMismatch = errors.New("the results on file are of another run")
 
+// ErrDamaged is wrapped by the refusal of a results file that is not as
+// padim wrote it: cut short, or a record changed (its checksum fails).
+var ErrDamaged = errors.New("the results file is damaged")
+
+// ErrRunning is wrapped by OpenResults' refusal of a shard that another
+// process is running now (it holds the shard's lock).
+var ErrRunning = errors.New("the shard is already running")
+
+// checkField ends every record: a checksum of the record without it (the
+// first 16 bytes of its SHA-256, hex), so that a record changed after padim
+// wrote it is caught on resume and by collect.
+const checkField = `,"check":"`
+
+// seal appends the checksum field to a marshalled record (a JSON object).
+func seal(b []byte) []byte {
+	sum := sha256.Sum256(b)
+	out := make([]byte, 0, len(b)+len(checkField)+34)
+	out = append(out, b[:len(b)-1]...)
+	out = append(out, checkField...)
+	out = append(out, hex.EncodeToString(sum[:16])...)
+	return append(out, '"', '}')
+}
+
+// unseal checks a record's checksum field.
+func unseal(line []byte) error {
+	n := len(checkField) + 32 + 2
+	if len(line) < n+2 || !bytes.Equal(line[len(line)-n:len(line)-34], []byte(checkField)) || !bytes.HasSuffix(line, []byte(`"}`)) {
+		return errors.New("it has no checksum (written by an older padim, or by hand)")
+	}
+	body := append(slices.Clone(line[:len(line)-n]), '}')
+	sum := sha256.Sum256(body)
+	if hex.EncodeToString(sum[:16]) != string(line[len(line)-34:len(line)-2]) {
+		return errors.New("it was changed after padim wrote it (its checksum does not match)")
+	}
+	return nil
+}
+
+// checkLines checks the records of a results file (b, its bytes): each line
+// a record with a valid checksum. A last line without its newline that
+// fails is the file cut short.
+func checkLines(path string, b []byte, fn func(n int, line []byte) error) error {
+	n := 0
+	for len(b) > 0 {
+		n++
+		i := bytes.IndexByte(b, '\n')
+		line := b
+		if i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if err := unseal(line); err != nil {
+			if i < 0 {
+				return fmt.Errorf("%w: %s is cut short in line %d (truncated: a full disk, or a copy that stopped early)", ErrDamaged, path, n)
+			}
+			return fmt.Errorf("%w: %s line %d: %v", ErrDamaged, path, n, err)
+		}
+		if err := fn(n, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // OpenResults opens a shard's result file in dir for this run: keys maps
 // each input of the shard to its index in the whole list. Records of a
 // previous run are kept when they match the identity and the inputs (records
 // of unreadable inputs are dropped, to be tried again); a mismatch is
 // refused (ErrMismatch). With restart the shard's old results are removed
 // first. note says what was found.
-func OpenResults(dir string, spec Spec, id Identity, keys map[string]int, restart bool) (*Results, string, error) {
+func OpenResults(dir string, spec Spec, id Identity, keys map[string]int, restart bool) (res *Results, note string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", err
 	}
 	r := &Results{Path: ResultsPath(dir, spec), dir: dir, spec: spec, id: id, done: map[string]bool{}, lastFlush: time.Now()}
-	// a rerun is not complete until it says so
-	if err := os.Remove(MarkerPath(dir, spec)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// one process per shard: a second would interleave its records with
+	// the first's (the system releases a killed holder's lock)
+	lock, stale, err := atomicfile.Acquire(r.Path)
+	if err != nil {
+		var he *atomicfile.HeldError
+		if errors.As(err, &he) {
+			pid := ""
+			if he.PID > 0 {
+				pid = fmt.Sprintf(" (pid %d)", he.PID)
+			}
+			return nil, "", fmt.Errorf("%w: shard %s is already running%s: %s is locked by it; wait for it to finish, or stop it first", ErrRunning, spec, pid, r.Path)
+		}
 		return nil, "", err
 	}
+	r.lock = lock
+	defer func() {
+		if err != nil {
+			lock.Release()
+		}
+	}()
+	var lockNote string
+	if stale > 0 {
+		lockNote = fmt.Sprintf("shard %s was last run by process %d, which is gone (killed?): its lock is taken over", spec, stale)
+	}
+	defer func() {
+		if lockNote != "" {
+			note = strings.TrimPrefix(note+"; "+lockNote, "; ")
+		}
+	}()
 	var kept []loaded
 	var dropped int
-	var note string
 	if restart {
 		// start over: this shard's previous results and pixel blocks go
 		if _, err := os.Stat(r.Path); err == nil {
@@ -143,6 +234,11 @@ func OpenResults(dir string, spec Spec, id Identity, keys map[string]int, restar
 		if kept, dropped, note, err = r.load(keys); err != nil {
 			return nil, "", err
 		}
+	}
+	// a rerun is not complete until it says so (a refused one leaves the
+	// marker: nothing changed)
+	if err := os.Remove(MarkerPath(dir, spec)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, "", err
 	}
 	r.done = map[string]bool{}
 	refs := map[string]bool{}
@@ -182,9 +278,15 @@ type loaded struct {
 	line  []byte
 }
 
+// Close releases the shard's lock (a process's exit does too).
+func (r *Results) Close() {
+	r.lock.Release()
+	r.lock = nil
+}
+
 // load reads the records of a previous run.
 func (r *Results) load(keys map[string]int) (kept []loaded, dropped int, note string, err error) {
-	b, err := os.ReadFile(r.Path)
+	b, err := readfile.ReadFile(r.Path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, 0, "", nil
 	}
@@ -192,40 +294,40 @@ func (r *Results) load(keys map[string]int) (kept []loaded, dropped int, note st
 		return nil, 0, "", err
 	}
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 256<<20)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := slices.Clone(sc.Bytes())
+	err = checkLines(r.Path, b, func(n int, l []byte) error {
+		line := slices.Clone(l)
 		var rec loaded
 		if err := json.Unmarshal(line, &rec); err != nil {
-			return nil, 0, "", fmt.Errorf("%w: %s line %d is not a result record (%v); remove the file or give --restart", ErrMismatch, r.Path, n, err)
+			return fmt.Errorf("%w: %s line %d is not a result record (%v)", ErrDamaged, r.Path, n, err)
 		}
 		switch idx, ok := keys[rec.Key]; {
 		case rec.ModelSHA256 != r.id.ModelSHA256:
-			return nil, 0, "", fmt.Errorf("%w: %s holds results of the model with sha256 %.12s…, this run's model is %.12s…; give another --out, or --restart to score this shard again", ErrMismatch, r.Path, rec.ModelSHA256, r.id.ModelSHA256)
+			return fmt.Errorf("%w: %s holds results of the model with sha256 %.12s…, this run's model is %.12s…; give another --out, or --restart to score this shard again", ErrMismatch, r.Path, rec.ModelSHA256, r.id.ModelSHA256)
 		case rec.Settings != r.id.Settings:
-			return nil, 0, "", fmt.Errorf("%w: %s holds results scored with other settings (thresholds, opening or maps: %s, now %s); give another --out, or --restart", ErrMismatch, r.Path, rec.Settings, r.id.Settings)
+			return fmt.Errorf("%w: %s holds results scored with other settings (thresholds, opening or maps: %s, now %s); give another --out, or --restart", ErrMismatch, r.Path, rec.Settings, r.id.Settings)
 		case !ok || idx != rec.Index:
-			return nil, 0, "", fmt.Errorf("%w: %s holds %s at position %d, which this run's input list does not have there (the inputs changed); give another --out, or --restart", ErrMismatch, r.Path, rec.Key, rec.Index)
+			return fmt.Errorf("%w: %s holds %s at position %d, which this run's input list does not have there (the inputs changed); give another --out, or --restart", ErrMismatch, r.Path, rec.Key, rec.Index)
 		case seen[rec.Key]:
-			return nil, 0, "", fmt.Errorf("%w: %s holds %s twice; give --restart", ErrMismatch, r.Path, rec.Key)
+			return fmt.Errorf("%w: %s holds %s twice", ErrDamaged, r.Path, rec.Key)
 		}
 		seen[rec.Key] = true
 		if rec.Error != "" {
 			dropped++
-			continue
+			return nil
 		}
 		if rec.Pixels != nil && !r.blobOK(rec.Pixels) {
 			dropped++ // its pixel block is gone or damaged: score it again
-			continue
+			return nil
 		}
 		rec.line = line
 		kept = append(kept, rec)
+		return nil
+	})
+	if errors.Is(err, ErrDamaged) {
+		return nil, 0, "", fmt.Errorf("%w; give --restart to score the shard again (its good records cannot be told from the rest)", err)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, 0, "", fmt.Errorf("%s: %w", r.Path, err)
+	if err != nil {
+		return nil, 0, "", err
 	}
 	note = fmt.Sprintf("resuming %s: %d of the shard's %d inputs already done", r.Path, len(kept), len(keys))
 	if dropped > 0 {
@@ -309,7 +411,7 @@ func (r *Results) Add(rec any, failed bool) error {
 	if err != nil {
 		return err
 	}
-	r.pending = append(r.pending, b)
+	r.pending = append(r.pending, seal(b))
 	if failed {
 		r.errs++
 	}
@@ -336,12 +438,13 @@ func (r *Results) Flush() error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		if err := atomicfile.Write(p, func(w io.Writer) error { _, err := w.Write(r.blob); return err }); err != nil {
+		// a stopping shard still flushes (WriteWhileStopping): its rerun resumes
+		if err := atomicfile.WriteWhileStopping(p, func(w io.Writer) error { _, err := w.Write(r.blob); return err }); err != nil {
 			return err
 		}
 	}
-	err := atomicfile.Write(r.Path, func(w io.Writer) error {
-		if f, err := os.Open(r.Path); err == nil {
+	err := atomicfile.WriteWhileStopping(r.Path, func(w io.Writer) error {
+		if f, err := readfile.Open(r.Path); err == nil {
 			_, err = io.Copy(w, f)
 			f.Close()
 			if err != nil {

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/padim/padim/detector/gauss"
+
+	"github.com/padim/padim/detector/atomicfile"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -149,6 +151,24 @@ func TestReadManifest(t *testing.T) {
 			t.Errorf("%s: no error for %q", name, text)
 		}
 	}
+	// each a clear error naming the line (they were: the first object kept,
+	// the last value kept, "bufio.Scanner: token too long")
+	long := strings.Repeat("x", MaxManifestLine+1)
+	for name, c := range map[string]struct{ text, want string }{
+		"two.jsonl":   {"{\"path\": \"a.png\"}\n{\"path\": \"b.png\"} {\"path\": \"c.png\"}\n", ":2: more than one JSON value"},
+		"dupkey.json": {"{\"path\": \"a.png\"}\n{\"path\": \"b.png\", \"label\": 0, \"path\": \"c.png\"}\n", `:2: the key "path" is given twice`},
+		"long.txt":    {"a.png\n" + long + "\nb.png\n", ":2: the line is 16777217 bytes, longer than the 16 MiB"},
+		"longjson":    {"{\"path\": \"a.png\"}\n{\"path\": \"" + long + "\"}\n", ":2: the line is"},
+	} {
+		if _, err := ReadManifest(write(name, c.text)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// a line of exactly the limit, and a last line without a newline, are read
+	es, err = ReadManifest(write("limit.txt", "a.png\n"+long[:MaxManifestLine-4]+".png\nlast.png"))
+	if err != nil || len(es) != 3 || es[2].Key != "last.png" {
+		t.Fatalf("a line at the limit: %v", err)
+	}
 	if !EscapesRoot("../x.png") || !EscapesRoot("/abs/x.png") || EscapesRoot("a/../b.png") || EscapesRoot("..x/y.png") {
 		t.Error("EscapesRoot")
 	}
@@ -158,6 +178,77 @@ type testRec struct {
 	Common
 	Value int    `json:"value"`
 	Error string `json:"error,omitempty"`
+}
+
+// One process per shard: a second open of a shard being run is refused
+// naming the holder's pid; a lock left by a killed process is taken over.
+func TestResultsLock(t *testing.T) {
+	dir := t.TempDir()
+	spec := Spec{Index: 0, Count: 1}
+	id := Identity{Command: "score", ModelSHA256: "aaaa", Settings: "s1", ListHash: ListHash([]string{"a.png"}), Total: 1}
+	keys := map[string]int{"a.png": 0}
+	r, _, err := OpenResults(dir, spec, id, keys, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = OpenResults(dir, spec, id, keys, false)
+	if !errors.Is(err, ErrRunning) || !strings.Contains(err.Error(), fmt.Sprintf("shard 0/1 is already running (pid %d)", os.Getpid())) {
+		t.Fatalf("a second run of the shard: %v", err)
+	}
+	r.Close()
+	os.WriteFile(atomicfile.LockPath(ResultsPath(dir, spec)), []byte("999999\n"), 0o644) // a killed run's
+	r, note, err := OpenResults(dir, spec, id, keys, false)
+	if err != nil || !strings.Contains(note, "process 999999, which is gone") {
+		t.Fatalf("a stale lock: %q, %v", note, err)
+	}
+	r.Close()
+}
+
+// A record changed by hand, and a file cut short, are refused by the rerun
+// and by collect, as damaged (not as "of another run").
+func TestResultsChecksums(t *testing.T) {
+	dir := t.TempDir()
+	spec := Spec{Index: 0, Count: 1}
+	keys := []string{"a.png", "b.png", "c.png"}
+	id := Identity{Command: "score", ModelSHA256: "aaaa", Settings: "s1", ListHash: ListHash(keys), Total: 3}
+	mine := map[string]int{"a.png": 0, "b.png": 1, "c.png": 2}
+	r, _, err := OpenResults(dir, spec, id, mine, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		if err := r.Add(testRec{Common: Common{Index: i, Key: k, ModelSHA256: "aaaa", Settings: "s1"}, Value: 10 + i}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Finish(3); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if _, err := Collect(dir); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := os.ReadFile(ResultsPath(dir, spec))
+	for name, c := range map[string]struct {
+		edit func(string) string
+		want string
+	}{
+		"forged value": {func(s string) string { return strings.Replace(s, `"value":11`, `"value":99`, 1) }, "line 2: it was changed after padim wrote it"},
+		"cut short":    {func(s string) string { return s[:len(s)-20] }, "cut short in line 3"},
+		"no checksum":  {func(s string) string { return strings.Replace(s, `,"check":"`, `,"x":"`, 1) }, "line 1: it has no checksum"},
+	} {
+		os.WriteFile(ResultsPath(dir, spec), []byte(c.edit(string(good))), 0o644)
+		if _, err := Collect(dir); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "another run") {
+			t.Errorf("%s: collect: %v", name, err)
+		}
+		r, _, err := OpenResults(dir, spec, id, mine, false)
+		if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "--restart") {
+			t.Errorf("%s: resume: %v", name, err)
+		}
+		if r != nil {
+			r.Close()
+		}
+	}
 }
 
 func TestResultsResume(t *testing.T) {
@@ -178,6 +269,7 @@ func TestResultsResume(t *testing.T) {
 		if err != nil {
 			return 0, note, err
 		}
+		defer r.Close() // as the system does for a killed process
 		r.FlushEvery = 4
 		n := 0
 		for _, i := range sel {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -43,7 +45,7 @@ func calibrateAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOutputs(append(append([]string{c.String("manifest")}, c.Args().Slice()...), files...), []string{c.String("out")}); err != nil {
+	if err := checkOutputs(append(append([]string{c.String("manifest")}, c.Args().Slice()...), files...), []string{c.String("out")}, c.String("data")); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -111,6 +113,9 @@ func calibrateAction(c *cli.Context) error {
 			px, score, err := maker.Make(dist, []anomalymap.Rect{anomalymap.Rect(it.Rects[0])}, it.W, it.H)
 			if err != nil {
 				return fmt.Errorf("%s: %w", it.Name, err)
+			}
+			if math.IsNaN(float64(score)) || math.IsInf(float64(score), 0) { // removing an image the statistics never held
+				return fmt.Errorf("%s has no leave-one-out score under %s: it is not one of the images those statistics were fitted on (give calibrate the --data or --manifest that train --shard was given)", it.Name, strings.Join(c.Args().Slice(), ", "))
 			}
 			recs[it.Index] = shard.CalibRecord{Index: sel[it.Index], Key: keys[sel[it.Index]], Score: score, Pixels: shard.EncodeFloats(shard.Thin(px, stride))}
 			done++

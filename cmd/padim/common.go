@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/gpu"
 )
 
@@ -32,18 +34,51 @@ type progress struct {
 	p     *mpb.Progress
 	bar   *mpb.Bar
 	stage string
+	ctx   context.Context
 }
 
 func newProgress(c *cli.Context) *progress {
 	st, err := os.Stderr.Stat()
 	if err != nil || st.Mode()&os.ModeCharDevice == 0 || c.Bool("quiet") {
-		return &progress{}
+		return &progress{ctx: c.Context}
 	}
-	return &progress{p: mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(40))}
+	return &progress{p: mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(40)), ctx: c.Context}
+}
+
+// testWaitEnv names a test hook: with $PADIM_TEST_WAIT_AT=STAGE a command
+// says "padim-test: waiting at STAGE" on stderr when it reaches that stage
+// (a progress stage: fit, crossfit, calibrate, factorize, score, evaluate;
+// or train's save and saved) and waits there for a signal, so that a test
+// interrupts (or kills) it at a known point instead of after a guessed
+// delay. STAGE:N waits at the stage's N-th input instead of its first.
+const testWaitEnv = "PADIM_TEST_WAIT_AT"
+
+var testWaited sync.Map // stages waited at (once each)
+
+// testWait is the test hook at the done-th input of stage (see
+// testWaitEnv); without it, nothing.
+func testWait(ctx context.Context, stage string, done int) {
+	want, ok := os.LookupEnv(testWaitEnv)
+	if !ok || ctx == nil {
+		return
+	}
+	if name, n, found := strings.Cut(want, ":"); found {
+		if name != stage || n != strconv.Itoa(done) {
+			return
+		}
+	} else if want != stage {
+		return
+	}
+	if _, waited := testWaited.LoadOrStore(stage, true); waited {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "padim-test: waiting at %s\n", want)
+	<-ctx.Done()
 }
 
 // update implements detector.Progress.
 func (p *progress) update(stage string, done, total int) {
+	testWait(p.ctx, stage, done)
 	if p.p == nil || total <= 0 {
 		return
 	}
@@ -146,6 +181,9 @@ func openBackbone(c *cli.Context, path string, data []byte, taps []string) (*bac
 	if data != nil {
 		return backbone.Open(data, path, o)
 	}
+	if err := readfile.Check(path); err != nil { // a FIFO would block the read
+		return nil, err
+	}
 	return backbone.OpenFile(path, o)
 }
 
@@ -159,9 +197,43 @@ func splitList(s string) []string {
 	return out
 }
 
+// firstOfEachFile returns the positions of paths that name a file not named
+// before (by identity: links, hard links and other spellings of one path
+// count once), calling dup for each one left out. Paths that cannot be
+// stat'ed are kept (reading them reports why).
+func firstOfEachFile(paths []string, dup func(path, same string)) []int {
+	keep := make([]int, 0, len(paths))
+	type seen struct {
+		st   os.FileInfo
+		path string
+	}
+	bySize := map[int64][]seen{}
+	for i, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil || !st.Mode().IsRegular() {
+			keep = append(keep, i)
+			continue
+		}
+		same := ""
+		for _, s := range bySize[st.Size()] {
+			if os.SameFile(st, s.st) {
+				same = s.path
+				break
+			}
+		}
+		if same != "" {
+			dup(p, same)
+			continue
+		}
+		bySize[st.Size()] = append(bySize[st.Size()], seen{st, p})
+		keep = append(keep, i)
+	}
+	return keep
+}
+
 // readChannels reads comma- or whitespace-separated 0-based channel indices.
 func readChannels(path string) ([]int, error) {
-	b, err := os.ReadFile(path)
+	b, err := readfile.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -36,22 +34,23 @@ func evalCommand() *cli.Command {
 	}
 }
 
-// evalItems lists the test images and their split keys: --data's MVTec
-// layout (keys relative to --data), or --manifest.
-func evalItems(c *cli.Context) ([]dataset.Item, []string, error) {
+// evalInputs lists the test images and their split keys: --data's MVTec
+// layout (keys relative to --data), or --manifest; and the folders of --data
+// that could not be read (skipped, reported with the unreadable images).
+func evalInputs(c *cli.Context) ([]dataset.Item, []string, []dataset.FileError, error) {
 	switch {
 	case c.IsSet("manifest") && c.IsSet("data"):
-		return nil, nil, usageError("give --data or --manifest, not both")
+		return nil, nil, nil, usageError("give --data or --manifest, not both")
 	case c.IsSet("manifest"):
 		es, err := shard.ReadManifest(c.String("manifest"))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		items := make([]dataset.Item, len(es))
 		keys := make([]string, len(es))
 		for i, e := range es {
 			if e.Label == nil {
-				return nil, nil, usageError("%s: %s has no \"label\": eval needs JSON lines with \"label\" 0 or 1 (and a \"mask\" for 1)", c.String("manifest"), e.Key)
+				return nil, nil, nil, usageError("%s: %s has no \"label\": eval needs JSON lines with \"label\" 0 or 1 (and a \"mask\" for 1)", c.String("manifest"), e.Key)
 			}
 			it := dataset.Item{Path: e.Path, Type: e.Type, Defective: *e.Label == 1, MaskPath: e.Mask}
 			if it.Type == "" {
@@ -61,23 +60,26 @@ func evalItems(c *cli.Context) ([]dataset.Item, []string, error) {
 				}
 			}
 			if it.Defective && it.MaskPath == "" {
-				return nil, nil, fmt.Errorf("%s: the defective image %s has no \"mask\"", c.String("manifest"), e.Key)
+				return nil, nil, nil, fmt.Errorf("%s: the defective image %s has no \"mask\"", c.String("manifest"), e.Key)
 			}
 			items[i], keys[i] = it, e.Key
 		}
-		return items, keys, nil
+		return items, keys, nil, nil
 	case c.IsSet("data"):
-		items, err := dataset.TestSet(c.String("data"))
+		items, l, err := dataset.TestListing(c.String("data"))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
+		}
+		for _, d := range l.Duplicates {
+			notef(c, "note: %s is the same file as %s: evaluated once", d.Path, d.Same)
 		}
 		keys := make([]string, len(items))
 		for i, it := range items {
 			keys[i] = shard.Key(c.String("data"), it.Path)
 		}
-		return items, keys, nil
+		return items, keys, l.Skipped, nil
 	}
-	return nil, nil, usageError("--data is required (or --manifest) (see padim eval --help)")
+	return nil, nil, nil, usageError("--data is required (or --manifest) (see padim eval --help)")
 }
 
 func evalAction(c *cli.Context) error {
@@ -95,25 +97,22 @@ func evalAction(c *cli.Context) error {
 	} else if c.IsSet("out") || c.IsSet("restart") || c.IsSet("flush-every") {
 		return usageError("--out, --restart and --flush-every go with --shard")
 	}
-	items, keys, err := evalItems(c)
+	items, keys, skipped, err := evalInputs(c)
 	if err != nil {
 		return err
 	}
-	if r := c.String("report"); r != "" && c.IsSet("data") {
-		data, rep := canonical(c.String("data")), canonical(r)
-		if rep == data || strings.HasPrefix(rep, data+string(filepath.Separator)) || strings.HasPrefix(data, rep+string(filepath.Separator)) {
-			return usageError("--report %s and --data %s overlap: the report's pictures would mix with the test images; give a folder outside the data", r, c.String("data"))
-		}
-		if st, err := os.Stat(r); err == nil && !st.IsDir() {
-			return usageError("--report %s is a file: give a folder", r)
-		}
+	for _, s := range skipped {
+		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+	}
+	if err := checkOutputFolder("report", c.String("report"), c.String("data")); err != nil {
+		return err
 	}
 	if sh != nil {
 		inputs := []string{c.String("model"), c.String("backbone"), c.String("manifest")}
 		for _, it := range items {
 			inputs = append(inputs, it.Path, it.MaskPath)
 		}
-		if err := checkOutputs(inputs, []string{shard.ResultsPath(c.String("out"), *sh), shard.MarkerPath(c.String("out"), *sh)}); err != nil {
+		if err := checkOutputTree(inputs, []string{shard.ResultsPath(c.String("out"), *sh), shard.MarkerPath(c.String("out"), *sh)}, c.String("data")); err != nil {
 			return err
 		}
 	}
@@ -147,8 +146,8 @@ func evalAction(c *cli.Context) error {
 			fmt.Printf("report: %s\n", page)
 		}
 	}
-	if len(ev.Skipped) > 0 {
-		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(ev.Skipped)), exitSkipped)
+	if n := len(ev.Skipped) + len(skipped); n > 0 {
+		return cli.Exit(fmt.Sprintf("%d unreadable image(s) or folder(s) skipped", n), exitSkipped)
 	}
 	return nil
 }
@@ -183,6 +182,7 @@ func evalShard(c *cli.Context, sh *shard.Spec, sc *detector.Scorer, items []data
 	if err != nil {
 		return err
 	}
+	defer res.Close()
 	var todo []int // positions in items
 	for _, i := range sel {
 		if !res.Done(keys[i]) {

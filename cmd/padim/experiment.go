@@ -14,6 +14,7 @@ import (
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/nn"
+	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/experiment"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/models/resnet"
@@ -77,7 +78,10 @@ func experimentAction(c *cli.Context, sweep string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOutputs(append(train, c.String("backbone")), []string{c.String("csv")}); err != nil {
+	if err := checkOutputs(append(train, c.String("backbone")), []string{c.String("csv")}, c.String("data")); err != nil {
+		return err
+	}
+	if err := checkOutputFolder("report", c.String("report"), c.String("data")); err != nil {
 		return err
 	}
 	be, err := gaussBackend(c)
@@ -114,7 +118,7 @@ func experimentAction(c *cli.Context, sweep string) error {
 	}
 	main := "resnet50_cbam"
 	if p := c.String("backbone"); p != "" {
-		data, err := os.ReadFile(p)
+		data, err := readfile.ReadFile(p)
 		if err != nil {
 			return err
 		}

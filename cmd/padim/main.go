@@ -4,7 +4,8 @@
 // method lives in package detector.
 //
 // Exit codes: 0 ok; 1 error; 2 usage; 3 `score --fail-on-defect` found a defect;
-// 4 the run finished but some input files could not be read (they are reported).
+// 4 the run finished but some input files could not be read (they are reported);
+// 130/143 stopped by SIGINT/SIGTERM. A signal beats the rest, and 3 beats 4.
 package main
 
 import (
@@ -55,6 +56,9 @@ func main() {
 	go func() {
 		s := <-sigs
 		stoppedBy.Store(s)
+		// no output is replaced from now on (a rename in progress finishes
+		// first: then the run had finished its outputs and says so)
+		atomicfile.Stop()
 		cancel()
 		fmt.Fprintf(os.Stderr, "padim: %v: stopping (a second signal stops at once)\n", s)
 		<-sigs
@@ -67,6 +71,9 @@ func main() {
 
 // stoppedBy is the signal that cancelled the run, if any.
 var stoppedBy atomic.Value
+
+// commandName is the command being run.
+var commandName atomic.Value
 
 func signalCode(s os.Signal) int {
 	if s == syscall.SIGTERM {
@@ -81,11 +88,14 @@ func run(ctx context.Context, args []string) int {
 	atomicfile.RemoveTemps()
 	if err == nil {
 		// Finished, a signal notwithstanding (a server that drained, a
-		// command that completed as it came).
+		// command whose outputs were complete before the signal came).
+		if s, ok := stoppedBy.Load().(os.Signal); ok && commandName.Load() != "serve" {
+			fmt.Fprintf(os.Stderr, "padim: %v came after the run had finished its work: its outputs are complete\n", s)
+		}
 		return exitOK
 	}
 	if s, ok := stoppedBy.Load().(os.Signal); ok {
-		if !errors.Is(err, context.Canceled) {
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, atomicfile.ErrStopped) {
 			fmt.Fprintln(os.Stderr, "padim:", err)
 		}
 		fmt.Fprintf(os.Stderr, "padim: %v: stopped, nothing half-written left\n", s)
@@ -110,7 +120,7 @@ func newApp() *cli.App {
 		Name:  "padim",
 		Usage: "learn good product surfaces from a few images, find and locate defects (PaDiM)",
 		Description: "Train on good images, score new ones into anomaly maps, verdicts and defect boxes.\n" +
-			"Exit codes: 0 ok, 1 error, 2 usage, 3 defect found (score --fail-on-defect), 4 unreadable inputs skipped.",
+			"Exit codes: 0 ok, 1 error, 2 usage, 3 defect found (score --fail-on-defect; it outranks 4), 4 unreadable inputs skipped, 130/143 interrupted.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress bars or notes on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print each pipeline stage's busy time on stderr (train, score, eval)"},
@@ -178,6 +188,7 @@ func setupCommand(cmd *cli.Command) {
 	}
 	if action := cmd.Action; action != nil {
 		cmd.Action = func(c *cli.Context) error {
+			commandName.Store(c.Command.Name)
 			for _, name := range required {
 				if !c.IsSet(name) {
 					return usageError("--%s is required (see padim %s --help)", name, c.Command.FullName())

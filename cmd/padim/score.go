@@ -23,6 +23,7 @@ import (
 	"github.com/padim/padim/detector/npy"
 	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
+	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/shard"
 )
 
@@ -53,21 +54,45 @@ type target struct {
 	key  string // the path relative to the data root, with its extension and forward slashes: the shard split key
 }
 
-// targets expands the arguments: folders recursively (outputs mirror the tree
-// below the folder; with several folders, below their common parent, so each
-// keeps its own tree), files by name. Two inputs with one output name are an error.
+// targetList is what the arguments of score expand to.
+type targetList struct {
+	ts      []target
+	skipped []dataset.FileError // folders that could not be read
+	dirs    []string            // the folders given: data folders, where nothing is written
+	notes   []string            // inputs left out as the same file as another
+}
+
+// targets expands the arguments like scoreTargets, with every output name
+// distinct; an unreadable folder is an error.
 func targets(args []string) ([]target, error) {
-	var dirs []string
+	l, err := scoreTargets(args, true)
+	if err != nil {
+		return nil, err
+	}
+	if len(l.skipped) > 0 {
+		return nil, l.skipped[0]
+	}
+	return l.ts, nil
+}
+
+// scoreTargets expands the arguments: folders recursively (outputs mirror
+// the tree below the folder; with several folders, below their common
+// parent, so each keeps its own tree), files by name. Each file is scored
+// once: the same file under another name (a link, a relative and an absolute
+// path) is left out with a note. With outputs, two inputs with one output
+// name are an error. Sub-folders that cannot be read are skipped and listed.
+func scoreTargets(args []string, outputs bool) (*targetList, error) {
+	l := &targetList{}
 	for _, a := range args {
 		if st, err := os.Stat(a); err == nil && st.IsDir() {
 			abs, _ := filepath.Abs(a)
-			dirs = append(dirs, abs)
+			l.dirs = append(l.dirs, abs)
 		}
 	}
 	root := ""
-	if len(dirs) > 1 {
-		root = dirs[0]
-		for _, d := range dirs[1:] {
+	if len(l.dirs) > 1 {
+		root = l.dirs[0]
+		for _, d := range l.dirs[1:] {
 			for !strings.HasPrefix(d+string(filepath.Separator), root+string(filepath.Separator)) && root != filepath.Dir(root) {
 				root = filepath.Dir(root)
 			}
@@ -78,7 +103,7 @@ func targets(args []string) ([]target, error) {
 	add := func(path, rel string) error {
 		key := filepath.ToSlash(rel)
 		rel = strings.TrimSuffix(rel, filepath.Ext(rel))
-		if prev, ok := seen[rel]; ok {
+		if prev, ok := seen[rel]; ok && outputs {
 			return fmt.Errorf("%s and %s would write the same output %s; score them in separate runs or folders", prev, path, rel)
 		}
 		seen[rel] = path
@@ -96,18 +121,22 @@ func targets(args []string) ([]target, error) {
 			}
 			continue
 		}
-		files, err := dataset.Images(a)
+		w, err := dataset.Walk(a)
 		if err != nil {
 			return nil, err
 		}
-		if len(files) == 0 {
+		for _, d := range w.Duplicates {
+			l.notes = append(l.notes, fmt.Sprintf("%s is the same file as %s: scored once", d.Path, d.Same))
+		}
+		l.skipped = append(l.skipped, w.Skipped...)
+		if len(w.Files) == 0 && len(w.Skipped) == 0 {
 			return nil, fmt.Errorf("no images in %s", a)
 		}
 		base := a
 		if root != "" {
 			base = root
 		}
-		for _, f := range files {
+		for _, f := range w.Files {
 			rel, err := filepath.Rel(base, f)
 			if err != nil || root != "" {
 				abs, _ := filepath.Abs(f)
@@ -118,7 +147,16 @@ func targets(args []string) ([]target, error) {
 			}
 		}
 	}
-	return ts, nil
+	paths := make([]string, len(ts))
+	for i, t := range ts {
+		paths[i] = t.path
+	}
+	for _, i := range firstOfEachFile(paths, func(path, same string) {
+		l.notes = append(l.notes, fmt.Sprintf("%s is the same file as %s: scored once", path, same))
+	}) {
+		l.ts = append(l.ts, ts[i])
+	}
+	return l, nil
 }
 
 // mapSuffixes are the files --maps writes per image.
@@ -149,7 +187,7 @@ func loadScorer(c *cli.Context, th *detector.Thresholds, openRadius int, keepIma
 	}
 	var ext *backbone.Extractor
 	if p := c.String("backbone"); p != "" {
-		data, err := os.ReadFile(p)
+		data, err := readfile.ReadFile(p)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -296,13 +334,24 @@ func scoreAction(c *cli.Context) error {
 		return usageError("--restart and --flush-every go with --shard")
 	}
 	var ts []target
+	var tl *targetList
 	if c.IsSet("manifest") {
 		ts, err = manifestTargets(c.String("manifest"), maps != "none")
+		tl = &targetList{}
 	} else {
-		ts, err = targets(c.Args().Slice())
+		tl, err = scoreTargets(c.Args().Slice(), maps != "none")
+		if tl != nil {
+			ts = tl.ts
+		}
 	}
 	if err != nil {
 		return err
+	}
+	for _, n := range tl.notes {
+		notef(c, "note: %s", n)
+	}
+	for _, s := range tl.skipped {
+		notef(c, "skipped %s: %v", s.Path, s.Err)
 	}
 	all := ts
 	keys := make([]string, len(all))
@@ -331,7 +380,7 @@ func scoreAction(c *cli.Context) error {
 			outputs = append(outputs, filepath.Join(c.String("out"), t.rel)+suf)
 		}
 	}
-	if err := checkOutputs(inputs, outputs); err != nil {
+	if err := checkOutputTree(inputs, outputs, tl.dirs...); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -352,6 +401,7 @@ func scoreAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
+		defer res.Close()
 		common := shard.Common{ModelSHA256: id.ModelSHA256, Settings: id.Settings}
 		var todo []target
 		var pos []int // position in the whole list of each target to score
@@ -369,6 +419,16 @@ func scoreAction(c *cli.Context) error {
 	}
 	var out []scoredImage
 	nDefect, nBad := 0, 0
+	for _, s := range tl.skipped { // unreadable folders are reported with the unreadable images
+		nBad++
+		si := scoredImage{Error: s.Error()}
+		si.Path, si.PathBase64 = jsonPath(s.Path)
+		if c.Bool("json") {
+			out = append(out, si)
+		} else {
+			printScore(s.Path, si)
+		}
+	}
 	prog := newProgress(c)
 	err = sc.Score(c.Context, detector.FileInputs(paths), func(r *detector.Result) error {
 		s, err := scored(c, sc, ts[r.Index], r, maps, frame, rg)
@@ -404,11 +464,16 @@ func scoreAction(c *cli.Context) error {
 			return err
 		}
 	}
+	// a defect found outranks unreadable inputs (both are reported): a
+	// line stopped for a defect must not read as "some files were bad"
+	if nDefect > 0 && c.Bool("fail-on-defect") {
+		if nBad > 0 {
+			return cli.Exit(fmt.Sprintf("%d defect(s) found; also %d unreadable input(s) skipped (listed above)", nDefect, nBad), exitDefect)
+		}
+		return cli.Exit("", exitDefect)
+	}
 	if nBad > 0 {
 		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", nBad), exitSkipped)
-	}
-	if nDefect > 0 && c.Bool("fail-on-defect") {
-		return cli.Exit("", exitDefect)
 	}
 	return nil
 }

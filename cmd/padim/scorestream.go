@@ -2,18 +2,19 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/picture"
+	"github.com/padim/padim/shard"
 )
 
 // score --stdin-jsonl: a filter for stream processors (Spark's RDD.pipe(), a
@@ -37,8 +38,15 @@ type streamResult struct {
 	scoredImage
 }
 
-// maxStreamLine bounds one request line (a base64 image).
-const maxStreamLine = 256 << 20
+// maxStreamLine bounds one request line (a base64 image of up to 48 MiB): a
+// longer one is read to its end without being kept and answered with an
+// error line.
+const maxStreamLine = 64 << 20
+
+// streamReadAhead bounds the bytes of request lines read ahead of the
+// scoring (besides the line being read): the stream's memory does not grow
+// with a fast producer's lines.
+const streamReadAhead = 64 << 20
 
 func scoreStream(c *cli.Context) error {
 	switch {
@@ -59,23 +67,38 @@ func scoreStream(c *cli.Context) error {
 	if sc.Thresholds() == nil {
 		notef(c, "note: %s has no calibrated thresholds: scores only; give --threshold for verdicts", c.String("model"))
 	}
+	ctx := c.Context
 	type line struct {
-		n    int
-		text []byte
-		err  error
+		n      int
+		text   []byte
+		long   int64 // the length of an over-long line (text is nil)
+		weight int64 // its share of the read-ahead budget
 	}
-	lines := make(chan line, 256)
+	ahead := semaphore.NewWeighted(streamReadAhead)
+	lines := make(chan line, 1024) // bounded by ahead's bytes; the count only bounds empty lines
+	readErr := make(chan error, 1)
 	go func() {
 		defer close(lines)
 		br := bufio.NewReaderSize(os.Stdin, 1<<20)
 		for n := 1; ; n++ {
-			b, err := readLine(br)
-			if len(b) > 0 || err == nil {
-				lines <- line{n: n, text: b}
+			b, long, err := shard.ReadLine(br, maxStreamLine)
+			if n := len(b); n > 0 && b[n-1] == '\r' {
+				b = b[:n-1]
+			}
+			if len(b) > 0 || long > 0 || err == nil {
+				w := min(int64(len(b)), streamReadAhead)
+				if err := ahead.Acquire(ctx, w); err != nil {
+					return
+				}
+				select {
+				case lines <- line{n: n, text: b, long: long, weight: w}:
+				case <-ctx.Done():
+					return
+				}
 			}
 			if err != nil {
 				if err != io.EOF {
-					lines <- line{n: n, err: err}
+					readErr <- fmt.Errorf("reading the requests on stdin after line %d: %w", n-1, err)
 				}
 				return
 			}
@@ -86,12 +109,15 @@ func scoreStream(c *cli.Context) error {
 	maxBatch := 4 * sc.Pipeline().Batch()
 	nBad := 0
 	for {
-		first, ok := <-lines
+		var first line
+		var ok bool
+		select {
+		case first, ok = <-lines:
+		case <-ctx.Done(): // a signal ends the wait for the next request
+			return ctx.Err()
+		}
 		if !ok {
 			break
-		}
-		if first.err != nil {
-			return first.err
 		}
 		batch := []line{first}
 	drain: // whatever has arrived, up to a few backbone batches
@@ -100,9 +126,6 @@ func scoreStream(c *cli.Context) error {
 			case l, ok := <-lines:
 				if !ok {
 					break drain
-				}
-				if l.err != nil {
-					return l.err
 				}
 				batch = append(batch, l)
 			default:
@@ -114,8 +137,14 @@ func scoreStream(c *cli.Context) error {
 		var at []int
 		for i, l := range batch {
 			results[i].Line = l.n
+			if l.long > 0 {
+				results[i].Error = fmt.Sprintf("line %d is %d bytes, longer than the %d MiB a request may have (an image of up to %d MiB, base64): skipped", l.n, l.long, maxStreamLine>>20, maxStreamLine/4*3>>20)
+				nBad++
+				continue
+			}
 			in, id, err := parseRequest(l.n, l.text)
 			results[i].ID = id
+			batch[i].text = nil // parsed: its bytes are in the input now
 			if err != nil {
 				results[i].Error = err.Error()
 				nBad++
@@ -126,7 +155,7 @@ func scoreStream(c *cli.Context) error {
 			at = append(at, i)
 		}
 		if len(inputs) > 0 {
-			err := sc.Score(c.Context, inputs, func(r *detector.Result) error {
+			err := sc.Score(ctx, inputs, func(r *detector.Result) error {
 				s, err := scored(c, sc, target{}, r, "none", "image", picture.Range{})
 				if err != nil {
 					return err
@@ -142,6 +171,9 @@ func scoreStream(c *cli.Context) error {
 				return err
 			}
 		}
+		for _, l := range batch {
+			ahead.Release(l.weight)
+		}
 		for _, r := range results {
 			if err := enc.Encode(r); err != nil {
 				return err
@@ -151,37 +183,25 @@ func scoreStream(c *cli.Context) error {
 			return err
 		}
 	}
+	select {
+	case err := <-readErr:
+		return err
+	default:
+	}
 	if nBad > 0 {
 		notef(c, "note: %d request(s) answered with an error (each is on its output line)", nBad)
 	}
-	return nil
+	return ctx.Err()
 }
 
-// readLine reads one line without its newline, refusing lines over maxStreamLine.
-func readLine(br *bufio.Reader) ([]byte, error) {
-	var buf []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		buf = append(buf, chunk...)
-		if len(buf) > maxStreamLine {
-			return nil, fmt.Errorf("an input line is longer than %d MiB", maxStreamLine>>20)
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		return []byte(strings.TrimRight(string(buf), "\r\n")), err
-	}
-}
-
-// parseRequest reads one request line into a pipeline input.
+// parseRequest reads one request line into a pipeline input: one JSON
+// object, each key once, nothing after it.
 func parseRequest(n int, text []byte) (detector.Input, json.RawMessage, error) {
 	var q streamRequest
-	if strings.TrimSpace(string(text)) == "" {
+	if len(bytes.TrimSpace(text)) == 0 {
 		return detector.Input{}, nil, fmt.Errorf("line %d is empty: want {\"path\": FILE} or {\"data\": BASE64}", n)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(text)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&q); err != nil {
+	if err := shard.DecodeLine(text, &q); err != nil {
 		return detector.Input{}, nil, fmt.Errorf("line %d: %v (want {\"path\": FILE} or {\"data\": BASE64, \"name\": N}, optional \"id\")", n, err)
 	}
 	switch {

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +58,40 @@ func mustRunIn(t *testing.T, dir string, env []string, args ...string) string {
 		t.Fatalf("padim %s exited %d:\n%s%s", strings.Join(args, " "), code, out, errs)
 	}
 	return out
+}
+
+// killAt starts the binary, waits until the test hook says it is held at
+// stage (testWaitEnv in env), and kills it (SIGKILL, as a node loss).
+func killAt(t *testing.T, dir string, env []string, stage string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(fix.bin, args...)
+	cmd.Dir, cmd.Env = dir, env
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(stderr, "padim-test: waiting at "+stage) {
+		cmd.Wait()
+		t.Fatalf("padim %s never reached %s", strings.Join(args, " "), stage)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+}
+
+// waitFor reads r until a line holding want (true), or its end (false); it
+// then drains r in the background.
+func waitFor(r io.Reader, want string) bool {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), want) {
+			go io.Copy(io.Discard, r)
+			return true
+		}
+	}
+	return false
 }
 
 func countLines(path string) int {
@@ -113,12 +146,6 @@ func TestShardedScoreSimulation(t *testing.T) {
 	if len(per[victim]) < 42 {
 		t.Fatalf("the split put only %d inputs in the largest shard", len(per[victim]))
 	}
-	fifo := filepath.Join(dir, per[victim][40])
-	target, _ := os.Readlink(fifo)
-	os.Remove(fifo)
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Skipf("no FIFO: %v", err)
-	}
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	os.MkdirAll(a, 0o755)
 	os.MkdirAll(b, 0o755)
@@ -128,19 +155,10 @@ func TestShardedScoreSimulation(t *testing.T) {
 			mustRunIn(t, a, []string{fmt.Sprintf("JOB_COMPLETION_INDEX=%d", i)}, args...)
 		}
 	}
-	cmd := exec.Command(fx.bin, args...)
-	cmd.Dir, cmd.Env = a, append(libEnv(), fmt.Sprintf("JOB_COMPLETION_INDEX=%d", victim))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// the victim is killed (SIGKILL) as its 41st input comes out, held there
+	// by the test hook: its first 40 records are on file (blocks of 5)
+	killAt(t, a, append(libEnv(), fmt.Sprintf("JOB_COMPLETION_INDEX=%d", victim), testWaitEnv+"=score:41"), "score:41", args...)
 	res := filepath.Join(a, "out", fmt.Sprintf("results-%d-of-%d.jsonl", victim, N))
-	deadline := time.Now().Add(60 * time.Second)
-	for countLines(res) < 30 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	cmd.Process.Kill()
-	cmd.Wait()
 	done := countLines(res)
 	if done < 30 || done > 40 {
 		t.Fatalf("the killed shard left %d records, want 30..40 (blocks of 5 before the FIFO)", done)
@@ -152,8 +170,6 @@ func TestShardedScoreSimulation(t *testing.T) {
 		t.Fatalf("collect with a killed shard: exit %d: %s", code, errs)
 	}
 	// the pod is replaced with the same index: it resumes
-	os.Remove(fifo)
-	os.Symlink(target, fifo)
 	out := mustRunIn(t, a, []string{fmt.Sprintf("JOB_COMPLETION_INDEX=%d", victim)}, args...)
 	if want := fmt.Sprintf("%d scored now, %d done before", len(per[victim])-done, done); !strings.Contains(out, want) {
 		t.Fatalf("the rerun did not resume (want %q): %s", want, out)
@@ -298,12 +314,6 @@ func TestShardedEvalSimulation(t *testing.T) {
 	if len(per[victim]) < 34 {
 		t.Fatalf("the largest shard holds %d inputs", len(per[victim]))
 	}
-	fifo := filepath.Join(dir, per[victim][33])
-	target, _ := os.Readlink(fifo)
-	os.Remove(fifo)
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Skipf("no FIFO: %v", err)
-	}
 	args := []string{"-q", "eval", "--model", fx.mdl, "--manifest", manifest, "--device", "cpu", "--batch", "4", "--shard", "auto/3", "--out", "w", "--flush-every", "3"}
 	env := func(i int) []string { return []string{fmt.Sprintf("SLURM_ARRAY_TASK_ID=%d", i)} }
 	for i := 0; i < N; i++ {
@@ -311,25 +321,13 @@ func TestShardedEvalSimulation(t *testing.T) {
 			mustRunIn(t, dir, env(i), args...)
 		}
 	}
-	cmd := exec.Command(fx.bin, args...)
-	cmd.Dir, cmd.Env = dir, append(libEnv(), env(victim)...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// killed as its 31st image comes out: 30 records on file (blocks of 3)
+	killAt(t, dir, append(append(libEnv(), env(victim)...), testWaitEnv+"=evaluate:31"), "evaluate:31", args...)
 	res := filepath.Join(dir, "w", fmt.Sprintf("results-%d-of-%d.jsonl", victim, N))
-	deadline := time.Now().Add(60 * time.Second)
-	for countLines(res) < 30 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	cmd.Process.Kill()
-	cmd.Wait()
 	done := countLines(res)
-	if done != 30 { // 32 scored before the FIFO, flushed in blocks of 3
+	if done != 30 {
 		t.Fatalf("the killed eval shard left %d records, want 30", done)
 	}
-	os.Remove(fifo)
-	os.Symlink(target, fifo)
 	out := mustRunIn(t, dir, env(victim), args...)
 	if want := fmt.Sprintf("%d scored now, %d done before", len(per[victim])-done, done); !strings.Contains(out, want) {
 		t.Fatalf("the rerun did not resume (want %q): %s", want, out)
@@ -356,9 +354,10 @@ func TestShardedEvalSimulation(t *testing.T) {
 	ref := mustRunIn(t, dir, nil, "-q", "eval", "--model", fx.mdl, "--data", data, "--json", "--device", "cpu")
 	args = []string{"-q", "eval", "--model", fx.mdl, "--data", data, "--device", "cpu", "--shard", "auto/2", "--out", "w2", "--flush-every", "1"}
 	mustRunIn(t, dir, env(0), args...)
-	cmd = exec.Command(fx.bin, args...)
+	cmd := exec.Command(fx.bin, args...)
 	cmd.Dir, cmd.Env = dir, append(libEnv(), env(1)...)
 	cmd.Start()
+	deadline := time.Now().Add(60 * time.Second)
 	for countLines(filepath.Join(dir, "w2", "results-1-of-2.jsonl")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(2 * time.Millisecond)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/shard"
 )
 
@@ -66,7 +67,7 @@ func openShard(c *cli.Context, sh *shard.Spec, id shard.Identity, keys []string,
 		if errors.Is(err, shard.ErrMismatch) {
 			return nil, id, cli.Exit(err.Error(), exitUsage)
 		}
-		return nil, id, err
+		return nil, id, err // running (locked), damaged: exit 1
 	}
 	res.FlushEvery = c.Int("flush-every") // in range: checkFlags
 	if note != "" && c.Bool("restart") {
@@ -79,7 +80,7 @@ func openShard(c *cli.Context, sh *shard.Spec, id shard.Identity, keys []string,
 
 // fileSHA256 is the hex sha256 of a file's bytes.
 func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path)
 	if err != nil {
 		return "", err
 	}

@@ -119,13 +119,20 @@ func trainAction(c *cli.Context) error {
 	} else if !c.IsSet("out") {
 		return usageError("--out is required (see padim train --help)")
 	}
-	files, keys, err := trainFiles(c)
+	files, keys, skippedDirs, err := trainInputs(c)
 	if err != nil {
 		return err
 	}
-	if err := checkOutputs(append([]string{c.String("backbone"), c.String("channels"), c.String("manifest")}, files...), []string{c.String("out"), c.String("stats-out")}); err != nil {
+	if err := checkOutputs(append([]string{c.String("backbone"), c.String("channels"), c.String("manifest")}, files...), []string{c.String("out"), c.String("stats-out")}, c.String("data")); err != nil {
 		return err
 	}
+	// one run per output: a second training into the same --out refuses
+	// now, instead of both fitting and both saying "wrote"
+	unlock, err := lockOutputs(c, c.String("out"), c.String("stats-out"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if sh != nil {
 		all := len(files)
 		var mine []string
@@ -204,6 +211,12 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// a signal from here on leaves the outputs as they were (the writes
+	// refuse to commit once it came: atomicfile.Stop)
+	testWait(c.Context, "save", 0)
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
 	if p := c.String("stats-out"); p != "" {
 		t := time.Now()
 		if err := detector.SaveStats(p, m, rep.Shard); err != nil {
@@ -213,7 +226,11 @@ func trainAction(c *cli.Context) error {
 		rep.Shard = nil
 	}
 	if c.String("out") == "" { // a shard's statistics only
+		testWait(c.Context, "saved", 0)
 		printTimings(c, "train", time.Since(start), rep.Timings)
+		for _, s := range skippedDirs {
+			fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+		}
 		for _, s := range rep.Skipped {
 			fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
 		}
@@ -229,8 +246,12 @@ func trainAction(c *cli.Context) error {
 	if err := m.Save(c.String("out")); err != nil {
 		return err
 	}
+	testWait(c.Context, "saved", 0)
 	rep.Timings.Since("save", t, 1)
 	printTimings(c, "train", time.Since(start), rep.Timings)
+	for _, s := range skippedDirs {
+		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+	}
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
 	}
@@ -252,40 +273,71 @@ func trainAction(c *cli.Context) error {
 		fmt.Printf(", no thresholds (give score --threshold)")
 	}
 	fmt.Println()
-	if len(rep.Skipped) > 0 {
-		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped", len(rep.Skipped)), exitSkipped)
+	if n := len(rep.Skipped) + len(skippedDirs); n > 0 {
+		return cli.Exit(fmt.Sprintf("%d unreadable image(s) or folder(s) skipped", n), exitSkipped)
 	}
 	return nil
 }
 
 // trainFiles lists the training images and their split keys: --data's
-// (relative to --data), or --manifest's.
+// (relative to --data), or --manifest's. Folders that could not be read
+// are skipped with a note (trainInputs returns them).
 func trainFiles(c *cli.Context) ([]string, []string, error) {
+	files, keys, skipped, err := trainInputs(c)
+	for _, s := range skipped {
+		notef(c, "skipped %s: %v", s.Path, s.Err)
+	}
+	return files, keys, err
+}
+
+// trainInputs lists the training images and their split keys, each file
+// once (the same file under two names, by a link or twice in a list, is
+// used once, with a note), and the folders that could not be read.
+func trainInputs(c *cli.Context) ([]string, []string, []dataset.FileError, error) {
+	var files, keys []string
+	var skipped []dataset.FileError
 	switch {
 	case c.IsSet("manifest") && c.IsSet("data"):
-		return nil, nil, usageError("give --data or --manifest, not both")
+		return nil, nil, nil, usageError("give --data or --manifest, not both")
 	case c.IsSet("manifest"):
 		es, err := shard.ReadManifest(c.String("manifest"))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		files, keys := make([]string, len(es)), make([]string, len(es))
+		files, keys = make([]string, len(es)), make([]string, len(es))
 		for i, e := range es {
 			files[i], keys[i] = e.Path, e.Key
 		}
-		return files, keys, nil
 	case c.IsSet("data"):
-		files, err := dataset.TrainImages(c.String("data"))
+		l, err := dataset.TrainListing(c.String("data"))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		keys := make([]string, len(files))
+		for _, d := range l.Duplicates {
+			notef(c, "note: %s is the same file as %s: trained on once", d.Path, d.Same)
+		}
+		files, skipped = l.Files, l.Skipped
+		keys = make([]string, len(files))
 		for i, f := range files {
 			keys[i] = shard.Key(c.String("data"), f)
 		}
-		return files, keys, nil
+	default:
+		return nil, nil, nil, usageError("--data is required (or --manifest) (see padim train --help)")
 	}
-	return nil, nil, usageError("--data is required (or --manifest) (see padim train --help)")
+	keep := firstOfEachFile(files, func(path, same string) {
+		notef(c, "note: %s is the same file as %s: trained on once", path, same)
+	})
+	if len(keep) < len(files) {
+		var f2, k2 []string
+		for _, i := range keep {
+			f2, k2 = append(f2, files[i]), append(k2, keys[i])
+		}
+		files, keys = f2, k2
+	}
+	if len(files) == 0 && len(skipped) > 0 {
+		return nil, nil, nil, fmt.Errorf("no readable training image: %v", skipped[0])
+	}
+	return files, keys, skipped, nil
 }
 
 // shardKeepsSamples reports whether a training shard of n images should keep

@@ -3,8 +3,9 @@ package safetensors
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"runtime"
+
+	"github.com/padim/padim/detector/readfile"
 )
 
 // mapping is a file mapped read-only into memory; it is unmapped when the last
@@ -30,7 +31,7 @@ func (f *File) Keep() any {
 // in place while mapped (padim replaces files atomically, by rename, which is
 // safe). Where mapping is not possible it falls back to Read.
 func Map(path string, requireChecksum bool) (*File, error) {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path) // a FIFO or a folder is refused, not waited on
 	if err != nil {
 		return nil, err
 	}
@@ -60,8 +61,8 @@ func parseMapped(m *mapping, requireChecksum bool) (*File, error) {
 	b := m.data
 	size := int64(len(b))
 	hl := binary.LittleEndian.Uint64(b[:8])
-	if hl > MaxHeader || int64(hl) > size-8 {
-		return nil, bad("header length %d does not fit a %d-byte file (truncated or not safetensors)", hl, size)
+	if err := checkHeaderLength(hl, size); err != nil {
+		return nil, err
 	}
 	ents, md, err := parseHeader(b[8:8+hl], size-8-int64(hl))
 	if err != nil {

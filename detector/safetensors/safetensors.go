@@ -23,7 +23,6 @@ import (
 	"io"
 	"math"
 	"math/bits"
-	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -32,6 +31,7 @@ import (
 	"unsafe"
 
 	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/readfile"
 )
 
 // ChecksumKey is the metadata key holding the checksum, "sha256-chunked:" and
@@ -309,7 +309,7 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 // without padim's checksum. The tensors' data is ordinary memory: callers may
 // modify it.
 func Read(path string, requireChecksum bool) (*File, error) {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path) // a FIFO or a folder is refused, not waited on
 	if err != nil {
 		return nil, err
 	}
@@ -336,8 +336,8 @@ func Parse(r io.Reader, size int64, requireChecksum bool) (*File, error) {
 		return nil, bad("reading header length: %v", err)
 	}
 	hl := binary.LittleEndian.Uint64(nb[:])
-	if hl > MaxHeader || int64(hl) > size-8 {
-		return nil, bad("header length %d does not fit a %d-byte file (truncated or not safetensors)", hl, size)
+	if err := checkHeaderLength(hl, size); err != nil {
+		return nil, err
 	}
 	hj := make([]byte, hl)
 	if _, err := io.ReadFull(r, hj); err != nil {
@@ -352,6 +352,18 @@ func Parse(r io.Reader, size int64, requireChecksum bool) (*File, error) {
 		return nil, bad("reading %d data bytes: %v after %d (truncated?)", len(data), err, n)
 	}
 	return assemble(md, ents, data, requireChecksum)
+}
+
+// checkHeaderLength refuses a header length over MaxHeader, or longer than
+// the file, each with its own reason.
+func checkHeaderLength(hl uint64, size int64) error {
+	switch {
+	case hl > MaxHeader:
+		return bad("header of %d bytes is over the %d MiB a padim file's header may have (not a padim file, or damaged)", hl, MaxHeader>>20)
+	case int64(hl) > size-8:
+		return bad("header length %d does not fit a %d-byte file (truncated or not safetensors)", hl, size)
+	}
+	return nil
 }
 
 func bad(format string, a ...any) error {

@@ -174,3 +174,20 @@ func TestChunkedChecksumIndependentOfPieces(t *testing.T) {
 		t.Fatalf("%s vs %s", one, split)
 	}
 }
+
+// A header over MaxHeader is named as such, whatever the file's size (it
+// was "header length X does not fit a X+8-byte file" for a file of exactly
+// that size), and a header longer than the file is called truncated.
+func TestHeaderLengthMessages(t *testing.T) {
+	var nb [8]byte
+	binary.LittleEndian.PutUint64(nb[:], MaxHeader+1)
+	_, err := Parse(bytes.NewReader(nb[:]), MaxHeader+1+8, false)
+	if err == nil || !strings.Contains(err.Error(), "over the 64 MiB") || strings.Contains(err.Error(), "does not fit") {
+		t.Errorf("oversized header: %v", err)
+	}
+	binary.LittleEndian.PutUint64(nb[:], 100)
+	_, err = Parse(bytes.NewReader(nb[:]), 50, false)
+	if err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Errorf("header longer than the file: %v", err)
+	}
+}
