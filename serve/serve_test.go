@@ -179,7 +179,7 @@ func TestEndpointsMatchLibrary(t *testing.T) {
 		t.Fatalf("unknown version: %v", a)
 	}
 	a = ts.do(http.MethodGet, "/v2", nil)
-	if !bytes.Contains(a.body, []byte(`"name":"padim"`)) || !bytes.Contains(a.body, []byte(`"extensions":[]`)) {
+	if !bytes.Contains(a.body, []byte(`"name":"padim"`)) || !bytes.Contains(a.body, []byte(`"extensions":["binary_tensor_data"]`)) {
 		t.Fatalf("server metadata: %v", a)
 	}
 	// one log line per request, with the model
@@ -508,13 +508,9 @@ func TestPanicFailsOneRequest(t *testing.T) {
 	}
 	ts.healthy(t, "wood", f.imgs[0], f.expect[0])
 
-	requestHook = func(r *http.Request) {
-		if r.URL.Query().Get("boom") != "" {
-			panic("boom")
-		}
-	}
-	defer func() { requestHook = nil }()
-	if a := ts.do(http.MethodGet, "/v2?boom=1", nil); a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte(`"error"`)) {
+	// a handler that panics, on this server's router
+	ts.handle(ts.mux, "GET /boom", "boom", false, func(http.ResponseWriter, *http.Request, *reqInfo) error { panic("boom") })
+	if a := ts.do(http.MethodGet, "/boom", nil); a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte(`"error"`)) {
 		t.Errorf("handler panic: %v", a)
 	}
 	ts.healthy(t, "wood", f.imgs[0], f.expect[0])
