@@ -21,27 +21,34 @@ import (
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "serve models over HTTP: KServe v2 / Open Inference Protocol, a raw-image endpoint, Prometheus metrics",
-		UsageText: "padim serve --model [NAME=]M.padim [--model ...] [--addr 127.0.0.1:8080] [--max-batch 16] [--max-delay 5ms]\n" +
-			"   [--queue 64] [--max-body 32MiB] [--timeout 30s] [--token-file F] [--tls-cert F --tls-key F] [--log-format text|json]",
-		Description: "Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready, /metrics;\n" +
-			"POST /v2/models/NAME/infer (input \"image\": BYTES, base64 encoded images), /v1/models/NAME/score (raw image body;\n" +
-			"?map=png or ?map=npy; ?map_frame=network for the network input's frame), /v2/repository/models/NAME/load (reload the file). SIGHUP reloads every model; SIGTERM drains and exits.",
+		Usage: "serve models over HTTP and gRPC: KServe v2 / Open Inference Protocol, a raw-image endpoint, Prometheus metrics",
+		UsageText: "padim serve --model [NAME=]M.padim [--model ...] [--addr 127.0.0.1:8080] [--grpc-addr 127.0.0.1:8001] [--max-batch 16] [--max-delay 5ms]\n" +
+			"   [--queue 64] [--max-body 32MiB] [--max-request-memory 1GiB] [--max-map-pixels 16777216] [--timeout 30s] [--token-file F]\n" +
+			"   [--tls-cert F --tls-key F] [--threshold T] [--drift-window 1000] [--log-format text|json]",
+		Description: "Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready, /v2/models/NAME/stats, /metrics;\n" +
+			"POST /v2/models/NAME/infer (input \"image\": BYTES, base64 encoded images, or Triton's binary tensors), /v1/models/NAME/score (raw image body;\n" +
+			"?map=png or ?map=npy; ?map_frame=network for the network input's frame; ?threshold=T), /v2/repository/models/NAME/load (reload the file).\n" +
+			"--grpc-addr: the Open Inference Protocol over gRPC (inference.GRPCInferenceService) and grpc.health.v1. SIGHUP reloads every model; SIGTERM drains and exits.\n" +
+			"Memory: requests in flight hold at most --max-memory less the models and pipelines (bodies, what they expand to, maps, answers).",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "model", Required: true, Usage: "model to serve, as [NAME=]PATH (NAME defaults to the file's base name); repeat for several"},
 			&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", Usage: "listen address (port 0 picks one; the log says which)"},
+			&cli.StringFlag{Name: "grpc-addr", Usage: "also serve the Open Inference Protocol over gRPC here, like 127.0.0.1:8001 (same models, limits, token and TLS)"},
 			&cli.IntFlag{Name: "max-batch", Value: serve.DefaultMaxBatch, Usage: "most images per pipeline call (1: no batching)"},
 			&cli.DurationFlag{Name: "max-delay", Value: serve.DefaultMaxDelay, Usage: "longest a request waits for others to batch with"},
 			&cli.IntFlag{Name: "pipelines", Value: serve.DefaultPipelines, Usage: "pipeline calls in flight per model"},
 			&cli.IntFlag{Name: "queue", Value: serve.DefaultQueue, Usage: "images waiting per model before requests get 429"},
-			&cli.StringFlag{Name: "max-body", Value: "32MiB", Usage: "request body limit (bytes, or with KiB/MiB/GiB)"},
+			&cli.StringFlag{Name: "max-body", Value: "32MiB", Usage: "request body (and gRPC message) limit (bytes, or with KiB/MiB/GiB)"},
+			&cli.StringFlag{Name: "max-request-memory", Value: "1GiB", Usage: "memory one request may hold: its body, what it expands to, its maps and answer (413 beyond)"},
+			&cli.Int64Flag{Name: "max-map-pixels", Value: serve.DefaultMaxMapPixels, Usage: "largest anomaly map per image a request may ask for (400 beyond: ask for map_frame network)"},
+			&cli.IntFlag{Name: "drift-window", Value: serve.DefaultDriftWindow, Usage: "recent image scores per model compared with its calibration scores (/metrics, /v2/models/NAME/stats)"},
 			&cli.DurationFlag{Name: "timeout", Value: serve.DefaultTimeout, Usage: "per-request limit (503 beyond)"},
 			&cli.StringFlag{Name: "token-file", Usage: "file holding a bearer token required on every endpoint except /v2/health/*"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "TLS certificate (PEM); with --tls-key, serve HTTPS"},
 			&cli.StringFlag{Name: "tls-key", Usage: "TLS private key (PEM)"},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "request log on stderr: text or json"},
 			&cli.BoolFlag{Name: "snapshot", Value: true, Usage: "serve a private copy of each model file ($TMPDIR), so rewriting the file in place cannot disturb the model being served"},
-			&cli.Float64Flag{Name: "threshold", Usage: "verdict and mask threshold, overriding the calibrated ones (all models)"},
+			&cli.Float64Flag{Name: "threshold", Usage: "default verdict and mask threshold, overriding the calibrated ones (all models; a request's threshold parameter overrides it)"},
 			&cli.IntFlag{Name: "open-radius", Value: detector.DefaultOpenRadius, Usage: "radius of the morphological opening that cleans masks"},
 			deviceFlag, threadsFlag,
 		},
@@ -77,12 +84,8 @@ func serveAction(c *cli.Context) error {
 	}
 	o.Logger = slog.New(h)
 	if p := c.String("token-file"); p != "" {
-		b, err := os.ReadFile(p)
-		if err != nil {
+		if o.Token, err = readToken(p, o.Logger); err != nil {
 			return err
-		}
-		if o.Token = strings.TrimSpace(string(b)); o.Token == "" {
-			return usageError("--token-file %s is empty", p)
 		}
 	}
 	var tlsCfg *tls.Config
@@ -90,6 +93,7 @@ func serveAction(c *cli.Context) error {
 		if cert == "" || key == "" {
 			return usageError("--tls-cert and --tls-key go together")
 		}
+		warnReadable(o.Logger, "--tls-key", key)
 		pair, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
 			return fmt.Errorf("TLS: %w", err)
@@ -107,21 +111,42 @@ func serveAction(c *cli.Context) error {
 	if d := c.String("device"); d != "auto" && d != "cpu" && d != "cuda" {
 		return usageError("--device %q: want auto, cpu or cuda", d)
 	}
-	srv, err := serve.New(specs, serveLoader(c, o.MaxBatch), o)
+	pipeMem, err := serveMemory(c, &o, specs)
+	if err != nil {
+		return err
+	}
+	srv, err := serve.New(specs, serveLoader(c, o.MaxBatch, pipeMem), o)
 	if err != nil {
 		return withHint(err)
 	}
-	ln, err := net.Listen("tcp", c.String("addr"))
-	if err != nil {
+	var ls serve.Listeners
+	if ls.HTTP, err = net.Listen("tcp", c.String("addr")); err != nil {
 		srv.Close()
 		return err
+	}
+	grpcAddr := ""
+	if a := c.String("grpc-addr"); a != "" {
+		if ls.GRPC, err = net.Listen("tcp", a); err != nil {
+			ls.HTTP.Close()
+			srv.Close()
+			return fmt.Errorf("--grpc-addr: %w", err)
+		}
+		grpcAddr = ls.GRPC.Addr().String()
+	}
+	if o.Token == "" {
+		for _, a := range []string{c.String("addr"), c.String("grpc-addr")} {
+			if a != "" && openToAll(a) {
+				o.Logger.Warn("listening on every interface without a token: anyone who reaches the port can score images and reload models; give --token-file, or listen on 127.0.0.1", "addr", a)
+			}
+		}
 	}
 	scheme := "http"
 	if tlsCfg != nil {
 		scheme = "https"
 	}
-	o.Logger.Info("listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(), "models", strings.Join(srv.Models(), ","),
-		"max_batch", o.MaxBatch, "max_delay", o.MaxDelay.String(), "queue", o.Queue, "token", o.Token != "")
+	o.Logger.Info("listening", "addr", ls.HTTP.Addr().String(), "url", scheme+"://"+ls.HTTP.Addr().String(), "grpc", grpcAddr, "models", strings.Join(srv.Models(), ","),
+		"max_batch", o.MaxBatch, "max_delay", o.MaxDelay.String(), "queue", o.Queue, "token", o.Token != "",
+		"request_memory", o.MaxMemory, "max_request_memory", o.MaxRequestMemory)
 
 	// The first SIGTERM or SIGINT cancels c.Context (see main): the server
 	// drains and exits 0; a second one stops at once.
@@ -142,12 +167,85 @@ func serveAction(c *cli.Context) error {
 			}
 		}
 	}()
-	return srv.Run(ctx, ln, tlsCfg)
+	return srv.Serve(ctx, ls, tlsCfg)
+}
+
+// readToken reads a bearer token file: one line (a trailing newline is
+// fine), refused when empty or of several lines; a file others may read is
+// warned about.
+func readToken(path string, log *slog.Logger) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	switch {
+	case tok == "":
+		return "", usageError("--token-file %s is empty", path)
+	case strings.ContainsAny(tok, "\r\n"):
+		return "", usageError("--token-file %s holds %d lines; want the token alone on one line", path, strings.Count(tok, "\n")+1)
+	case strings.ContainsAny(tok, " \t"):
+		return "", usageError("--token-file %s: the token holds a space or tab; want one word", path)
+	}
+	warnReadable(log, "--token-file", path)
+	return tok, nil
+}
+
+// warnReadable warns when a secret file may be read by other users.
+func warnReadable(log *slog.Logger, flag, path string) {
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o004 != 0 {
+		log.Warn(flag+" is readable by other users: chmod 600 it", "path", path, "mode", fmt.Sprintf("%04o", st.Mode().Perm()))
+	}
+}
+
+// openToAll reports whether a listen address takes every interface.
+func openToAll(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// serveMemory sets the server's request budget: --max-memory less the
+// models (their files, mapped) and the pipelines' own bounded memory, and
+// the per-request share, --max-request-memory; it returns the memory bound
+// of each pipeline call.
+func serveMemory(c *cli.Context, o *serve.Options, specs []serve.ModelSpec) (int64, error) {
+	total, err := memoryBudget(c)
+	if err != nil {
+		return 0, err
+	}
+	pipeMem := min(detector.DefaultMemory, total/8)
+	var models int64
+	for _, sp := range specs {
+		if st, err := os.Stat(sp.Path); err == nil {
+			models += st.Size()
+		}
+	}
+	pipes := int64(len(specs)) * int64(o.Pipelines) * pipeMem
+	o.MaxMemory = total - models - pipes
+	if o.MaxMemory < 64<<20 {
+		return 0, usageError("--max-memory %d bytes leaves %d for requests after the models (%d bytes) and their pipelines (%d): raise --max-memory, or serve fewer models or --pipelines", total, o.MaxMemory, models, pipes)
+	}
+	per, err := parseBytes(c.String("max-request-memory"))
+	if err != nil || per < 1<<20 {
+		return 0, usageError("--max-request-memory %s: want a size of at least 1MiB, like 1GiB", c.String("max-request-memory"))
+	}
+	o.MaxRequestMemory = min(per, o.MaxMemory)
+	if o.MaxMapPixels = c.Int64("max-map-pixels"); o.MaxMapPixels < 1 {
+		return 0, usageError("--max-map-pixels %d: want at least 1", o.MaxMapPixels)
+	}
+	if o.DriftWindow = c.Int("drift-window"); o.DriftWindow < 1 || o.DriftWindow > 1<<20 {
+		return 0, usageError("--drift-window %d: want 1 to 1048576 images", o.DriftWindow)
+	}
+	return pipeMem, nil
 }
 
 // serveLoader opens a model file with its embedded backbone and the backend of
 // --device, the backbone guarded against panics.
-func serveLoader(c *cli.Context, batch int) serve.Loader {
+func serveLoader(c *cli.Context, batch int, pipeMem int64) serve.Loader {
 	return func(path string) (*serve.Loaded, error) {
 		m, err := detector.Load(path)
 		if err != nil {
@@ -169,7 +267,7 @@ func serveLoader(c *cli.Context, batch int) serve.Loader {
 			ext.Close()
 			return nil, err
 		}
-		sc, err := m.NewScorer(serve.Guard(ext), detector.ScoreConfig{Backend: be, Pipeline: detector.PipelineOptions{Batch: batch},
+		sc, err := m.NewScorer(serve.Guard(ext), detector.ScoreConfig{Backend: be, Pipeline: detector.PipelineOptions{Batch: batch, Memory: pipeMem},
 			Thresholds: thresholdFlag(c), OpenRadius: c.Int("open-radius")})
 		if err != nil {
 			ext.Close()
