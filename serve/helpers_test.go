@@ -494,3 +494,5 @@ func testOptions() Options {
 	o.Timeout = 20 * time.Second
 	return o
 }
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
