@@ -117,6 +117,9 @@ func (e *engine) loop() {
 		}
 		batch, n := []*job{first}, len(first.images)
 		deadline := first.enqueued.Add(o.MaxDelay)
+		if e.m.srv.draining.Load() {
+			deadline = time.Time{}
+		}
 		e.m.srv.trace(traceEvent{kind: traceGathered, model: e.m.name, images: n})
 	gather:
 		for open && n < o.MaxBatch {
@@ -129,6 +132,10 @@ func (e *engine) loop() {
 				case j, ok = <-e.in:
 					timer.Stop()
 				case <-timer.C:
+					continue gather
+				case <-e.m.srv.drained: // draining: no more waiting for company
+					timer.Stop()
+					deadline = time.Time{}
 					continue gather
 				}
 			} else if running > 0 {
@@ -170,6 +177,7 @@ func (e *engine) loop() {
 	wg.Wait()
 	e.l.Close()
 	close(e.stopped)
+	e.m.srv.trace(traceEvent{kind: traceReleased, model: e.m.name})
 }
 
 // run scores one batch and answers its jobs.

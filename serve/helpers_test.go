@@ -37,7 +37,6 @@ import (
 
 // fakeConfig steers every fake backbone a test's loader makes.
 type fakeConfig struct {
-	delay  atomic.Int64 // nanoseconds of sleep per Extract call
 	calls  atomic.Int64
 	closed atomic.Int64 // Loaded.Close calls
 	loads  atomic.Int64
@@ -87,9 +86,6 @@ func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
 			default:
 			}
 			<-*g
-		}
-		if d := f.cfg.delay.Load(); d > 0 {
-			time.Sleep(time.Duration(d))
 		}
 	}
 	per := 3 * f.Size * f.Size
@@ -496,3 +492,76 @@ func testOptions() Options {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// tracer records the batcher's events (Options.trace) for tests to wait on,
+// instead of sleeping.
+type tracer struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	events []traceEvent
+}
+
+// traced returns the options with a tracer attached.
+func traced(o Options) (Options, *tracer) {
+	tr := &tracer{}
+	tr.cond = sync.NewCond(&tr.mu)
+	o.trace = func(ev traceEvent) {
+		tr.mu.Lock()
+		tr.events = append(tr.events, ev)
+		tr.mu.Unlock()
+		tr.cond.Broadcast()
+	}
+	return o, tr
+}
+
+// count is the number of events of a kind (and, when images ≥ 0, of that
+// many images).
+func (tr *tracer) count(kind traceKind, images int) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.countLocked(kind, images)
+}
+
+func (tr *tracer) countLocked(kind traceKind, images int) int {
+	n := 0
+	for _, ev := range tr.events {
+		if ev.kind == kind && (images < 0 || ev.images == images) {
+			n++
+		}
+	}
+	return n
+}
+
+// images is the sum of the images of a kind's events.
+func (tr *tracer) imagesLocked(kind traceKind) int {
+	n := 0
+	for _, ev := range tr.events {
+		if ev.kind == kind {
+			n += ev.images
+		}
+	}
+	return n
+}
+
+// waitFor blocks until cond (called with the events locked) holds. A test
+// that never sees it ends by its own timeout; no wall-clock decides.
+func (tr *tracer) waitFor(cond func(tr *tracer) bool) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for !cond(tr) {
+		tr.cond.Wait()
+	}
+}
+
+// wake re-checks waiters' conditions that depend on state outside the events.
+func (tr *tracer) wake() { tr.cond.Broadcast() }
+
+// waitEvents blocks until n events of a kind (and images, when ≥ 0) were seen.
+func (tr *tracer) waitEvents(kind traceKind, images, n int) {
+	tr.waitFor(func(tr *tracer) bool { return tr.countLocked(kind, images) >= n })
+}
+
+// waitQueued blocks until n images were queued in all.
+func (tr *tracer) waitQueued(n int) {
+	tr.waitFor(func(tr *tracer) bool { return tr.imagesLocked(traceQueued) >= n })
+}

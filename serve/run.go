@@ -41,7 +41,7 @@ func (s *Server) NewGRPC(cfg *tls.Config) (*grpc.Server, *health.Server) {
 		grpc.ConnectionTimeout(10 * time.Second),
 	}
 	if cfg != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.Clone())))
 	}
 	gs := grpc.NewServer(opts...)
 	gs.RegisterService(g.desc(), g)
@@ -72,7 +72,7 @@ func (s *Server) Serve(ctx context.Context, ls Listeners, cfg *tls.Config) error
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-			TLSConfig:         cfg,
+			TLSConfig:         cfg.Clone(), // http.Server adds its protocols to it: not shared with gRPC
 		}
 		running++
 		go func() {

@@ -111,6 +111,8 @@ const (
 	traceWaitRunning                  // past the deadline, the batcher waits for a running batch while gathering
 	traceBatch                        // a batch started (running: pipeline calls now in flight)
 	traceDone                         // a batch was answered
+	traceReleased                     // an engine released its model (after a reload or at close)
+	traceDraining                     // the server started draining
 )
 
 type traceEvent struct {
@@ -192,6 +194,8 @@ type Server struct {
 	mux      *http.ServeMux
 	patterns map[string]bool // paths routed, for their 405s
 	draining atomic.Bool
+	drained  chan struct{} // closed by Drain: batchers stop waiting for company
+	drainMu  sync.Once
 	baseCtx  context.Context
 	cancel   context.CancelFunc
 	closed   sync.Once
@@ -208,7 +212,7 @@ func New(specs []ModelSpec, load Loader, o Options) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Server{opt: o, load: load, log: o.Logger, models: map[string]*model{}, patterns: map[string]bool{}, mem: newBudget(o.MaxMemory, o.MaxRequestMemory)}
+	s := &Server{opt: o, load: load, log: o.Logger, models: map[string]*model{}, patterns: map[string]bool{}, drained: make(chan struct{}), mem: newBudget(o.MaxMemory, o.MaxRequestMemory)}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.met = newMetrics(s.mem)
 	s.mux = s.routes()
@@ -345,15 +349,19 @@ func (s *Server) Ready() bool {
 	return true
 }
 
-// Drain marks the server as going away: readiness turns false (requests are
-// still answered).
-func (s *Server) Drain() { s.draining.Store(true) }
+// Drain marks the server as going away: readiness turns false; requests are
+// still answered, and batches waiting for company (--max-delay) start at once.
+func (s *Server) Drain() {
+	s.draining.Store(true)
+	s.drainMu.Do(func() { close(s.drained) })
+	s.trace(traceEvent{kind: traceDraining})
+}
 
 // Close stops every model's batcher once its admitted requests are answered
 // and releases the models. Call it after the HTTP server has stopped.
 func (s *Server) Close() {
 	s.closed.Do(func() {
-		s.draining.Store(true)
+		s.Drain()
 		var es []*engine
 		for _, m := range s.models {
 			m.loadMu.Lock()
