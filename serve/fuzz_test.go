@@ -50,7 +50,7 @@ func FuzzGRPCRequest(f *testing.F) {
 		RawInputContents: [][]byte{append(raw, 9, 9)}, Parameters: map[string]*oip.InferParameter{"threshold": {ParameterChoice: &oip.InferParameter_DoubleParam{DoubleParam: 2}}}})
 	desc := (&oip.ModelInferRequest{}).ProtoReflect().Descriptor()
 	f.Fuzz(func(t *testing.T, b []byte) {
-		cost, cerr := protoCost(desc, b, 0)
+		cost, cerr := protoCost(desc, b, 0, 1<<30)
 		var m oip.ModelInferRequest
 		if err := proto.Unmarshal(b, &m); err != nil {
 			return

@@ -230,9 +230,9 @@ func (g *grpcService) modelInfer(ctx context.Context, dec func(any) error) (*oip
 	if err := dec(&raw); err != nil {
 		return nil, err
 	}
-	cost, err := protoCost((&oip.ModelInferRequest{}).ProtoReflect().Descriptor(), raw.b, 0)
+	cost, err := protoCost((&oip.ModelInferRequest{}).ProtoReflect().Descriptor(), raw.b, 0, max(s.opt.Queue, maxParameters))
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "the message is not a ModelInferRequest: %v", err)
+		return nil, status.Errorf(codes.InvalidArgument, "the message is refused before decoding: %v (this server queues at most %d images per model)", err, s.opt.Queue)
 	}
 	l.shrink(first)
 	if err := l.grow(int64(len(raw.b))+cost, fmt.Sprintf("a %d-byte message, %d bytes decoded", len(raw.b), cost)); err != nil {
@@ -274,12 +274,24 @@ func (g *grpcService) fail(err error) error {
 // map entries, copied bytes), without unmarshalling it. A message of many
 // tiny elements (ten million empty bytes_contents in 30 MB) costs far more
 // than its size; this is how ModelInfer knows before the work.
-func protoCost(md protoreflect.MessageDescriptor, b []byte, depth int) (int64, error) {
+//
+// No repeated field may hold more than maxRepeated elements in one message
+// (a request has at most --queue images, a handful of inputs, outputs and
+// parameters).
+func protoCost(md protoreflect.MessageDescriptor, b []byte, depth, maxRepeated int) (int64, error) {
 	if depth > 32 {
 		return 0, errors.New("nested too deep")
 	}
 	const structSize, perElement, perMapEntry = 160, 16, 96
 	cost := int64(structSize)
+	counts := map[protowire.Number]int{}
+	count := func(fd protoreflect.FieldDescriptor, n int) error {
+		counts[fd.Number()] += n
+		if counts[fd.Number()] > maxRepeated {
+			return fmt.Errorf("field %s has more than %d elements", fd.FullName(), maxRepeated)
+		}
+		return nil
+	}
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -293,6 +305,11 @@ func protoCost(md protoreflect.MessageDescriptor, b []byte, depth int) (int64, e
 		val := b[:m]
 		b = b[m:]
 		fd := md.Fields().ByNumber(num)
+		if fd != nil && (fd.IsList() || fd.IsMap()) && typ != protowire.BytesType {
+			if err := count(fd, 1); err != nil {
+				return 0, err
+			}
+		}
 		if fd == nil || typ != protowire.BytesType {
 			cost += int64(m) + perElement // unknown fields are kept as bytes; a scalar costs its slot
 			continue
@@ -300,34 +317,50 @@ func protoCost(md protoreflect.MessageDescriptor, b []byte, depth int) (int64, e
 		v, _ := protowire.ConsumeBytes(val)
 		switch {
 		case fd.IsMap():
-			c, err := protoCost(fd.Message(), v, depth+1)
+			if err := count(fd, 1); err != nil {
+				return 0, err
+			}
+			c, err := protoCost(fd.Message(), v, depth+1, maxRepeated)
 			if err != nil {
 				return 0, err
 			}
 			cost += perMapEntry + c
 		case fd.Kind() == protoreflect.MessageKind:
-			c, err := protoCost(fd.Message(), v, depth+1)
+			if fd.IsList() {
+				if err := count(fd, 1); err != nil {
+					return 0, err
+				}
+			}
+			c, err := protoCost(fd.Message(), v, depth+1, maxRepeated)
 			if err != nil {
 				return 0, err
 			}
 			cost += perElement + c
 		case fd.Kind() == protoreflect.StringKind || fd.Kind() == protoreflect.BytesKind:
-			cost += int64(len(v)) + 2*perElement
+			if fd.IsList() {
+				if err := count(fd, 1); err != nil {
+					return 0, err
+				}
+			}
+			cost += int64(len(v)) + 3*perElement // the slice header, and its share of the slice's growth
 		case fd.IsList(): // packed scalars
-			var count int64
+			var elems int64
 			switch fd.Kind() {
 			case protoreflect.Fixed32Kind, protoreflect.Sfixed32Kind, protoreflect.FloatKind:
-				count = int64(len(v)) / 4
+				elems = int64(len(v)) / 4
 			case protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind, protoreflect.DoubleKind:
-				count = int64(len(v)) / 8
+				elems = int64(len(v)) / 8
 			default:
 				for _, c := range v {
 					if c < 0x80 {
-						count++
+						elems++
 					}
 				}
 			}
-			cost += count * perElement
+			if err := count(fd, int(min(elems, 1<<30))); err != nil {
+				return 0, err
+			}
+			cost += elems * perElement
 		default:
 			cost += int64(m) + perElement
 		}

@@ -163,7 +163,11 @@ func TestGRPCMatchesLibrary(t *testing.T) {
 		{"wrong input", &oip.ModelInferRequest{ModelName: "wood", Inputs: []*oip.ModelInferRequest_InferInputTensor{{Name: "pixels", Datatype: "BYTES", Shape: []int64{1}}}}, codes.InvalidArgument, "exactly one input"},
 		{"not an image", grpcImages("wood", [][]byte{[]byte("hello")}), codes.InvalidArgument, "header"},
 		{"unknown output", grpcImages("wood", f.imgs[:1], "logits"), codes.InvalidArgument, "no output"},
-		{"shape mismatch", func() *oip.ModelInferRequest { r := grpcImages("wood", f.imgs[:1]); r.Inputs[0].Shape = []int64{3}; return r }(), codes.InvalidArgument, "shape"},
+		{"shape mismatch", func() *oip.ModelInferRequest {
+			r := grpcImages("wood", f.imgs[:1])
+			r.Inputs[0].Shape = []int64{3}
+			return r
+		}(), codes.InvalidArgument, "shape"},
 		{"shape overflow", func() *oip.ModelInferRequest {
 			r := grpcImages("wood", f.imgs[:1])
 			r.Inputs[0].Shape = []int64{469411, 1006941, 647939, 3373}
@@ -221,10 +225,19 @@ func TestGRPCTokenTLSLimits(t *testing.T) {
 	}
 	for _, cx := range []context.Context{ctx, wrong} {
 		for name, call := range map[string]func(context.Context) error{
-			"ModelReady":     func(c2 context.Context) error { _, err := c.ModelReady(c2, &oip.ModelReadyRequest{Name: "wood"}); return err },
-			"ServerMetadata": func(c2 context.Context) error { _, err := c.ServerMetadata(c2, &oip.ServerMetadataRequest{}); return err },
-			"ModelMetadata":  func(c2 context.Context) error { _, err := c.ModelMetadata(c2, &oip.ModelMetadataRequest{Name: "nope"}); return err },
-			"ModelInfer":     func(c2 context.Context) error { _, err := c.ModelInfer(c2, grpcImages("wood", f.imgs)); return err },
+			"ModelReady": func(c2 context.Context) error {
+				_, err := c.ModelReady(c2, &oip.ModelReadyRequest{Name: "wood"})
+				return err
+			},
+			"ServerMetadata": func(c2 context.Context) error {
+				_, err := c.ServerMetadata(c2, &oip.ServerMetadataRequest{})
+				return err
+			},
+			"ModelMetadata": func(c2 context.Context) error {
+				_, err := c.ModelMetadata(c2, &oip.ModelMetadataRequest{Name: "nope"})
+				return err
+			},
+			"ModelInfer": func(c2 context.Context) error { _, err := c.ModelInfer(c2, grpcImages("wood", f.imgs)); return err },
 		} {
 			if err := call(cx); status.Code(err) != codes.Unauthenticated {
 				t.Errorf("%s without the right token: %v", name, err)
@@ -329,11 +342,14 @@ func TestProtoCost(t *testing.T) {
 	desc := (&oip.ModelInferRequest{}).ProtoReflect().Descriptor()
 	empty := make([][]byte, 1_000_000)
 	b, _ := proto.Marshal(grpcImages("wood", empty))
-	cost, err := protoCost(desc, b, 0)
+	cost, err := protoCost(desc, b, 0, 1<<30)
 	if err != nil || cost < 16*int64(len(empty)) {
 		t.Fatalf("a million empty elements in %d bytes: cost %d %v", len(b), cost, err)
 	}
-	if _, err := protoCost(desc, []byte{0x2a, 0x05, 0x0a}, 0); err == nil {
+	if _, err := protoCost(desc, b, 0, 64); err == nil || !strings.Contains(err.Error(), "bytes_contents has more than 64 elements") {
+		t.Fatalf("a million empty elements, 64 allowed: %v", err)
+	}
+	if _, err := protoCost(desc, []byte{0x2a, 0x05, 0x0a}, 0, 64); err == nil {
 		t.Fatal("a truncated message accepted")
 	}
 }
