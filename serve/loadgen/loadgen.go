@@ -85,7 +85,7 @@ type Result struct {
 	Mismatches  int            `json:"mismatches"`       // answers differing from padim score's
 	Checked     int            `json:"checked"`
 	PerSecond   float64        `json:"images_per_second"`
-	P50ms       float64        `json:"p50_ms"`
+	P50ms       float64        `json:"p50_ms"` // latencies of the OK answers; 0 without any
 	P90ms       float64        `json:"p90_ms"`
 	P99ms       float64        `json:"p99_ms"`
 	MaxMS       float64        `json:"max_ms"`
@@ -285,10 +285,10 @@ func runLevel(ctx context.Context, cfg Config, snd sender, h *httpClient, conc i
 	return res
 }
 
-// quantile of sorted values (nearest rank).
+// quantile of sorted values (nearest rank); 0 without any (JSON has no NaN).
 func quantile(v []float64, q float64) float64 {
 	if len(v) == 0 {
-		return math.NaN()
+		return 0
 	}
 	i := int(math.Ceil(q*float64(len(v)))) - 1
 	return v[min(max(i, 0), len(v)-1)]
