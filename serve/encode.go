@@ -197,10 +197,10 @@ func (a *inferAnswer) parameters() map[string]any {
 	return map[string]any{paramThreshold: a.thresholds.Image, paramPixelThreshold: a.thresholds.Pixel, "threshold_source": a.source}
 }
 
-// writeInfer answers a v2 inference: JSON, with the outputs asked for in
+// encodeInfer answers a v2 inference: JSON, with the outputs asked for in
 // binary after the JSON header (Triton's binary tensor extension). Data are
 // streamed, never held as text.
-func (s *Server) writeInfer(w http.ResponseWriter, name string, req *inferRequest, a *inferAnswer) error {
+func (s *Server) encodeInfer(w http.ResponseWriter, name string, req *inferRequest, a *inferAnswer) error {
 	outs, err := a.tensors(req)
 	if err != nil {
 		return err

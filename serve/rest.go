@@ -426,7 +426,7 @@ func (s *Server) inferREST(w http.ResponseWriter, r *http.Request, info *reqInfo
 	}
 	defer a.release()
 	info.version = a.e.version
-	return s.writeInfer(w, name, req, a)
+	return s.encodeInfer(w, name, req, a)
 }
 
 // score is POST /v1/models/NAME/score: the body is one encoded image;

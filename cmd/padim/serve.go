@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -57,48 +58,9 @@ func serveCommand() *cli.Command {
 }
 
 func serveAction(c *cli.Context) error {
-	o := serve.DefaultOptions()
-	o.MaxBatch, o.MaxDelay, o.Pipelines = c.Int("max-batch"), c.Duration("max-delay"), c.Int("pipelines")
-	o.Queue, o.Timeout, o.Snapshot = c.Int("queue"), c.Duration("timeout"), c.Bool("snapshot")
-	var err error
-	if o.MaxBody, err = parseBytes(c.String("max-body")); err != nil || o.MaxBody > 1<<30 {
-		return usageError("--max-body %s: want a size from 1 byte to 1GiB, like 32MiB", c.String("max-body"))
-	}
-	if o.MaxDelay < 0 || o.MaxDelay > 10*time.Second {
-		return usageError("--max-delay %v: want 0 to 10s", o.MaxDelay)
-	}
-	if o.Timeout <= 0 || o.Timeout > time.Hour {
-		return usageError("--timeout %v: want more than 0 and at most 1h", o.Timeout)
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		o.Version = bi.Main.Version
-	}
-	var h slog.Handler
-	switch f := c.String("log-format"); f {
-	case "text":
-		h = slog.NewTextHandler(os.Stderr, nil)
-	case "json":
-		h = slog.NewJSONHandler(os.Stderr, nil)
-	default:
-		return usageError("--log-format %q: want text or json", f)
-	}
-	o.Logger = slog.New(h)
-	if p := c.String("token-file"); p != "" {
-		if o.Token, err = readToken(p, o.Logger); err != nil {
-			return err
-		}
-	}
-	var tlsCfg *tls.Config
-	if cert, key := c.String("tls-cert"), c.String("tls-key"); cert != "" || key != "" {
-		if cert == "" || key == "" {
-			return usageError("--tls-cert and --tls-key go together")
-		}
-		warnReadable(o.Logger, "--tls-key", key)
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return fmt.Errorf("TLS: %w", err)
-		}
-		tlsCfg = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	o, tlsCfg, err := serveOptions(c)
+	if err != nil {
+		return err
 	}
 	var specs []serve.ModelSpec
 	for _, s := range c.StringSlice("model") {
@@ -119,19 +81,87 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return withHint(err)
 	}
-	var ls serve.Listeners
-	if ls.HTTP, err = net.Listen("tcp", c.String("addr")); err != nil {
+	ls, err := serveListen(c, o)
+	if err != nil {
 		srv.Close()
 		return err
 	}
-	grpcAddr := ""
+	scheme, grpcAddr := "http", ""
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	if ls.GRPC != nil {
+		grpcAddr = ls.GRPC.Addr().String()
+	}
+	o.Logger.Info("listening", "addr", ls.HTTP.Addr().String(), "url", scheme+"://"+ls.HTTP.Addr().String(), "grpc", grpcAddr, "models", strings.Join(srv.Models(), ","),
+		"max_batch", o.MaxBatch, "max_delay", o.MaxDelay.String(), "queue", o.Queue, "token", o.Token != "",
+		"request_memory", o.MaxMemory, "max_request_memory", o.MaxRequestMemory)
+	// The first SIGTERM or SIGINT cancels c.Context (see main): the server
+	// drains and exits 0; a second one stops at once.
+	defer reloadOnHUP(c.Context, srv, o.Logger)()
+	return srv.Serve(c.Context, ls, tlsCfg)
+}
+
+// serveOptions reads serve's flags into options (the memory budget aside:
+// serveMemory) and the TLS configuration.
+func serveOptions(c *cli.Context) (serve.Options, *tls.Config, error) {
+	o := serve.DefaultOptions()
+	o.MaxBatch, o.MaxDelay, o.Pipelines = c.Int("max-batch"), c.Duration("max-delay"), c.Int("pipelines")
+	o.Queue, o.Timeout, o.Snapshot = c.Int("queue"), c.Duration("timeout"), c.Bool("snapshot")
+	var err error
+	if o.MaxBody, err = parseBytes(c.String("max-body")); err != nil || o.MaxBody > 1<<30 {
+		return o, nil, usageError("--max-body %s: want a size from 1 byte to 1GiB, like 32MiB", c.String("max-body"))
+	}
+	if o.MaxDelay < 0 || o.MaxDelay > 10*time.Second {
+		return o, nil, usageError("--max-delay %v: want 0 to 10s", o.MaxDelay)
+	}
+	if o.Timeout <= 0 || o.Timeout > time.Hour {
+		return o, nil, usageError("--timeout %v: want more than 0 and at most 1h", o.Timeout)
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		o.Version = bi.Main.Version
+	}
+	switch f := c.String("log-format"); f {
+	case "text":
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	case "json":
+		o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	default:
+		return o, nil, usageError("--log-format %q: want text or json", f)
+	}
+	if p := c.String("token-file"); p != "" {
+		if o.Token, err = readToken(p, o.Logger); err != nil {
+			return o, nil, err
+		}
+	}
+	cert, key := c.String("tls-cert"), c.String("tls-key")
+	if cert == "" && key == "" {
+		return o, nil, nil
+	}
+	if cert == "" || key == "" {
+		return o, nil, usageError("--tls-cert and --tls-key go together")
+	}
+	warnReadable(o.Logger, "--tls-key", key)
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return o, nil, fmt.Errorf("TLS: %w", err)
+	}
+	return o, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// serveListen opens --addr and --grpc-addr, warning of every interface
+// without a token.
+func serveListen(c *cli.Context, o serve.Options) (serve.Listeners, error) {
+	var ls serve.Listeners
+	var err error
+	if ls.HTTP, err = net.Listen("tcp", c.String("addr")); err != nil {
+		return ls, err
+	}
 	if a := c.String("grpc-addr"); a != "" {
 		if ls.GRPC, err = net.Listen("tcp", a); err != nil {
 			ls.HTTP.Close()
-			srv.Close()
-			return fmt.Errorf("--grpc-addr: %w", err)
+			return ls, fmt.Errorf("--grpc-addr: %w", err)
 		}
-		grpcAddr = ls.GRPC.Addr().String()
 	}
 	if o.Token == "" {
 		for _, a := range []string{c.String("addr"), c.String("grpc-addr")} {
@@ -140,34 +170,28 @@ func serveAction(c *cli.Context) error {
 			}
 		}
 	}
-	scheme := "http"
-	if tlsCfg != nil {
-		scheme = "https"
-	}
-	o.Logger.Info("listening", "addr", ls.HTTP.Addr().String(), "url", scheme+"://"+ls.HTTP.Addr().String(), "grpc", grpcAddr, "models", strings.Join(srv.Models(), ","),
-		"max_batch", o.MaxBatch, "max_delay", o.MaxDelay.String(), "queue", o.Queue, "token", o.Token != "",
-		"request_memory", o.MaxMemory, "max_request_memory", o.MaxRequestMemory)
+	return ls, nil
+}
 
-	// The first SIGTERM or SIGINT cancels c.Context (see main): the server
-	// drains and exits 0; a second one stops at once.
-	ctx := c.Context
+// reloadOnHUP reloads every model on SIGHUP until ctx ends; call the
+// returned function to stop listening for it.
+func reloadOnHUP(ctx context.Context, srv *serve.Server, log *slog.Logger) func() {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {
 			case <-hup:
-				o.Logger.Info("SIGHUP: reloading every model")
+				log.Info("SIGHUP: reloading every model")
 				if err := srv.ReloadAll(); err != nil {
-					o.Logger.Error("reload", "err", err)
+					log.Error("reload", "err", err)
 				}
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
-	return srv.Serve(ctx, ls, tlsCfg)
+	return func() { signal.Stop(hup) }
 }
 
 // readToken reads a bearer token file: one line (a trailing newline is

@@ -90,6 +90,7 @@ type serverProc struct {
 	token  string
 	logs   *bytes.Buffer
 	logMu  *sync.Mutex
+	logged *sync.Cond // signalled at each log line
 	exited chan error
 	grpc   string // the gRPC address, with --grpc-addr
 }
@@ -116,6 +117,7 @@ func startServeCmd(t *testing.T, argv []string, client *http.Client, token strin
 		t.Fatal(err)
 	}
 	p := &serverProc{cmd: cmd, client: client, token: token, logs: &bytes.Buffer{}, logMu: &sync.Mutex{}, exited: make(chan error, 1)}
+	p.logged = sync.NewCond(p.logMu)
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -125,6 +127,7 @@ func startServeCmd(t *testing.T, argv []string, client *http.Client, token strin
 			p.logMu.Lock()
 			p.logs.WriteString(line + "\n")
 			p.logMu.Unlock()
+			p.logged.Broadcast()
 			var l struct{ Msg, URL, GRPC string }
 			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "listening" {
 				p.grpc = l.GRPC
@@ -148,6 +151,24 @@ func startServeCmd(t *testing.T, argv []string, client *http.Client, token strin
 		}
 	})
 	return p
+}
+
+// waitLog blocks until a log line holds every one of parts.
+func (p *serverProc) waitLog(parts ...string) {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	for {
+		for _, l := range strings.Split(p.logs.String(), "\n") {
+			all := true
+			for _, s := range parts {
+				all = all && strings.Contains(l, s)
+			}
+			if all {
+				return
+			}
+		}
+		p.logged.Wait()
+	}
 }
 
 func (p *serverProc) log() string {
@@ -408,16 +429,9 @@ func TestServeMatchesScore(t *testing.T) {
 	os.WriteFile(live+".new", func() []byte { b, _ := os.ReadFile(modelB); return b }(), 0o644)
 	os.Rename(live+".new", live)
 	srv.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, body := srv.get("/v2/models/wood")
-		if strings.Contains(string(body), `"versions":["2"]`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload after SIGHUP: %s", body)
-		}
-		time.Sleep(50 * time.Millisecond)
+	srv.waitLog(`"msg":"model loaded"`, `"version":"2"`) // the reload's log line
+	if _, body := srv.get("/v2/models/wood"); !strings.Contains(string(body), `"versions":["2"]`) {
+		t.Fatalf("after SIGHUP's reload: %s", body)
 	}
 	check(wantB, "2", false)
 	_, metrics := srv.get("/metrics")
@@ -430,7 +444,7 @@ func TestServeMatchesScore(t *testing.T) {
 
 	// SIGTERM while requests wait in the batcher: each is answered, exit 0
 	img, _ := os.ReadFile(filepath.Join(in, names[0]))
-	srv2 := startServe(t, bin, &http.Client{Timeout: time.Minute}, "", "--model", "wood="+modelA, "--max-delay", "1500ms", "--max-batch", "64")
+	srv2 := startServe(t, bin, &http.Client{Timeout: time.Minute}, "", "--model", "wood="+modelA, "--max-delay", "10s", "--max-batch", "64")
 	var wg sync.WaitGroup
 	codes := make([]int, 6)
 	scores := make([]float32, 6)
@@ -444,8 +458,14 @@ func TestServeMatchesScore(t *testing.T) {
 			codes[i], scores[i] = code, got.Score
 		}()
 	}
-	time.Sleep(500 * time.Millisecond)
-	srv2.cmd.Process.Signal(syscall.SIGTERM)
+	// all six wait in the batcher (for company, up to 10 s): the queue counter says so
+	for {
+		_, m := srv2.get("/metrics")
+		if strings.Contains(string(m), `padim_queue_images{model="wood"} 6`+"\n") {
+			break
+		}
+	}
+	srv2.cmd.Process.Signal(syscall.SIGTERM) // the drain starts their batch at once
 	wg.Wait()
 	for i := range codes {
 		if codes[i] != 200 || rel(scores[i], *wantA[names[0]].Score) > 1e-5 {
