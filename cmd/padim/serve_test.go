@@ -481,7 +481,7 @@ func TestServeMatchesScore(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("padim serve did not exit after SIGTERM")
 	}
-	if !strings.Contains(srv2.log(), `"msg":"draining"`) || strings.Count(srv2.log(), `"msg":"request"`) != 6 {
+	if !strings.Contains(srv2.log(), `"msg":"draining"`) || strings.Count(srv2.log(), `"path":"/v1/models/wood/score","status":200`) != 6 {
 		t.Fatalf("drain log:\n%s", srv2.log())
 	}
 }
