@@ -234,10 +234,14 @@ func (g *grpcService) modelInfer(ctx context.Context, dec func(any) error) (*oip
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "the message is refused before decoding: %v (this server queues at most %d images per model)", err, s.opt.Queue)
 	}
-	l.shrink(first)
-	if err := l.grow(int64(len(raw.b))+cost, fmt.Sprintf("a %d-byte message, %d bytes decoded", len(raw.b), cost)); err != nil {
-		s.countRefusal(asAPI(err))
-		return nil, grpcError(err)
+	// the message as received and decoded, in place of the first reservation
+	if want := int64(len(raw.b)) + cost; want > first {
+		if err := l.grow(want-first, fmt.Sprintf("a %d-byte message, %d bytes decoded", len(raw.b), cost)); err != nil {
+			s.countRefusal(asAPI(err))
+			return nil, grpcError(err)
+		}
+	} else {
+		l.shrink(first - want)
 	}
 	var pr oip.ModelInferRequest
 	if err := proto.Unmarshal(raw.b, &pr); err != nil {

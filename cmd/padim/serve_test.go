@@ -690,7 +690,9 @@ func TestLoadtestBoundsHostileServers(t *testing.T) {
 	args := []string{"loadtest", "--url", hs.URL, "--concurrency", "2", "--warmup", "0s", "--json"}
 
 	out, stderr, code, rss := runBin(t, nil, append(args, "--model", "endless", "--duration", "2s", "--max-response", "1MiB", img[0])...)
-	if code != 0 || !strings.Contains(out, "answer over 1048576 bytes") || rss > 512<<20 {
+	// (the cap bounds each answer; the peak RSS bound is loose because a
+	// loaded machine's GC may lag the garbage of hundreds of cut answers)
+	if code != 0 || !strings.Contains(out, "answer over 1048576 bytes") || rss > 1536<<20 {
 		t.Errorf("an endless answer: exit %d, peak RSS %d MB\n%s\n%s", code, rss>>20, out, stderr)
 	}
 	out, stderr, code, _ = runBin(t, nil, append(args, "--model", "silent", "--duration", "1s", "--request-timeout", "300ms", img[0])...)
