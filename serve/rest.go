@@ -124,12 +124,12 @@ type handler func(w http.ResponseWriter, r *http.Request, info *reqInfo) error
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	metrics := promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{})
-	open, closed := false, true
-	s.handle(mux, "GET /v2/health/live", "health_live", open, func(w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
+	public, private := false, true
+	s.handle(mux, "GET /v2/health/live", "health_live", public, func(w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
 		writeJSON(w, http.StatusOK, map[string]bool{"live": true})
 		return nil
 	})
-	s.handle(mux, "GET /v2/health/ready", "health_ready", open, func(w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
+	s.handle(mux, "GET /v2/health/ready", "health_ready", public, func(w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
 		code := http.StatusOK
 		if !s.Ready() {
 			code = http.StatusServiceUnavailable
@@ -137,31 +137,31 @@ func (s *Server) routes() *http.ServeMux {
 		writeJSON(w, code, map[string]bool{"ready": code == http.StatusOK})
 		return nil
 	})
-	s.handle(mux, "GET /metrics", "metrics", closed, func(w http.ResponseWriter, r *http.Request, _ *reqInfo) error {
+	s.handle(mux, "GET /metrics", "metrics", private, func(w http.ResponseWriter, r *http.Request, _ *reqInfo) error {
 		metrics.ServeHTTP(w, r)
 		return nil
 	})
-	s.handle(mux, "GET /v2", "server_metadata", closed, func(w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
+	s.handle(mux, "GET /v2", "server_metadata", private, func(w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
 		writeJSON(w, http.StatusOK, s.serverMetadata())
 		return nil
 	})
 	for _, p := range []string{"/v2/models/{name}", "/v2/models/{name}/versions/{version}"} {
-		s.handle(mux, "GET "+p, "model_metadata", closed, func(w http.ResponseWriter, r *http.Request, info *reqInfo) error {
+		s.handle(mux, "GET "+p, "model_metadata", private, func(w http.ResponseWriter, r *http.Request, info *reqInfo) error {
 			return s.withModel(w, r, info, func(e *engine) { writeJSON(w, http.StatusOK, e.metadata()) })
 		})
-		s.handle(mux, "GET "+p+"/ready", "model_ready", closed, func(w http.ResponseWriter, r *http.Request, info *reqInfo) error {
+		s.handle(mux, "GET "+p+"/ready", "model_ready", private, func(w http.ResponseWriter, r *http.Request, info *reqInfo) error {
 			return s.withModel(w, r, info, func(e *engine) {
 				writeJSON(w, http.StatusOK, map[string]any{"name": e.m.name, "ready": true})
 			})
 		})
-		s.handle(mux, "POST "+p+"/infer", "infer", closed, s.inferREST)
+		s.handle(mux, "POST "+p+"/infer", "infer", private, s.inferREST)
 	}
-	s.handle(mux, "GET /v2/models/{name}/stats", "model_stats", closed, func(w http.ResponseWriter, r *http.Request, info *reqInfo) error {
+	s.handle(mux, "GET /v2/models/{name}/stats", "model_stats", private, func(w http.ResponseWriter, r *http.Request, info *reqInfo) error {
 		return s.withModel(w, r, info, func(e *engine) { writeJSON(w, http.StatusOK, e.stats()) })
 	})
-	s.handle(mux, "POST /v2/repository/models/{name}/load", "repository_load", closed, s.repositoryLoad)
-	s.handle(mux, "POST /v1/models/{name}/score", "score", closed, s.score)
-	mux.HandleFunc("/", s.endpoint("unknown", closed, func(_ http.ResponseWriter, r *http.Request, _ *reqInfo) error {
+	s.handle(mux, "POST /v2/repository/models/{name}/load", "repository_load", private, s.repositoryLoad)
+	s.handle(mux, "POST /v1/models/{name}/score", "score", private, s.score)
+	mux.HandleFunc("/", s.endpoint("unknown", private, func(_ http.ResponseWriter, r *http.Request, _ *reqInfo) error {
 		return errorf(http.StatusNotFound, "no endpoint %s", r.URL.Path)
 	}))
 	return mux

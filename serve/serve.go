@@ -1,6 +1,9 @@
-// Package serve is padim's HTTP scoring service: the KServe v2 / Open Inference
-// Protocol REST endpoints, a plain raw-image endpoint, Prometheus metrics, and
-// dynamic batching of concurrent requests into single pipeline calls.
+// Package serve is padim's scoring service: the KServe v2 / Open Inference
+// Protocol REST endpoints (JSON, and Triton's binary tensor extension), the
+// same protocol over gRPC, a plain raw-image endpoint, Prometheus metrics,
+// drift statistics, and dynamic batching of concurrent requests into single
+// pipeline calls. Every protocol goes parse → one core (Server.runInfer:
+// header checks, memory budget, batcher, run-time thresholds) → encode.
 //
 // Each model runs a batcher: requests queue (at most Options.Queue images), a
 // batch is gathered for at most Options.MaxDelay after its first request or until
@@ -8,6 +11,11 @@
 // detector.Scorer.Score call. Reloading a model swaps in a new scorer atomically:
 // requests that already hold the old one finish on it, and it is closed when the
 // last of them is done.
+//
+// What a request holds besides the pipeline's own bounded memory (its body,
+// what that expands to, its maps and answer) is charged to a budget before any
+// work: Options.MaxRequestMemory per request (413 beyond), Options.MaxMemory
+// for all requests in flight (429 beyond).
 package serve
 
 import (
