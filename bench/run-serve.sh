@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
-# padim serve under load (issue 11): throughput and p50/p99 latency at concurrency
-# 1, 8 and 32, with batching (--max-batch 16, --max-delay 5ms) and without
-# (--max-batch 1), for Resnet50_CBAM at 224 (d=550) and the shared MobileNetV2,
-# against a timed padim score on the same images. Every served score is checked
-# against padim score --json (1e-5 relative).
+# padim serve under load (issues 11, 24): throughput and p50/p99 latency at
+# concurrency 1, 8 and 32, over REST (v1, raw image) and gRPC (the Open Inference
+# Protocol's ModelInfer), with batching (--max-batch 16, --max-delay 5ms) and
+# without (--max-batch 1), for Resnet50_CBAM at 224 (d=550) and the shared
+# MobileNetV2, against a timed padim score on the same images. Every served
+# score is checked against padim score --json (1e-5 relative): 0 mismatches.
 #   bench/run-serve.sh [WORK_DIR]
-# Raw output in bench/results/<date>-serve/.
+#   SMALL=1 NOWAIT=1 DURATION=2s WARMUP=1s bench/run-serve.sh   # a tiny model, to check the script runs
+# NOWAIT=1: measure at once, whatever else runs (no waiting for a quiet machine, no re-measuring).
+# Raw output in bench/results/<date>-serve/ (-serve-small with SMALL=1).
 # WORK_DIR (default /tmp/padim-serve-bench) holds the data and the 2 GB model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=bench/results/$(date -u +%Y-%m-%d)-serve
+out=bench/results/$(date -u +%Y-%m-%d)-serve${SMALL:+-small}
 mkdir -p "$out"
-work=${1:-/tmp/padim-serve-bench}
+work=${1:-/tmp/padim-serve-bench}${SMALL:+-small}
 mkdir -p "$work"
 make -s build
 bin=$PWD/bin/padim
 export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/libonnxruntime.so.1}
 dur=${DURATION:-20s}
+maxother=${NOWAIT:+0}; maxother=${maxother:-0.15}   # loadtest re-measures a level disturbed by more than this many cores
 warm=${WARMUP:-4s}
 
 { date -u; uname -a; grep -m1 "model name" /proc/cpuinfo; nproc; free -g | head -2; go version; git -C . log -1 --format="padim %h %s"; } > "$out/machine.txt" 2>&1
 
 data=$work/wood
-[ -d "$data" ] || "$bin" -q synth --out "$data" --seed 1 --train 50 --test-good 20 --test-defect 30 --size 512
-[ -f "$work/r50cbam.onnx" ] || "$bin" -q backbone --arch resnet50_cbam --seed 7 --out "$work/r50cbam.onnx"
-[ -f "$work/r50.padim" ] || "$bin" -q train --backbone "$work/r50cbam.onnx" --data "$data" --out "$work/r50.padim" --dim 550 --device cpu
-mnv2=../shared/models/mobilenet_v2_imagenet.onnx
-models=(r50)
-if [ -f "$mnv2" ]; then
+if [ -n "${SMALL:-}" ]; then
+  # a resnet18 at 64² on 96² images: seconds, not the numbers to publish
+  [ -d "$data" ] || "$bin" -q synth --out "$data" --seed 1 --train 10 --test-good 4 --test-defect 6 --size 96
+  [ -f "$work/r18.onnx" ] || "$bin" -q backbone --arch resnet18 --seed 3 --size 64 --out "$work/r18.onnx"
+  [ -f "$work/small.padim" ] || "$bin" -q train --backbone "$work/r18.onnx" --data "$data" --out "$work/small.padim" --dim 40 --device cpu
+  models=(small)
+  mnv2=/nonexistent
+else
+  [ -d "$data" ] || "$bin" -q synth --out "$data" --seed 1 --train 50 --test-good 20 --test-defect 30 --size 512
+  [ -f "$work/r50cbam.onnx" ] || "$bin" -q backbone --arch resnet50_cbam --seed 7 --out "$work/r50cbam.onnx"
+  [ -f "$work/r50.padim" ] || "$bin" -q train --backbone "$work/r50cbam.onnx" --data "$data" --out "$work/r50.padim" --dim 550 --device cpu
+  mnv2=../shared/models/mobilenet_v2_imagenet.onnx
+  models=(r50)
+fi
+if [ -n "${SMALL:-}" ]; then :
+elif [ -f "$mnv2" ]; then
   [ -f "$work/mnv2.padim" ] || "$bin" -q train --backbone "$mnv2" --data "$data" --out "$work/mnv2.padim" --device cpu
   models+=(mnv2)
 else
@@ -66,7 +80,7 @@ cli_rate() {
   for try in 1 2 3 4 5 6; do
     timed "$bin" -q score --model "$work/$1.padim" --device cpu --json "$one"; w1=$wall; o1=$other
     timed "$bin" -q score --model "$work/$1.padim" --device cpu --json "$x4"
-    if [ "$(echo "$o1 < 0.15 && $other < 0.15" | bc)" = 1 ] || [ $try = 6 ]; then break; fi
+    if [ -n "${NOWAIT:-}" ] || [ "$(echo "$o1 < 0.15 && $other < 0.15" | bc)" = 1 ] || [ $try = 6 ]; then break; fi
     echo "padim score disturbed (other cores $o1, $other): again in 30 s" >&2
     sleep 30
   done
@@ -85,6 +99,7 @@ busy() {
 # wait_quiet: the machine idle (under 15 % busy: another engineer's job would
 # show) for 5 s, at most 10 minutes; the load average is noted with each result
 wait_quiet() {
+  [ -n "${NOWAIT:-}" ] && return 0
   local b
   for _ in $(seq 100); do
     b=$(busy)
@@ -101,11 +116,16 @@ for m in "${models[@]}"; do
   for mb in 16 1; do
     wait_quiet
     log=$out/$m-serve-b$mb.log
-    "$bin" serve --model "$m=$work/$m.padim" --addr 127.0.0.1:18211 --device cpu --max-batch "$mb" --log-format json 2> "$log" &
+    "$bin" serve --model "$m=$work/$m.padim" --addr 127.0.0.1:18211 --grpc-addr 127.0.0.1:18212 --device cpu --max-batch "$mb" --log-format json 2> "$log" &
     pid=$!
     for _ in $(seq 120); do curl -sf http://127.0.0.1:18211/v2/health/ready >/dev/null && break; sleep 1; done
-    "$bin" loadtest --url http://127.0.0.1:18211 --model "$m" --concurrency 1,8,32 --duration "$dur" --warmup "$warm" --server-pid "$pid" --max-other 0.15 \
-      --expect "$out/$m-score.json" "$images" | tee "$out/$m-loadtest-b$mb.txt"
+    # REST (v1: the raw image) and gRPC (ModelInfer, bytes_contents), one after the other on one server
+    for api in v1 grpc; do
+      echo "api $api" | tee -a "$out/$m-loadtest-b$mb.txt"
+      "$bin" loadtest --url http://127.0.0.1:18211 --grpc-addr 127.0.0.1:18212 --api "$api" --model "$m" --concurrency 1,8,32 --duration "$dur" --warmup "$warm" \
+        --server-pid "$pid" --max-other "$maxother" --expect "$out/$m-score.json" "$images" | tee -a "$out/$m-loadtest-b$mb.txt"
+      wait_quiet
+    done
     curl -s http://127.0.0.1:18211/metrics > "$out/$m-metrics-b$mb.txt"
     kill -TERM "$pid"
     wait "$pid"
@@ -119,7 +139,7 @@ for m in "${models[@]}"; do
     "$bin" serve --model "$m=$work/$m.padim" --addr 127.0.0.1:18211 --device cpu --log-format json 2> /dev/null &
     pid=$!
     for _ in $(seq 120); do curl -sf http://127.0.0.1:18211/v2/health/ready >/dev/null && break; sleep 1; done
-    echo "rep $rep serve: $("$bin" loadtest --url http://127.0.0.1:18211 --model "$m" --concurrency 32 --duration "$dur" --warmup "$warm" --server-pid "$pid" --max-other 0.15 \
+    echo "rep $rep serve: $("$bin" loadtest --url http://127.0.0.1:18211 --model "$m" --concurrency 32 --duration "$dur" --warmup "$warm" --server-pid "$pid" --max-other "$maxother" \
       --expect "$out/$m-score.json" "$images")" >> "$out/$m-c32-vs-score.txt"
     kill -TERM "$pid"
     wait "$pid"

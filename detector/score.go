@@ -337,14 +337,21 @@ func (s *Scorer) finish(ss *scoreState) (*Result, error) {
 	}
 	r := &Result{Index: it.index, Name: it.name, W: it.w, H: it.h, Map: m, Grid: ss.grid, Score: score, Frame: it.frame, Image: it.view, Warning: it.warning}
 	if th := s.set.Thresholds; th != nil {
-		r.Thresholds = th
-		r.Defect = score > th.Image
-		if r.Defect {
-			r.Mask, r.Boxes = postproc.Detect(m, r.W, r.H, th.Pixel, s.set.OpenRadius)
-			for _, b := range r.Boxes {
-				r.ImageBoxes = append(r.ImageBoxes, imageBox(b, it.frame))
-			}
-		}
+		r.Verdict = s.Decide(r, th)
 	}
 	return r, nil
+}
+
+// Decide is the verdict on a result under thresholds th: the one Score gives
+// when th are the scorer's, for a caller that sets its own per image (padim
+// serve's per-request thresholds).
+func (s *Scorer) Decide(r *Result, th *Thresholds) Verdict {
+	v := Verdict{Thresholds: th, Defect: r.Score > th.Image}
+	if v.Defect {
+		v.Mask, v.Boxes = postproc.Detect(r.Map, r.W, r.H, th.Pixel, s.set.OpenRadius)
+		for _, b := range v.Boxes {
+			v.ImageBoxes = append(v.ImageBoxes, imageBox(b, r.Frame))
+		}
+	}
+	return v
 }

@@ -17,12 +17,13 @@ import (
 
 // job is one request's images on their way through a batch.
 type job struct {
-	ctx      context.Context
-	names    []string // per image, for error messages
-	images   [][]byte // encoded
-	wantMap  bool     // keep the anomaly maps
-	netFrame bool     // maps in the network's frame, not the input image's
-	enqueued time.Time
+	ctx        context.Context
+	names      []string             // per image, for error messages
+	images     [][]byte             // encoded
+	wantMap    bool                 // keep the anomaly maps
+	netFrame   bool                 // maps in the network's frame, not the input image's
+	thresholds *detector.Thresholds // the request's own; nil: the scorer's
+	enqueued   time.Time
 
 	// set by the batcher before done is closed
 	results []imageResult
@@ -41,41 +42,36 @@ type imageResult struct {
 	Frame  imageio.Frame  // how the map lies on the input image
 	W, H   int            // the map's size
 	Map    []float32      // only when the request asked for maps
+
+	serverDefect bool // the verdict under the server's thresholds (metrics count these)
 }
 
 // Admission errors.
 var (
 	errQueueFull = errors.New("queue full")
-	errTooMany   = errors.New("more images than the queue holds")
 	errClosing   = errors.New("server closing")
 )
 
-// submit queues a job on the model's current engine. The engine is returned
-// held: the caller releases it once it is done waiting.
-func (m *model) submit(j *job) (*engine, error) {
+// submit queues a job on the engine, which the caller holds (and releases
+// once it is done waiting). The runInfer core has checked the job's size
+// against the queue.
+func (e *engine) submit(j *job) error {
+	m := e.m
 	q := int64(m.srv.opt.Queue)
 	n := int64(len(j.images))
-	if n > q {
-		return nil, errTooMany
-	}
 	if m.queued.Add(n) > q {
 		m.queued.Add(-n)
-		return nil, errQueueFull
-	}
-	e := m.acquire()
-	if e == nil {
-		m.queued.Add(-n)
-		return nil, errClosing
+		return errQueueFull
 	}
 	j.enqueued = time.Now()
 	j.done = make(chan struct{})
 	select {
 	case e.in <- j:
-		return e, nil
+		m.srv.trace(traceEvent{kind: traceQueued, model: m.name, images: int(n)})
+		return nil
 	default: // cannot happen while admission counts images (≥ jobs) against the channel's capacity
 		m.queued.Add(-n)
-		e.release()
-		return nil, errQueueFull
+		return errQueueFull
 	}
 }
 
@@ -121,6 +117,10 @@ func (e *engine) loop() {
 		}
 		batch, n := []*job{first}, len(first.images)
 		deadline := first.enqueued.Add(o.MaxDelay)
+		if e.m.srv.draining.Load() {
+			deadline = time.Time{}
+		}
+		e.m.srv.trace(traceEvent{kind: traceGathered, model: e.m.name, images: n})
 	gather:
 		for open && n < o.MaxBatch {
 			reap()
@@ -133,8 +133,13 @@ func (e *engine) loop() {
 					timer.Stop()
 				case <-timer.C:
 					continue gather
+				case <-e.m.srv.drained: // draining: no more waiting for company
+					timer.Stop()
+					deadline = time.Time{}
+					continue gather
 				}
 			} else if running > 0 {
+				e.m.srv.trace(traceEvent{kind: traceWaitRunning, model: e.m.name, images: n})
 				select { // past the deadline, a batch running: gather until it is done
 				case j, ok = <-e.in:
 				case <-finished:
@@ -157,9 +162,11 @@ func (e *engine) loop() {
 				break
 			}
 			batch, n = append(batch, j), n+len(j.images)
+			e.m.srv.trace(traceEvent{kind: traceGathered, model: e.m.name, images: n})
 		}
 		e.m.queued.Add(-int64(n))
 		running++
+		e.m.srv.trace(traceEvent{kind: traceBatch, model: e.m.name, images: n, running: running})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -170,6 +177,7 @@ func (e *engine) loop() {
 	wg.Wait()
 	e.l.Close()
 	close(e.stopped)
+	e.m.srv.trace(traceEvent{kind: traceReleased, model: e.m.name})
 }
 
 // run scores one batch and answers its jobs.
@@ -228,6 +236,7 @@ func (e *engine) run(batch []*job) {
 		j.batch = n
 		close(j.done)
 	}
+	e.m.srv.trace(traceEvent{kind: traceDone, model: e.m.name, images: n})
 }
 
 // score runs jobs through one pipeline call; a panic becomes an error.
@@ -263,7 +272,11 @@ func (e *engine) score(ctx context.Context, jobs []*job) (err error) {
 			out.Err = r.Err
 			return nil
 		}
-		*out = imageResult{Score: r.Score, Defect: r.Defect, Boxes: r.ImageBoxes, Frame: r.Frame, W: r.W, H: r.H}
+		serverDefect := r.Defect
+		if rf.j.thresholds != nil {
+			r.Verdict = e.l.Scorer.Decide(r, rf.j.thresholds)
+		}
+		*out = imageResult{Score: r.Score, Defect: r.Defect, Boxes: r.ImageBoxes, Frame: r.Frame, W: r.W, H: r.H, serverDefect: serverDefect}
 		if rf.j.wantMap {
 			if rf.j.netFrame {
 				out.Map = r.Map
@@ -293,9 +306,10 @@ func (e *engine) record(jobs []*job, n int, elapsed time.Duration) {
 		for _, r := range j.results {
 			if r.Err == nil {
 				scored++
-				if r.Defect {
+				if r.serverDefect {
 					defects++
 				}
+				e.m.drift.add(r.Score)
 			}
 		}
 	}

@@ -3,6 +3,8 @@ package serve
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -23,6 +25,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/fakebackbone"
@@ -31,10 +37,26 @@ import (
 
 // fakeConfig steers every fake backbone a test's loader makes.
 type fakeConfig struct {
-	delay  atomic.Int64 // nanoseconds of sleep per Extract call
 	calls  atomic.Int64
 	closed atomic.Int64 // Loaded.Close calls
 	loads  atomic.Int64
+	// gate, when set, holds every Extract call until it is closed; each call
+	// first says so on entered (when set, without blocking).
+	gate    atomic.Pointer[chan struct{}]
+	entered chan struct{}
+}
+
+// hold makes Extract calls wait until the returned function is called.
+func (c *fakeConfig) hold() (release func()) {
+	g := make(chan struct{})
+	c.gate.Store(&g)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.gate.Store(nil)
+			close(g)
+		})
+	}
 }
 
 // fakeBackbone is detector/fakebackbone, steered by a fakeConfig. It panics on
@@ -58,8 +80,12 @@ func isPoison(img []float32, size int) bool {
 func (f *fakeBackbone) Extract(batch []float32, n int) ([]embed.Tap, error) {
 	if f.cfg != nil {
 		f.cfg.calls.Add(1)
-		if d := f.cfg.delay.Load(); d > 0 {
-			time.Sleep(time.Duration(d))
+		if g := f.cfg.gate.Load(); g != nil {
+			select {
+			case f.cfg.entered <- struct{}{}:
+			default:
+			}
+			<-*g
 		}
 	}
 	per := 3 * f.Size * f.Size
@@ -203,6 +229,23 @@ type testServer struct {
 	cancel context.CancelFunc
 	done   chan error
 	logs   *syncBuffer
+
+	grpcAddr string
+	grpc     *grpc.ClientConn // with startWith(…, true, nil)
+}
+
+// dialTest connects a gRPC client (over TLS trusting pool when set).
+func dialTest(t testing.TB, addr string, pool *x509.CertPool) *grpc.ClientConn {
+	t.Helper()
+	creds := insecure.NewCredentials()
+	if pool != nil {
+		creds = credentials.NewTLS(&tls.Config{RootCAs: pool})
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 type syncBuffer struct {
@@ -223,6 +266,12 @@ func (s *syncBuffer) String() string {
 }
 
 func start(t testing.TB, specs []ModelSpec, load Loader, o Options) *testServer {
+	return startWith(t, specs, load, o, false, nil)
+}
+
+// startWith starts a server on the loopback: REST, and gRPC when withGRPC
+// (ts.grpc is a client connection to it); over TLS when cfg is set.
+func startWith(t testing.TB, specs []ModelSpec, load Loader, o Options, withGRPC bool, cfg *tls.Config) *testServer {
 	t.Helper()
 	logs := &syncBuffer{}
 	o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
@@ -230,18 +279,34 @@ func start(t testing.TB, specs []ModelSpec, load Loader, o Options) *testServer 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	var ls Listeners
+	if ls.HTTP, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{Server: srv, url: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1), logs: logs,
+	scheme := "http://"
+	if cfg != nil {
+		scheme = "https://"
+	}
+	ts := &testServer{Server: srv, url: scheme + ls.HTTP.Addr().String(), cancel: cancel, done: make(chan error, 1), logs: logs,
 		client: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-	go func() { ts.done <- srv.Run(ctx, ln, nil) }()
+	if withGRPC {
+		if ls.GRPC, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		ts.grpcAddr = ls.GRPC.Addr().String()
+		if cfg == nil {
+			ts.grpc = dialTest(t, ts.grpcAddr, nil)
+		}
+	}
+	go func() { ts.done <- srv.Serve(ctx, ls, cfg) }()
 	t.Cleanup(func() {
 		// connections the client dialled but never used count as busy for 5 s
 		// in http.Server.Shutdown: close them first
 		ts.client.CloseIdleConnections()
+		if ts.grpc != nil {
+			ts.grpc.Close()
+		}
 		cancel()
 		select {
 		case err := <-ts.done:
@@ -424,4 +489,79 @@ func testOptions() Options {
 	o := DefaultOptions()
 	o.Timeout = 20 * time.Second
 	return o
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// tracer records the batcher's events (Options.trace) for tests to wait on,
+// instead of sleeping.
+type tracer struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	events []traceEvent
+}
+
+// traced returns the options with a tracer attached.
+func traced(o Options) (Options, *tracer) {
+	tr := &tracer{}
+	tr.cond = sync.NewCond(&tr.mu)
+	o.trace = func(ev traceEvent) {
+		tr.mu.Lock()
+		tr.events = append(tr.events, ev)
+		tr.mu.Unlock()
+		tr.cond.Broadcast()
+	}
+	return o, tr
+}
+
+// count is the number of events of a kind (and, when images ≥ 0, of that
+// many images).
+func (tr *tracer) count(kind traceKind, images int) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.countLocked(kind, images)
+}
+
+func (tr *tracer) countLocked(kind traceKind, images int) int {
+	n := 0
+	for _, ev := range tr.events {
+		if ev.kind == kind && (images < 0 || ev.images == images) {
+			n++
+		}
+	}
+	return n
+}
+
+// images is the sum of the images of a kind's events.
+func (tr *tracer) imagesLocked(kind traceKind) int {
+	n := 0
+	for _, ev := range tr.events {
+		if ev.kind == kind {
+			n += ev.images
+		}
+	}
+	return n
+}
+
+// waitFor blocks until cond (called with the events locked) holds. A test
+// that never sees it ends by its own timeout; no wall-clock decides.
+func (tr *tracer) waitFor(cond func(tr *tracer) bool) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for !cond(tr) {
+		tr.cond.Wait()
+	}
+}
+
+// wake re-checks waiters' conditions that depend on state outside the events.
+func (tr *tracer) wake() { tr.cond.Broadcast() }
+
+// waitEvents blocks until n events of a kind (and images, when ≥ 0) were seen.
+func (tr *tracer) waitEvents(kind traceKind, images, n int) {
+	tr.waitFor(func(tr *tracer) bool { return tr.countLocked(kind, images) >= n })
+}
+
+// waitQueued blocks until n images were queued in all.
+func (tr *tracer) waitQueued(n int) {
+	tr.waitFor(func(tr *tracer) bool { return tr.imagesLocked(traceQueued) >= n })
 }

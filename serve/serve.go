@@ -1,6 +1,9 @@
-// Package serve is padim's HTTP scoring service: the KServe v2 / Open Inference
-// Protocol REST endpoints, a plain raw-image endpoint, Prometheus metrics, and
-// dynamic batching of concurrent requests into single pipeline calls.
+// Package serve is padim's scoring service: the KServe v2 / Open Inference
+// Protocol REST endpoints (JSON, and Triton's binary tensor extension), the
+// same protocol over gRPC, a plain raw-image endpoint, Prometheus metrics,
+// drift statistics, and dynamic batching of concurrent requests into single
+// pipeline calls. Every protocol goes parse → one core (Server.runInfer:
+// header checks, memory budget, batcher, run-time thresholds) → encode.
 //
 // Each model runs a batcher: requests queue (at most Options.Queue images), a
 // batch is gathered for at most Options.MaxDelay after its first request or until
@@ -8,6 +11,11 @@
 // detector.Scorer.Score call. Reloading a model swaps in a new scorer atomically:
 // requests that already hold the old one finish on it, and it is closed when the
 // last of them is done.
+//
+// What a request holds besides the pipeline's own bounded memory (its body,
+// what that expands to, its maps and answer) is charged to a budget before any
+// work: Options.MaxRequestMemory per request (413 beyond), Options.MaxMemory
+// for all requests in flight (429 beyond).
 package serve
 
 import (
@@ -16,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,28 +44,46 @@ type Options struct {
 	MaxDelay  time.Duration // longest a batch waits for company after its first request
 	Pipelines int           // pipeline calls in flight per model (the next batch is gathered while one runs)
 	Queue     int           // images waiting for a batch, per model, before requests get 429
-	MaxBody   int64         // request body limit in bytes (413 beyond)
+	MaxBody   int64         // request body (REST) and message (gRPC) limit in bytes (413 beyond)
 	Timeout   time.Duration // per request, from its arrival to its answer (503 beyond)
 	Token     string        // bearer token required on every endpoint but health; "" for none
 	Snapshot  bool          // copy each model file before mapping it, so rewriting the file in place cannot disturb the served model
 	Logger    *slog.Logger  // one line per request; nil discards
 	Version   string        // reported by server metadata
+
+	// MaxMemory is the bytes all requests in flight may hold together besides
+	// the pipelines' own bounded memory: bodies, what they expand to when
+	// parsed, maps and answers; a request that does not fit beside the others
+	// gets 429. MaxRequestMemory is one request's share (413 beyond).
+	MaxMemory, MaxRequestMemory int64
+	// MaxMapPixels is the largest anomaly map one image may ask for (400 beyond).
+	MaxMapPixels int64
+	// DriftWindow is the number of recent image scores per model compared
+	// with the model's calibration scores.
+	DriftWindow int
+
+	trace func(traceEvent) // tests: the batcher's events
 }
 
 // Defaults.
 const (
-	DefaultMaxBatch  = 16
-	DefaultMaxDelay  = 5 * time.Millisecond
-	DefaultPipelines = 2
-	DefaultQueue     = 64
-	DefaultMaxBody   = 32 << 20
-	DefaultTimeout   = 30 * time.Second
+	DefaultMaxBatch         = 16
+	DefaultMaxDelay         = 5 * time.Millisecond
+	DefaultPipelines        = 2
+	DefaultQueue            = 64
+	DefaultMaxBody          = 32 << 20
+	DefaultTimeout          = 30 * time.Second
+	DefaultMaxMemory        = 4 << 30
+	DefaultMaxRequestMemory = 1 << 30
+	DefaultMaxMapPixels     = 4096 * 4096
+	DefaultDriftWindow      = 1000
 )
 
 // DefaultOptions returns the defaults of padim serve.
 func DefaultOptions() Options {
 	return Options{MaxBatch: DefaultMaxBatch, MaxDelay: DefaultMaxDelay, Pipelines: DefaultPipelines, Queue: DefaultQueue,
-		MaxBody: DefaultMaxBody, Timeout: DefaultTimeout, Snapshot: true, Version: "dev"}
+		MaxBody: DefaultMaxBody, Timeout: DefaultTimeout, Snapshot: true, Version: "dev",
+		MaxMemory: DefaultMaxMemory, MaxRequestMemory: DefaultMaxRequestMemory, MaxMapPixels: DefaultMaxMapPixels, DriftWindow: DefaultDriftWindow}
 }
 
 func (o Options) check() error {
@@ -73,8 +100,40 @@ func (o Options) check() error {
 		return fmt.Errorf("max body %d: want at least 1 byte", o.MaxBody)
 	case o.Timeout <= 0:
 		return fmt.Errorf("timeout %v: want > 0", o.Timeout)
+	case o.MaxMemory < 1 || o.MaxRequestMemory < 1:
+		return fmt.Errorf("memory budget %d bytes, %d per request: want at least 1 byte each", o.MaxMemory, o.MaxRequestMemory)
+	case o.MaxMapPixels < 1:
+		return fmt.Errorf("max map pixels %d: want at least 1", o.MaxMapPixels)
+	case o.DriftWindow < 1:
+		return fmt.Errorf("drift window %d: want at least 1 image", o.DriftWindow)
 	}
 	return nil
+}
+
+// trace events: what the batcher did (tests wait on them instead of time).
+type traceKind int
+
+const (
+	traceQueued      traceKind = iota // a job entered a model's queue
+	traceGathered                     // the batcher took a job into the batch it gathers (images: the batch's so far)
+	traceWaitRunning                  // past the deadline, the batcher waits for a running batch while gathering
+	traceBatch                        // a batch started (running: pipeline calls now in flight)
+	traceDone                         // a batch was answered
+	traceReleased                     // an engine released its model (after a reload or at close)
+	traceDraining                     // the server started draining
+)
+
+type traceEvent struct {
+	kind    traceKind
+	model   string
+	images  int
+	running int
+}
+
+func (s *Server) trace(ev traceEvent) {
+	if s.opt.trace != nil {
+		s.opt.trace(ev)
+	}
 }
 
 // ModelSpec names a model file to serve.
@@ -84,14 +143,32 @@ type ModelSpec struct {
 }
 
 // ParseModelSpec reads "NAME=PATH" or "PATH" (the name is then the file's base
-// name without extension).
+// name without extension). A file whose name holds "=" (line=3.padim) is
+// read as PATH when it exists and NAME=PATH's file does not; when both exist
+// the spec is ambiguous and refused: write ./line=3.padim for the file, or
+// NAME=PATH with the name spelled out.
 func ParseModelSpec(s string) (ModelSpec, error) {
 	if name, path, ok := strings.Cut(s, "="); ok && name != "" && !strings.ContainsAny(name, `/\`) {
+		_, errWhole := os.Stat(s)
+		_, errPath := os.Stat(path)
+		switch {
+		case errWhole == nil && errPath == nil:
+			return ModelSpec{}, fmt.Errorf("%q is ambiguous: a file of that name exists, and so does %q (model %q); write ./%s for the first, or %s=%s for the second", s, path, name, s, name, path)
+		case errWhole == nil:
+			return specOfPath(s)
+		}
 		return ModelSpec{Name: name, Path: path}, checkName(name)
 	}
+	return specOfPath(s)
+}
+
+func specOfPath(s string) (ModelSpec, error) {
 	base := filepath.Base(s)
 	name := strings.TrimSuffix(base, filepath.Ext(base))
-	return ModelSpec{Name: name, Path: s}, checkName(name)
+	if err := checkName(name); err != nil {
+		return ModelSpec{}, fmt.Errorf("%w; name the model with NAME=%s", err, s)
+	}
+	return ModelSpec{Name: name, Path: s}, nil
 }
 
 func checkName(name string) error {
@@ -121,7 +198,12 @@ type Server struct {
 	models   map[string]*model
 	names    []string
 	met      *metrics
+	mem      *budget
+	mux      *http.ServeMux
+	patterns map[string]bool // paths routed, for their 405s
 	draining atomic.Bool
+	drained  chan struct{} // closed by Drain: batchers stop waiting for company
+	drainMu  sync.Once
 	baseCtx  context.Context
 	cancel   context.CancelFunc
 	closed   sync.Once
@@ -138,9 +220,10 @@ func New(specs []ModelSpec, load Loader, o Options) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Server{opt: o, load: load, log: o.Logger, models: map[string]*model{}}
+	s := &Server{opt: o, load: load, log: o.Logger, models: map[string]*model{}, patterns: map[string]bool{}, drained: make(chan struct{}), mem: newBudget(o.MaxMemory, o.MaxRequestMemory)}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
-	s.met = newMetrics()
+	s.met = newMetrics(s.mem)
+	s.mux = s.routes()
 	for _, sp := range specs {
 		if err := checkName(sp.Name); err != nil {
 			return nil, err
@@ -148,7 +231,7 @@ func New(specs []ModelSpec, load Loader, o Options) (*Server, error) {
 		if _, dup := s.models[sp.Name]; dup {
 			return nil, fmt.Errorf("two models are named %q; name them with NAME=PATH", sp.Name)
 		}
-		m := &model{srv: s, name: sp.Name, path: sp.Path}
+		m := &model{srv: s, name: sp.Name, path: sp.Path, drift: newDrift(o.DriftWindow)}
 		s.models[sp.Name] = m
 		s.names = append(s.names, sp.Name)
 		s.met.addModel(m)
@@ -168,8 +251,8 @@ func (s *Server) Models() []string { return slices.Clone(s.names) }
 
 // Reload opens the model's file again and swaps it in atomically. Requests
 // already admitted finish on the old model; if the new file cannot be loaded,
-// the old model keeps serving and the error is returned. It returns the new
-// version.
+// the old model keeps serving and the error is returned (it names the file:
+// for the log, not for clients). It returns the new version.
 func (s *Server) Reload(name string) (string, error) {
 	m, ok := s.models[name]
 	if !ok {
@@ -186,6 +269,7 @@ func (s *Server) Reload(name string) (string, error) {
 	}
 	m.gen++
 	e := newEngine(m, m.gen, l)
+	m.drift.reset(e.version)
 	old := m.cur.Swap(e)
 	if old != nil {
 		old.retire()
@@ -194,7 +278,7 @@ func (s *Server) Reload(name string) (string, error) {
 	s.met.generation.WithLabelValues(name).Set(float64(m.gen))
 	s.log.Info("model loaded", "model", name, "path", m.path, "version", e.version, "backbone", l.Model.BackboneName,
 		"input", l.Model.Preprocess.InputSize(), "dim", len(l.Model.Channels), "calibrated", l.Scorer.Thresholds() != nil,
-		"seconds", time.Since(t).Seconds())
+		"calibration_scores", len(e.info.calibration), "seconds", time.Since(t).Seconds())
 	return e.version, nil
 }
 
@@ -273,15 +357,19 @@ func (s *Server) Ready() bool {
 	return true
 }
 
-// Drain marks the server as going away: readiness turns false (requests are
-// still answered).
-func (s *Server) Drain() { s.draining.Store(true) }
+// Drain marks the server as going away: readiness turns false; requests are
+// still answered, and batches waiting for company (--max-delay) start at once.
+func (s *Server) Drain() {
+	s.draining.Store(true)
+	s.drainMu.Do(func() { close(s.drained) })
+	s.trace(traceEvent{kind: traceDraining})
+}
 
 // Close stops every model's batcher once its admitted requests are answered
 // and releases the models. Call it after the HTTP server has stopped.
 func (s *Server) Close() {
 	s.closed.Do(func() {
-		s.draining.Store(true)
+		s.Drain()
 		var es []*engine
 		for _, m := range s.models {
 			m.loadMu.Lock()
@@ -307,6 +395,7 @@ type model struct {
 	gen    int
 	cur    atomic.Pointer[engine]
 	queued atomic.Int64 // images admitted and not yet in a batch, across versions
+	drift  *drift       // recent scores against the calibration scores
 }
 
 // acquire returns the current engine, held until release; nil when the server is closing.
@@ -325,14 +414,33 @@ func (m *model) acquire() *engine {
 
 // modelInfo is what requests need to know of a loaded model.
 type modelInfo struct {
-	thresholds *detector.Thresholds
-	heat       picture.Range
+	thresholds  *detector.Thresholds // in force by default; nil: none
+	source      string               // of the thresholds: "model" (its calibration) or "server" (--threshold)
+	heat        picture.Range
+	calibration []float64 // the model's out-of-sample calibration image scores, sorted; nil: none
+	expected    float64   // the share of them above the image threshold: the defect rate expected on good images
 }
 
 func infoOf(l *Loaded) modelInfo {
-	in := modelInfo{thresholds: l.Scorer.Thresholds()}
-	if c := l.Model.Calibration; c != nil && len(c.PixelQuantiles) > 0 {
+	in := modelInfo{thresholds: l.Scorer.Thresholds(), source: "model"}
+	c := l.Model.Calibration
+	if in.thresholds != nil && (c == nil || c.Thresholds != *in.thresholds) {
+		in.source = "server"
+	}
+	if c != nil && len(c.PixelQuantiles) > 0 {
 		in.heat = picture.Range{Lo: c.PixelQuantiles[0], Hi: 1.5 * c.Image}
+	}
+	if c != nil && len(c.ImageScores) > 0 {
+		in.calibration = make([]float64, len(c.ImageScores))
+		above := 0
+		for i, v := range c.ImageScores {
+			in.calibration[i] = float64(v)
+			if in.thresholds != nil && v > in.thresholds.Image {
+				above++
+			}
+		}
+		slices.Sort(in.calibration)
+		in.expected = float64(above) / float64(len(c.ImageScores))
 	}
 	return in
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -179,7 +180,7 @@ func TestEndpointsMatchLibrary(t *testing.T) {
 		t.Fatalf("unknown version: %v", a)
 	}
 	a = ts.do(http.MethodGet, "/v2", nil)
-	if !bytes.Contains(a.body, []byte(`"name":"padim"`)) || !bytes.Contains(a.body, []byte(`"extensions":[]`)) {
+	if !bytes.Contains(a.body, []byte(`"name":"padim"`)) || !bytes.Contains(a.body, []byte(`"extensions":["binary_tensor_data"]`)) {
 		t.Fatalf("server metadata: %v", a)
 	}
 	// one log line per request, with the model
@@ -278,15 +279,15 @@ func grep(b []byte, prefix string) string {
 // A broken image batched with good ones fails alone.
 func TestBadImageInBatchDoesNotHurtOthers(t *testing.T) {
 	f := newFixture(t, 6)
-	o := testOptions()
-	o.MaxDelay = 300 * time.Millisecond // everything sent at once lands in one batch
+	cfg := &fakeConfig{entered: make(chan struct{}, 1)}
+	o, tr := traced(testOptions())
 	o.Pipelines = 1
-	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
 	truncated := f.imgs[0][:len(f.imgs[0])*2/3]
-	var wg sync.WaitGroup
 	answers := make([]answer, len(f.imgs)+1)
 	scores := make([]float32, len(f.imgs)+1)
-	for i := range answers {
+	var wg sync.WaitGroup
+	send := func(i int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -299,9 +300,18 @@ func TestBadImageInBatchDoesNotHurtOthers(t *testing.T) {
 			scores[i] = r.Score
 		}()
 	}
+	// the first image holds the pipeline; the others queue behind it and
+	// then go as one batch, the truncated image among them
+	release := cfg.hold()
+	send(0)
+	<-cfg.entered
+	for i := 1; i < len(answers); i++ {
+		send(i)
+	}
+	tr.waitQueued(len(answers))
+	release()
 	wg.Wait()
-	for i, img := range f.imgs {
-		_ = img
+	for i := range f.imgs {
 		if answers[i].code != http.StatusOK || !relClose(scores[i], f.expect[i].Score) {
 			t.Errorf("good image %d: %v score %v want %v", i, answers[i], scores[i], f.expect[i].Score)
 		}
@@ -310,17 +320,17 @@ func TestBadImageInBatchDoesNotHurtOthers(t *testing.T) {
 		t.Errorf("truncated image: %v", a)
 	}
 	a := ts.do(http.MethodGet, "/metrics", nil)
-	if !strings.Contains(grep(a.body, "padim_batch_images_count"), "} 1") {
-		t.Errorf("want the %d requests in one batch: %s", len(answers), grep(a.body, "padim_batch_images"))
+	if sum, n := histogram(t, a.body, "padim_batch_images", `model="wood"`); n != 2 || sum != float64(len(answers)) {
+		t.Errorf("want the first request alone, then the other %d in one batch: %s", len(answers)-1, grep(a.body, "padim_batch_images"))
 	}
 }
 
 // 32 clients × 20 requests: every request answered once, with its own image's answer.
 func TestConcurrentClientsGetTheirOwnAnswers(t *testing.T) {
 	f := newFixture(t, 20)
-	cfg := &fakeConfig{}
-	cfg.delay.Store(int64(2 * time.Millisecond))
-	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), testOptions())
+	cfg := &fakeConfig{entered: make(chan struct{}, 1)}
+	o, tr := traced(testOptions())
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
 	const clients, each = 32, 20
 	type result struct {
 		client, k, img int
@@ -330,6 +340,9 @@ func TestConcurrentClientsGetTheirOwnAnswers(t *testing.T) {
 		err            error
 	}
 	results := make(chan result, clients*each)
+	// the backbone is held until every client's first request is queued:
+	// batching is then certain, not a matter of timing
+	release := cfg.hold()
 	var wg sync.WaitGroup
 	for c := 0; c < clients; c++ {
 		wg.Add(1)
@@ -358,6 +371,8 @@ func TestConcurrentClientsGetTheirOwnAnswers(t *testing.T) {
 			}
 		}()
 	}
+	tr.waitQueued(clients)
+	release()
 	wg.Wait()
 	close(results)
 	seen := map[[2]int]bool{}
@@ -382,8 +397,8 @@ func TestConcurrentClientsGetTheirOwnAnswers(t *testing.T) {
 		t.Errorf("images scored (each exactly once): %s", grep(a.body, "padim_images_scored_total"))
 	}
 	sum, count := histogram(t, a.body, "padim_batch_images", `model="wood"`)
-	if sum != clients*each || count >= sum {
-		t.Errorf("batches: %v images in %v pipeline calls: want all images, batched", sum, count)
+	if sum != clients*each || count >= sum || tr.count(traceBatch, DefaultMaxBatch) == 0 {
+		t.Errorf("batches: %v images in %v pipeline calls, %d full: want all images, batched", sum, count, tr.count(traceBatch, DefaultMaxBatch))
 	}
 	t.Logf("%v images in %v pipeline calls (mean %.1f)", sum, count, sum/count)
 }
@@ -407,11 +422,12 @@ func histogram(t *testing.T, body []byte, name, labels string) (sum, count float
 func TestOverloadGives429(t *testing.T) {
 	f := newFixture(t, 4)
 	cfg := &fakeConfig{}
-	cfg.delay.Store(int64(40 * time.Millisecond))
-	o := testOptions()
+	o, tr := traced(testOptions())
 	o.Queue, o.MaxBatch, o.Pipelines = 4, 2, 1
 	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
 	const n = 48
+	release := cfg.hold() // nothing leaves the queue until every request was admitted or refused
+	var refused atomic.Int64
 	var wg sync.WaitGroup
 	answers := make([]answer, n)
 	scores := make([]float32, n)
@@ -422,8 +438,14 @@ func TestOverloadGives429(t *testing.T) {
 			var r v1Answer
 			r, answers[i] = ts.scoreV1("wood", f.imgs[i%4], "")
 			scores[i] = r.Score
+			if answers[i].code == http.StatusTooManyRequests {
+				refused.Add(1)
+				tr.wake()
+			}
 		}()
 	}
+	tr.waitFor(func(tr *tracer) bool { return tr.imagesLocked(traceQueued)+int(refused.Load()) == n })
+	release()
 	wg.Wait()
 	ok, busy := 0, 0
 	for i, a := range answers {
@@ -442,11 +464,12 @@ func TestOverloadGives429(t *testing.T) {
 			t.Errorf("request %d: %v", i, a)
 		}
 	}
-	if busy == 0 || ok == 0 {
-		t.Fatalf("%d ok, %d refused: want both", ok, busy)
+	// the first batch (2) holds the backbone, the queue (4) is full: the
+	// others are refused
+	if ok > 2+o.Queue || busy < n-2-o.Queue || ok == 0 {
+		t.Fatalf("%d ok, %d refused: want at most %d admitted, the rest refused", ok, busy, 2+o.Queue)
 	}
 	t.Logf("%d answered, %d refused with 429", ok, busy)
-	cfg.delay.Store(0)
 	ts.healthy(t, "wood", f.imgs[1], f.expect[1])
 	if q := ts.models["wood"].queued.Load(); q != 0 {
 		t.Fatalf("queue holds %d images after the storm", q)
@@ -457,20 +480,16 @@ func TestOverloadGives429(t *testing.T) {
 func TestTimeoutGives503(t *testing.T) {
 	f := newFixture(t, 2)
 	cfg := &fakeConfig{}
-	o := testOptions()
-	o.Timeout = 150 * time.Millisecond
+	o, tr := traced(testOptions())
+	o.Timeout = 300 * time.Millisecond
 	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
-	cfg.delay.Store(int64(600 * time.Millisecond))
-	t0 := time.Now()
+	release := cfg.hold() // the backbone never answers in time
 	_, a := ts.scoreV1("wood", f.imgs[0], "")
 	if a.code != http.StatusServiceUnavailable || !bytes.Contains(a.body, []byte("timeout")) {
 		t.Fatalf("slow request: %v", a)
 	}
-	if d := time.Since(t0); d > 550*time.Millisecond {
-		t.Fatalf("503 came after %v, not at the 150ms timeout", d)
-	}
-	cfg.delay.Store(0)
-	time.Sleep(700 * time.Millisecond) // the abandoned batch finishes
+	release()
+	tr.waitEvents(traceDone, -1, 1) // the abandoned batch finishes
 	ts.healthy(t, "wood", f.imgs[1], f.expect[1])
 }
 
@@ -478,13 +497,14 @@ func TestTimeoutGives503(t *testing.T) {
 // in a handler is answered 500; the server goes on.
 func TestPanicFailsOneRequest(t *testing.T) {
 	f := newFixture(t, 5)
-	o := testOptions()
-	o.MaxDelay = 300 * time.Millisecond
-	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
+	cfg := &fakeConfig{entered: make(chan struct{}, 1)}
+	o, tr := traced(testOptions())
+	o.Pipelines = 1
+	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
 	var wg sync.WaitGroup
 	answers := make([]answer, len(f.imgs)+1)
 	scores := make([]float32, len(f.imgs)+1)
-	for i := range answers {
+	send := func(i int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -497,6 +517,16 @@ func TestPanicFailsOneRequest(t *testing.T) {
 			scores[i] = r.Score
 		}()
 	}
+	// as in TestBadImageInBatchDoesNotHurtOthers: the poison image is
+	// batched with four good ones
+	release := cfg.hold()
+	send(0)
+	<-cfg.entered
+	for i := 1; i < len(answers); i++ {
+		send(i)
+	}
+	tr.waitQueued(len(answers))
+	release()
 	wg.Wait()
 	for i := range f.imgs {
 		if answers[i].code != http.StatusOK || !relClose(scores[i], f.expect[i].Score) {
@@ -506,15 +536,14 @@ func TestPanicFailsOneRequest(t *testing.T) {
 	if a := answers[len(f.imgs)]; a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte("panicked")) {
 		t.Errorf("poison image: %v", a)
 	}
+	if n := tr.count(traceBatch, len(answers)-1); n != 1 {
+		t.Errorf("%d batches of the poison image and the four good ones", n)
+	}
 	ts.healthy(t, "wood", f.imgs[0], f.expect[0])
 
-	requestHook = func(r *http.Request) {
-		if r.URL.Query().Get("boom") != "" {
-			panic("boom")
-		}
-	}
-	defer func() { requestHook = nil }()
-	if a := ts.do(http.MethodGet, "/v2?boom=1", nil); a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte(`"error"`)) {
+	// a handler that panics, on this server's router
+	ts.handle(ts.mux, "GET /boom", "boom", false, func(http.ResponseWriter, *http.Request, *reqInfo) error { panic("boom") })
+	if a := ts.do(http.MethodGet, "/boom", nil); a.code != http.StatusInternalServerError || !bytes.Contains(a.body, []byte(`"error"`)) {
 		t.Errorf("handler panic: %v", a)
 	}
 	ts.healthy(t, "wood", f.imgs[0], f.expect[0])
@@ -523,31 +552,39 @@ func TestPanicFailsOneRequest(t *testing.T) {
 	}
 }
 
-// A lone request waits at most max-delay for company; a full batch does not wait.
+// A lone request waits for company until its batch is full; the deadline
+// starts a partial batch.
 func TestMaxDelay(t *testing.T) {
 	f := newFixture(t, 4)
-	o := testOptions()
-	o.MaxDelay, o.MaxBatch = 250*time.Millisecond, 4
+	o, tr := traced(testOptions())
+	o.MaxDelay, o.MaxBatch = time.Hour, 4
 	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o)
-	t0 := time.Now()
-	if _, a := ts.scoreV1("wood", f.imgs[0], ""); a.code != http.StatusOK {
-		t.Fatal(a)
+	lone := make(chan answer, 1)
+	go func() {
+		_, a := ts.scoreV1("wood", f.imgs[0], "")
+		lone <- a
+	}()
+	tr.waitEvents(traceGathered, 1, 1) // the batcher holds it, gathering
+	if n := tr.count(traceBatch, -1); n != 0 {
+		t.Fatalf("a lone request started a batch %d times within an hour's max-delay", n)
 	}
-	lone := time.Since(t0)
-	a := ts.do(http.MethodGet, "/metrics", nil)
-	qsum, qn := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
-	if qn != 1 || qsum < 0.24 || qsum > 0.4 {
-		t.Fatalf("a lone request waited %vs for its batch (max-delay 250ms); total %v", qsum, lone)
-	}
-	// four at once fill the batch: no waiting for the deadline
-	v2, a2 := ts.infer("wood", inferBody("", f.imgs))
+	// three more images fill the batch: it starts without the deadline
+	v2, a2 := ts.infer("wood", inferBody("", f.imgs[1:]))
 	if a2.code != http.StatusOK || len(v2.Outputs) == 0 {
 		t.Fatal(a2)
 	}
-	a = ts.do(http.MethodGet, "/metrics", nil)
-	qsum2, qn2 := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
-	if qn2 != 2 || qsum2-qsum > 0.1 {
-		t.Fatalf("a full batch waited %vs", qsum2-qsum)
+	if a := <-lone; a.code != http.StatusOK {
+		t.Fatal(a)
+	}
+	if tr.count(traceBatch, 4) != 1 || tr.count(traceBatch, -1) != 1 {
+		t.Fatalf("batches: %+v", tr.events)
+	}
+	// a short max-delay starts the lone request's batch alone
+	o2, tr2 := traced(testOptions())
+	o2.MaxDelay, o2.MaxBatch = time.Millisecond, 4
+	ts2 := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(&fakeConfig{}), o2)
+	if _, a := ts2.scoreV1("wood", f.imgs[0], ""); a.code != http.StatusOK || tr2.count(traceBatch, 1) != 1 {
+		t.Fatalf("a lone request with max-delay 1ms: %v, %d batches of 1", a, tr2.count(traceBatch, 1))
 	}
 }
 
@@ -565,8 +602,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	live := filepath.Join(dir, "live.padim")
 	os.WriteFile(live, fileA, 0o644)
 	cfg := &fakeConfig{}
-	cfg.delay.Store(int64(3 * time.Millisecond))
-	ts := start(t, []ModelSpec{{"wood", live}}, fakeLoader(cfg), testOptions())
+	o, tr := traced(testOptions())
+	ts := start(t, []ModelSpec{{"wood", live}}, fakeLoader(cfg), o)
 
 	// version v serves file A when odd, B when even
 	want := func(version string, img int) float32 {
@@ -579,8 +616,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	answered := sync.NewCond(&mu)
 	var total int
 	versions := map[string]int{}
+	failed := false
 	for c := 0; c < 12; c++ {
 		wg.Add(1)
 		go func() {
@@ -593,23 +632,34 @@ func TestReloadUnderLoad(t *testing.T) {
 				}
 				img := (c + k) % len(f.imgs)
 				r, a := ts.scoreV1("wood", f.imgs[img], "")
+				ok := a.code == http.StatusOK && relClose(r.Score, want(r.Version, img))
 				if a.code != http.StatusOK {
 					t.Errorf("during reloads: %v", a)
-					return
-				}
-				if !relClose(r.Score, want(r.Version, img)) {
+				} else if !ok {
 					t.Errorf("version %s image %d: score %v, want %v", r.Version, img, r.Score, want(r.Version, img))
-					return
 				}
 				mu.Lock()
 				total++
 				versions[r.Version]++
+				failed = failed || !ok
 				mu.Unlock()
+				answered.Broadcast()
+				if !ok {
+					return
+				}
 			}
 		}()
 	}
+	// waitAnswers waits until version v has given n answers
+	waitAnswers := func(v string, n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for versions[v] < n && !failed {
+			answered.Wait()
+		}
+	}
 	for v := 2; v <= 5; v++ {
-		time.Sleep(150 * time.Millisecond)
+		waitAnswers(strconv.Itoa(v-1), 10)
 		next := fileB
 		if v%2 == 1 {
 			next = fileA
@@ -621,7 +671,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			t.Fatalf("load %d: %v", v, a)
 		}
 	}
-	time.Sleep(150 * time.Millisecond)
+	waitAnswers("5", 10)
 
 	// a corrupt file, written in place over the one being served: refused
 	os.WriteFile(live, fileA[:len(fileA)/2], 0o644)
@@ -633,11 +683,14 @@ func TestReloadUnderLoad(t *testing.T) {
 	if err := ts.ReloadAll(); err == nil {
 		t.Fatal("SIGHUP-style reload of garbage succeeded")
 	}
-	time.Sleep(150 * time.Millisecond)
+	mu.Lock()
+	n5 := versions["5"]
+	mu.Unlock()
+	waitAnswers("5", n5+10)
 	close(stop)
 	wg.Wait()
 	t.Logf("%d requests across versions %v", total, versions)
-	if len(versions) < 3 {
+	if len(versions) != 5 {
 		t.Errorf("versions seen %v: the reloads did not happen under load", versions)
 	}
 	r, a2 := ts.scoreV1("wood", f.imgs[0], "")
@@ -648,10 +701,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatal(a)
 	}
 	// every replaced version was released once its requests were done
-	deadline := time.Now().Add(5 * time.Second)
-	for cfg.closed.Load() != 4 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	tr.waitEvents(traceReleased, -1, 4)
 	if c := cfg.closed.Load(); c != 4 || cfg.loads.Load() != 5 {
 		t.Fatalf("%d loads, %d closed; want 5 and 4", cfg.loads.Load(), c)
 	}
@@ -661,12 +711,40 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 }
 
+// A refused reload tells the client nothing of the server's files: no path,
+// no bytes of what the file holds; the log has the detail.
+func TestReloadErrorIsGeneric(t *testing.T) {
+	f := newFixture(t, 1)
+	live := filepath.Join(f.dir, "live.padim")
+	b, _ := os.ReadFile(f.path)
+	os.WriteFile(live, b, 0o644)
+	ts := start(t, []ModelSpec{{"wood", live}}, fakeLoader(&fakeConfig{}), testOptions())
+	secret := filepath.Join(f.dir, "secret.txt")
+	os.WriteFile(secret, []byte("root:x:0:0:root:/root:/bin/bash\n"), 0o644)
+	os.Remove(live)
+	if err := os.Symlink(secret, live); err != nil {
+		t.Fatal(err)
+	}
+	a := ts.do(http.MethodPost, "/v2/repository/models/wood/load", nil)
+	if a.code != http.StatusBadRequest || !strings.Contains(string(a.body), "keeps serving") {
+		t.Fatalf("reload of a link to a text file: %v", a)
+	}
+	for _, leak := range []string{f.dir, "secret", "live.padim", "root", "8243113893085442162" /* "root:x:0" as a little-endian uint64 */, "header"} {
+		if strings.Contains(string(a.body), leak) {
+			t.Errorf("the client's error shows %q: %s", leak, a.body)
+		}
+	}
+	if !strings.Contains(ts.logs.String(), "live.padim") {
+		t.Errorf("the log lacks the detail: %s", ts.logs.String())
+	}
+}
+
 // Draining answers the requests in flight, then stops.
 func TestDrainAnswersInFlight(t *testing.T) {
 	f := newFixture(t, 4)
 	cfg := &fakeConfig{}
-	o := testOptions()
-	o.MaxDelay = 400 * time.Millisecond // requests sit in the batcher when the drain starts
+	o, tr := traced(testOptions())
+	o.MaxDelay, o.MaxBatch = time.Hour, 64 // requests sit in the batcher when the drain starts
 	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
 	var wg sync.WaitGroup
 	answers := make([]answer, 6)
@@ -680,12 +758,12 @@ func TestDrainAnswersInFlight(t *testing.T) {
 			scores[i] = r.Score
 		}()
 	}
-	time.Sleep(150 * time.Millisecond)
-	if !ts.Ready() {
-		t.Fatal("not ready before the drain")
+	tr.waitQueued(len(answers))
+	if !ts.Ready() || tr.count(traceBatch, -1) != 0 {
+		t.Fatal("not ready, or a batch started, before the drain")
 	}
 	ts.cancel() // what SIGTERM does
-	time.Sleep(50 * time.Millisecond)
+	tr.waitEvents(traceDraining, -1, 1)
 	if ts.Ready() {
 		t.Error("still ready while draining")
 	}
@@ -695,15 +773,10 @@ func TestDrainAnswersInFlight(t *testing.T) {
 			t.Errorf("in-flight request %d: %v", i, a)
 		}
 	}
-	select {
-	case err := <-ts.done:
-		if err != nil {
-			t.Fatal(err)
-		}
-		ts.done <- nil // for the cleanup
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return")
+	if err := <-ts.done; err != nil {
+		t.Fatal(err)
 	}
+	ts.done <- nil // for the cleanup
 	if a := ts.do(http.MethodGet, "/v2/health/live", nil); a.err == nil {
 		t.Fatalf("answered after the drain: %v", a)
 	}
@@ -728,6 +801,23 @@ func TestParseModelSpec(t *testing.T) {
 	}
 	if _, err := ParseModelSpec("bad name=x.padim"); err == nil {
 		t.Error("a name with a space accepted")
+	}
+	// a file named line=3.padim: it is the path, unless 3.padim exists too
+	dir := t.TempDir()
+	t.Chdir(dir)
+	os.WriteFile("line=3.padim", []byte("x"), 0o644)
+	if got, err := ParseModelSpec("line=3.padim"); err != nil || got != (ModelSpec{"line=3", "line=3.padim"}) {
+		t.Errorf("the file line=3.padim: %+v %v", got, err)
+	}
+	os.WriteFile("3.padim", []byte("x"), 0o644)
+	if _, err := ParseModelSpec("line=3.padim"); err == nil || !strings.Contains(err.Error(), "ambiguous") || !strings.Contains(err.Error(), "./line=3.padim") {
+		t.Errorf("line=3.padim with 3.padim beside it: %v", err)
+	}
+	if got, err := ParseModelSpec("./line=3.padim"); err != nil || got.Path != "./line=3.padim" {
+		t.Errorf("./line=3.padim: %+v %v", got, err)
+	}
+	if got, err := ParseModelSpec("cam=line=3.padim"); err != nil || got != (ModelSpec{"cam", "line=3.padim"}) {
+		t.Errorf("cam=line=3.padim: %+v %v", got, err)
 	}
 }
 
@@ -756,50 +846,60 @@ func TestNewRefuses(t *testing.T) {
 // (gathering meanwhile), while a full batch starts beside it at once.
 func TestSecondPipelineTakesOnlyFullBatches(t *testing.T) {
 	f := newFixture(t, 4)
-	cfg := &fakeConfig{}
-	o := testOptions()
+	cfg := &fakeConfig{entered: make(chan struct{}, 4)}
+	o, tr := traced(testOptions())
 	o.MaxBatch, o.Pipelines = 3, 2
 	ts := start(t, []ModelSpec{{"wood", f.path}}, fakeLoader(cfg), o)
-	cfg.delay.Store(int64(600 * time.Millisecond))
-	send := func(img int, wg *sync.WaitGroup, took *time.Duration) {
+	var wg sync.WaitGroup
+	send := func(imgs ...int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t0 := time.Now()
-			if r, a := ts.scoreV1("wood", f.imgs[img], ""); a.code != http.StatusOK || !relClose(r.Score, f.expect[img].Score) {
-				t.Errorf("image %d: %v", img, a)
+			var b [][]byte
+			for _, i := range imgs {
+				b = append(b, f.imgs[i])
 			}
-			*took = time.Since(t0)
+			r, a := ts.infer("wood", inferBody("", b))
+			s, _ := r.scores()
+			if a.code != http.StatusOK || len(s) != len(imgs) {
+				t.Errorf("images %v: %v", imgs, a)
+				return
+			}
+			for k, i := range imgs {
+				if !relClose(s[k], f.expect[i].Score) {
+					t.Errorf("image %d: %v, want %v", i, s[k], f.expect[i].Score)
+				}
+			}
 		}()
 	}
-	var wg sync.WaitGroup
-	var d [4]time.Duration
-	send(0, &wg, &d[0]) // runs alone for 600 ms
-	time.Sleep(100 * time.Millisecond)
-	send(1, &wg, &d[1]) // partial: waits for the first
-	time.Sleep(100 * time.Millisecond)
-	send(2, &wg, &d[2]) // joins it
+	release := cfg.hold()
+	send(0) // runs alone, held in the backbone
+	<-cfg.entered
+	send(1)                               // partial: waits for the first, gathering
+	tr.waitEvents(traceWaitRunning, 1, 1) // past its deadline, waiting for the running batch
+	send(2)                               // joins it
+	tr.waitEvents(traceGathered, 2, 1)    //
+	if n := tr.count(traceBatch, -1); n != 1 {
+		t.Fatalf("%d batches while the first runs: the partial batch must wait and gather", n)
+	}
+	release()
 	wg.Wait()
-	a := ts.do(http.MethodGet, "/metrics", nil)
-	if sum, n := histogram(t, a.body, "padim_batch_images", `model="wood"`); sum != 3 || n != 2 {
-		t.Fatalf("%v images in %v batches, want 3 in 2 (the partial batch must wait and gather)", sum, n)
+	if tr.count(traceBatch, 1) != 1 || tr.count(traceBatch, 2) != 1 {
+		t.Fatalf("batches %+v: want 1 image, then 2", tr.events)
 	}
-	if d[1] < 900*time.Millisecond {
-		t.Fatalf("the partial batch ran beside the first (answered in %v)", d[1])
-	}
-	// a full batch starts beside a running one (its backbone still waits for
-	// the other's: the pipeline runs one backbone batch at a time)
-	q0, _ := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
-	send(3, &wg, &d[3])
-	time.Sleep(100 * time.Millisecond)
-	var full [3]time.Duration
-	for i := range full {
-		send(i, &wg, &full[i])
-	}
+	// a full batch starts beside a running one
+	release = cfg.hold()
+	send(3)
+	<-cfg.entered
+	send(0, 1, 2)
+	tr.waitFor(func(tr *tracer) bool {
+		for _, ev := range tr.events {
+			if ev.kind == traceBatch && ev.images == 3 && ev.running == 2 {
+				return true
+			}
+		}
+		return false
+	})
+	release()
 	wg.Wait()
-	a = ts.do(http.MethodGet, "/metrics", nil)
-	q1, _ := histogram(t, a.body, "padim_stage_duration_seconds", `model="wood",stage="queue"`)
-	if q1-q0 > 0.4 {
-		t.Errorf("four requests waited %.2fs in all for their batches: the full batch waited for the running one", q1-q0)
-	}
 }

@@ -274,6 +274,7 @@ var flagRanges = map[string][2]float64{
 	"max-batch":     {1, 256},
 	"pipelines":     {1, 64},
 	"queue":         {1, 1 << 16},
+	"drift-window":  {1, 1 << 20},
 	"retries":       {0, 1000},
 	"max-other":     {0, 1024},
 	"server-pid":    {0, 1 << 22},
