@@ -36,6 +36,7 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/picture"
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Options configure a Server. DefaultOptions gives the documented defaults.
@@ -297,7 +298,7 @@ func (s *Server) ReloadAll() error {
 // the served model is mapped from that copy, so a file rewritten in place (a
 // copy over it, a partial upload) never changes what is being served.
 func (s *Server) open(path string) (*Loaded, error) {
-	if _, err := os.Stat(path); err != nil {
+	if err := readfile.Check(path); err != nil {
 		return nil, err
 	}
 	src := path
@@ -323,7 +324,7 @@ func (s *Server) open(path string) (*Loaded, error) {
 }
 
 func snapshot(path string) (string, error) {
-	in, err := os.Open(path)
+	in, err := readfile.Open(path)
 	if err != nil {
 		return "", err
 	}

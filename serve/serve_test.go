@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"image/png"
@@ -16,10 +17,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/padim/padim/detector/npy"
+	"github.com/padim/padim/detector/readfile"
 )
 
 // Every endpoint answers the library's numbers, in the protocol's shapes.
@@ -839,6 +842,25 @@ func TestNewRefuses(t *testing.T) {
 	o.MaxBatch = 0
 	if _, err := New([]ModelSpec{{"a", f.path}}, load, o); err == nil {
 		t.Error("max batch 0")
+	}
+	// A named pipe or a folder as the model is refused at once, naming it; a
+	// FIFO used to block the snapshot copy forever (no writer ever came).
+	fifo := filepath.Join(f.dir, "pipe.padim")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := New([]ModelSpec{{"a", fifo}}, load, testOptions()); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, readfile.ErrNotRegular) || !strings.Contains(err.Error(), fifo) {
+			t.Errorf("a FIFO as the model: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a FIFO as the model blocked the server's start")
+	}
+	if _, err := New([]ModelSpec{{"a", f.dir}}, load, testOptions()); !errors.Is(err, readfile.ErrNotRegular) || !strings.Contains(err.Error(), "a folder") {
+		t.Errorf("a folder as the model: %v", err)
 	}
 }
 
