@@ -88,8 +88,8 @@ type Pipeline struct {
 
 	extMu    sync.Mutex   // the Extractor is not safe for concurrent use
 	decoding atomic.Int32 // images being decoded now, by every run
-	bufMu sync.Mutex
-	bufs  [][]float32 // reusable embedding buffers
+	bufMu    sync.Mutex
+	bufs     [][]float32 // reusable embedding buffers
 }
 
 // NewPipeline prepares the pipeline for a backbone, a channel subset of its

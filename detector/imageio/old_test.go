@@ -141,4 +141,3 @@ func oldResizeImage(img image.Image, w, h int) *Planes {
 	}
 	return out
 }
-
