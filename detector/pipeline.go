@@ -86,10 +86,11 @@ type Pipeline struct {
 	opt     PipelineOptions
 	Timings *Timings
 
-	extMu    sync.Mutex   // the Extractor is not safe for concurrent use
+	extMu sync.Mutex // the Extractor is not safe for concurrent use
+	bufMu sync.Mutex
+	bufs  [][]float32 // reusable embedding buffers
+
 	decoding atomic.Int32 // images being decoded now, by every run
-	bufMu    sync.Mutex
-	bufs     [][]float32 // reusable embedding buffers
 }
 
 // NewPipeline prepares the pipeline for a backbone, a channel subset of its
