@@ -192,7 +192,7 @@ func (p Preprocess) turboView(data []byte, threads int) (*Planes, []Rect, Frame,
 	if p.Decode == DecodeTurboDCT && p.Tile == 0 {
 		s = turbojpeg.Smallest(turbojpeg.Scales(), h.W, h.H, p.Resize)
 	}
-	pix, w, ht, err := turbojpeg.Decode(data, s, info.Gray)
+	pix, w, ht, err := turbojpeg.Decode(data, s, info.Gray, MaxPixels)
 	if err != nil {
 		return nil, nil, Frame{}, err
 	}
@@ -202,7 +202,15 @@ func (p Preprocess) turboView(data []byte, threads int) (*Planes, []Rect, Frame,
 	} else {
 		img = &rgbImage{Pix: pix, Stride: 3 * w, Rect: image.Rect(0, 0, w, ht)}
 	}
-	return p.viewOf(img, h.W, h.H, threads)
+	if p.Tile > 0 || s == turbojpeg.Full {
+		return p.viewOf(img, h.W, h.H, threads)
+	}
+	// Scaled pixel i covers [i, i+1)·Denom/Num of the image: the last row and
+	// column lie partly beyond its edge. Resample over the image's extent,
+	// W·Num/Denom scaled pixels, so the view lines up with the full-size one.
+	spanW, spanH := float64(h.W)*float64(s.Num)/float64(s.Denom), float64(h.H)*float64(s.Num)/float64(s.Denom)
+	v := resizeRowsOver(newRows(img), spanW, spanH, p.Resize, p.Resize, threads)
+	return p.cropView(v, h.W, h.H)
 }
 
 // viewOf prepares the view of a decoded image whose file is origW×origH (the
@@ -212,8 +220,13 @@ func (p Preprocess) viewOf(img image.Image, origW, origH, threads int) (*Planes,
 	if p.Tile > 0 {
 		return p.View(planesOf(img, threads))
 	}
+	return p.cropView(resizeImage(img, p.Resize, p.Resize, threads), origW, origH)
+}
+
+// cropView centre-crops a fitted view of an origW×origH image and returns it
+// with its frame.
+func (p Preprocess) cropView(v *Planes, origW, origH int) (*Planes, []Rect, Frame, error) {
 	f := Frame{ImageW: origW, ImageH: origH, ScaleX: float64(origW) / float64(p.Resize), ScaleY: float64(origH) / float64(p.Resize)}
-	v := resizeImage(img, p.Resize, p.Resize, threads)
 	if s := p.InputSize(); s < p.Resize {
 		off := (p.Resize - s) / 2
 		v = v.Crop(off, off, s, s)
@@ -223,13 +236,11 @@ func (p Preprocess) viewOf(img image.Image, origW, origH, threads int) (*Planes,
 	return v, []Rect{{0, 0, v.W, v.H}}, f, nil
 }
 
-// layout is what decoding an image holds, read from its header: decoded
-// bytes a pixel in Go's decoder, and whether the whole file is held.
+// layout is what decoding an image holds, read from its header.
 type layout struct {
-	goBytes   float64 // Go's decoded image and working state, bytes a pixel
-	turbo     float64 // libjpeg-turbo's working state beyond its output, bytes a full-size pixel (JPEG only)
-	chans     int     // channels of libjpeg-turbo's output (1 or 3; JPEG only)
-	wholeFile bool    // Go's decoder holds the whole file (TIFF)
+	goBytes float64 // Go's decoded image and working state, bytes a pixel
+	turbo   float64 // libjpeg-turbo's working state beyond its output, bytes a full-size pixel (JPEG only)
+	chans   int     // channels of libjpeg-turbo's output (1 or 3; JPEG only)
 }
 
 // layoutOf reads the decoding cost from the header bytes and Go's config.
@@ -248,8 +259,10 @@ func layoutOf(peek []byte, format string, cm color.Model) layout {
 		}
 		return l
 	case "tiff":
-		// the file, the image, and a decompressed strip up to the image's size
-		return layout{goBytes: 2 * modelBytes(cm), wholeFile: true}
+		// the image, and a strip up to the image's size, read in growing chunks
+		// (two copies at a time) and decompressed; files and bytes are read at
+		// offsets, never buffered whole
+		return layout{goBytes: 3 * modelBytes(cm)}
 	}
 	return layout{goBytes: modelBytes(cm)}
 }
@@ -332,8 +345,8 @@ func jpegLayout(b []byte) (layout, bool) {
 // DecodeMemory is the most memory decoding and preparing one image holds
 // beyond its view, from its header: the decoded image as the decoder p.Decode
 // holds it (libjpeg-turbo's output at the scale it decodes to), the encoded
-// bytes where the whole file is read (libjpeg-turbo, TIFF, or an input given
-// as bytes), the resampler's rows on every core, and when tiling the image as
+// bytes where the whole file is read (libjpeg-turbo, or an input given as
+// bytes), the resampler's rows on every core, and when tiling the image as
 // float32 planes.
 func (p Preprocess) DecodeMemory(h Header) int64 {
 	px := int64(h.W) * int64(h.H)
@@ -353,7 +366,7 @@ func (p Preprocess) DecodeMemory(h Header) int64 {
 		n = max(n, int64(float64(px)*h.layout.goBytes)+h.Size+slack)
 	default:
 		n = int64(float64(px)*max(h.layout.goBytes, 1)) + slack
-		if h.layout.wholeFile || h.InMemory {
+		if h.InMemory {
 			n += h.Size
 		}
 	}

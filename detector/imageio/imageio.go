@@ -7,6 +7,7 @@ package imageio
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"image"
 	_ "image/gif"  // GIF decoder
@@ -16,8 +17,8 @@ import (
 	"math"
 	"os"
 
-	_ "golang.org/x/image/bmp"  // BMP decoder
-	_ "golang.org/x/image/tiff" // TIFF decoder
+	_ "golang.org/x/image/bmp" // BMP decoder
+	"golang.org/x/image/tiff"  // TIFF decoder
 )
 
 // MaxPixels bounds the images Decode accepts, checked from the header before
@@ -61,7 +62,7 @@ func ReadHeader(r io.Reader) (Header, error) {
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return Header{}, err
 	}
-	return header(peek[:n])
+	return headerFrom(r, peek[:n])
 }
 
 func header(peek []byte) (Header, error) {
@@ -69,6 +70,48 @@ func header(peek []byte) (Header, error) {
 	if err != nil {
 		return Header{}, fmt.Errorf("cannot decode image header: %v", err)
 	}
+	return checkConfig(cfg, format, peek)
+}
+
+// headerFrom is header, reading a TIFF whose directory lies beyond the first
+// bytes (Go's and libtiff's encoders write it after the pixels) from r when r
+// reads at offsets (a file, bytes).
+func headerFrom(r io.Reader, peek []byte) (Header, error) {
+	h, err := header(peek)
+	isTIFF := bytes.HasPrefix(peek, []byte("II*\x00")) || bytes.HasPrefix(peek, []byte("MM\x00*"))
+	if err == nil || !isTIFF {
+		return h, err
+	}
+	sr := sectionOf(r)
+	if sr == nil {
+		return h, err
+	}
+	cfg, err2 := tiff.DecodeConfig(sr)
+	if err2 != nil {
+		return Header{}, fmt.Errorf("cannot decode image header: %v", err2)
+	}
+	return checkConfig(cfg, "tiff", peek)
+}
+
+// sectionOf returns r as a reader at offsets over all of it, nil if it is not one.
+func sectionOf(r io.Reader) *io.SectionReader {
+	ra, ok := r.(io.ReaderAt)
+	var size int64
+	switch s := r.(type) {
+	case interface{ Size() int64 }:
+		size = s.Size()
+	case *os.File:
+		if st, err := s.Stat(); err == nil {
+			size = st.Size()
+		}
+	}
+	if !ok || size <= 0 {
+		return nil
+	}
+	return io.NewSectionReader(ra, 0, size)
+}
+
+func checkConfig(cfg image.Config, format string, peek []byte) (Header, error) {
 	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > MaxPixels {
 		return Header{}, fmt.Errorf("%s image of %dx%d pixels is empty or larger than the %d-pixel limit", format, cfg.Width, cfg.Height, MaxPixels)
 	}
@@ -89,11 +132,16 @@ func DecodeReader(r io.Reader) (*Planes, error) {
 func DecodeImage(r io.Reader) (image.Image, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	peek, _ := br.Peek(1 << 16)
-	h, err := header(peek)
+	h, err := headerFrom(r, peek)
 	if err != nil {
 		return nil, err
 	}
-	img, _, err := image.Decode(br)
+	var img image.Image
+	if sr := sectionOf(r); h.Format == "tiff" && sr != nil {
+		img, err = tiff.Decode(sr) // strips read at their offsets, not the whole file buffered
+	} else {
+		img, _, err = image.Decode(br)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot decode %s image: %v", h.Format, err)
 	}
@@ -187,8 +235,13 @@ type filterWeights struct {
 	w     []float32
 }
 
-func weights(in, out int) []filterWeights {
-	scale := float64(in) / float64(out)
+func weights(in, out int) []filterWeights { return weightsOver(in, float64(in), out) }
+
+// weightsOver resamples in samples that span span input units (in, or less
+// when the last sample is partly beyond the edge, as in a JPEG decoded at a
+// fraction of its size) to out samples spanning the same extent.
+func weightsOver(in int, span float64, out int) []filterWeights {
+	scale := span / float64(out)
 	support := math.Max(scale, 1)
 	ws := make([]filterWeights, out)
 	for o := range ws {

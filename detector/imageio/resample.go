@@ -22,18 +22,27 @@ func (t *taps) weights(o int) []float32 { return t.w[t.off[o]:t.off[o+1]] }
 // tapCache keeps the taps of the sizes seen (a camera sends one size); it
 // stops growing at maxCachedTaps sizes, after which taps are computed per call.
 var (
-	tapCache      sync.Map // [2]int{in, out} → *taps
+	tapCache      sync.Map // tapKey → *taps
 	tapCacheLen   atomic.Int32
 	maxCachedTaps = int32(256)
 )
 
 // tapsFor returns the taps resampling in samples to out, computed once per size.
-func tapsFor(in, out int) *taps {
-	key := [2]int{in, out}
+func tapsFor(in, out int) *taps { return tapsOver(in, float64(in), out) }
+
+// tapKey names one resampling: in samples spanning span to out.
+type tapKey struct {
+	in, out int
+	span    float64
+}
+
+// tapsOver returns weightsOver's taps, computed once per size.
+func tapsOver(in int, span float64, out int) *taps {
+	key := tapKey{in, out, span}
 	if t, ok := tapCache.Load(key); ok {
 		return t.(*taps)
 	}
-	ws := weights(in, out)
+	ws := weightsOver(in, span, out)
 	t := &taps{first: make([]int, out), off: make([]int, out+1)}
 	for o, fw := range ws {
 		t.first[o] = fw.first
@@ -57,7 +66,13 @@ func tapsFor(in, out int) *taps {
 // are Planes.Resize's on FromImage's planes, bit for bit: the same weights,
 // summed in the same order.
 func resizeRows(r rows, w, h, threads int) *Planes {
-	tx, ty := tapsFor(r.w, w), tapsFor(r.h, h)
+	return resizeRowsOver(r, float64(r.w), float64(r.h), w, h, threads)
+}
+
+// resizeRowsOver is resizeRows for rows whose pixels span spanW×spanH (less
+// than their count when the last row and column lie partly beyond the edge).
+func resizeRowsOver(r rows, spanW, spanH float64, w, h, threads int) *Planes {
+	tx, ty := tapsOver(r.w, spanW, w), tapsOver(r.h, spanH, h)
 	out := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
 	bands := splitRows(h, threads)
 	var wg sync.WaitGroup

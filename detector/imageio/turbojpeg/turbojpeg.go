@@ -79,12 +79,16 @@ func ReadInfo(data []byte) (Info, error) {
 }
 
 // Decode decodes a JPEG at scale s into grey (one byte a pixel) or RGB
-// (three). Damaged data is an error (libjpeg-turbo stops at its first warning),
-// and so are progressive files with an unreasonable number of scans.
-func Decode(data []byte, s Scale, gray bool) (pix []byte, w, h int, err error) {
+// (three). An image over maxPixels (at full size), damaged data (libjpeg-turbo
+// stops at its first warning) and progressive files with an unreasonable
+// number of scans are errors.
+func Decode(data []byte, s Scale, gray bool, maxPixels int) (pix []byte, w, h int, err error) {
 	info, err := ReadInfo(data)
 	if err != nil {
 		return nil, 0, 0, err
+	}
+	if int64(info.W)*int64(info.H) > int64(maxPixels) {
+		return nil, 0, 0, &Error{Msg: fmt.Sprintf("a %dx%d image is larger than the %d-pixel limit", info.W, info.H, maxPixels)}
 	}
 	if info.CMYK {
 		return nil, 0, 0, &Error{Msg: "CMYK JPEG"}
