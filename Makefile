@@ -10,7 +10,10 @@ BIN   := bin/padim
 # The CPU Gaussian stages use OpenBLAS when its headers and library are installed
 # (apt-get install libopenblas-dev); otherwise pure Go (gonum). TAGS=... overrides.
 OPENBLAS := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include cblas.h - -lopenblas -o /dev/null 2>/dev/null && echo openblas)
-TAGS     ?= $(OPENBLAS)
+# JPEG decoding with libjpeg-turbo (--decode turbojpeg-full|turbojpeg-dct) when its
+# TurboJPEG headers and library are installed (apt-get install libturbojpeg0-dev).
+TURBOJPEG := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include turbojpeg.h - -lturbojpeg -o /dev/null 2>/dev/null && echo turbojpeg)
+TAGS      ?= $(strip $(OPENBLAS) $(TURBOJPEG))
 
 .PHONY: build demo test onnxruntime cuda cuda-check cuda-emu device-bundle bench clean
 
@@ -34,6 +37,11 @@ test: onnxruntime cuda-emu
 ifneq ($(OPENBLAS),)
 	$(GO) vet -tags openblas ./...
 	$(GO) test -count=1 -tags openblas ./detector/...
+endif
+ifneq ($(TURBOJPEG),)
+	$(GO) vet -tags turbojpeg ./...
+	$(GO) test -count=1 -tags turbojpeg ./detector/imageio/... ./detector
+	$(GO) test -count=1 -tags turbojpeg -run 'Decode' ./cmd/padim
 endif
 	$(GO) test -count=1 -race -short ./detector/... ./cmd/...
 

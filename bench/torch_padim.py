@@ -29,13 +29,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import export  # noqa: E402  (the PyTorch ResNet/CBAM module)
 
 
-def load_images(paths, size, mean, std):
-    from torchvision.io import read_image, ImageReadMode
+def load_images(paths, size, mean, std, loader="torchvision"):
+    """Decode and resize to size² with the antialiased bilinear filter padim uses:
+    torchvision (read_image, then F.interpolate antialias=True in float) or pil
+    (anomalib's loader: Image.open().convert("RGB").resize(BILINEAR), antialiased
+    over the whole image with reducing_gap=None, rounded to 8 bits)."""
     out = torch.empty(len(paths), 3, size, size)
     for i, p in enumerate(paths):
-        img = read_image(p, ImageReadMode.RGB).float().div_(255)[None]
-        img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[i] = (img[0] - mean[:, None, None]) / std[:, None, None]
+        if loader == "pil":
+            from PIL import Image
+            with Image.open(p) as im:
+                im = im.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=None)
+            img = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255)
+        else:
+            from torchvision.io import read_image, ImageReadMode
+            img = read_image(p, ImageReadMode.RGB).float().div_(255)[None]
+            img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        out[i] = (img - mean[:, None, None]) / std[:, None, None]
     return out
 
 
@@ -64,6 +74,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--loader", default="torchvision", choices=["torchvision", "pil"], help="image decode and resize (see load_images)")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
     if a.threads:
@@ -101,7 +112,7 @@ def main():
     embeddings = []
     with torch.no_grad():
         for lo in range(0, len(train), a.batch):
-            x = timed("decode", load_images, train[lo:lo + a.batch], a.size, mean, std).to(dev)
+            x = timed("decode", load_images, train[lo:lo + a.batch], a.size, mean, std, a.loader).to(dev)
             embeddings.append(timed("backbone+embedding", embed, model, x, idx).cpu() if dev.type == "cpu" else timed("backbone+embedding", embed, model, x, idx))
 
         def fit():
@@ -125,7 +136,7 @@ def main():
         r = kern.numel() // 2
         s0 = time.perf_counter()
         for lo in range(0, len(test), a.batch):
-            x = timed("decode", load_images, test[lo:lo + a.batch], a.size, mean, std).to(dev)
+            x = timed("decode", load_images, test[lo:lo + a.batch], a.size, mean, std, a.loader).to(dev)
             e = timed("backbone+embedding", embed, model, x, idx)
 
             def score(e):

@@ -133,6 +133,7 @@ func (m *Model) metadata(format string) map[string]string {
 		"overlap":         strconv.Itoa(m.Preprocess.Overlap),
 		"mean":            joinFloats(m.Preprocess.Mean[:]),
 		"std":             joinFloats(m.Preprocess.Std[:]),
+		"decode":          m.Preprocess.Decode.String(),
 		"eps":             strconv.FormatFloat(m.Eps, 'g', -1, 64),
 		"n_train":         strconv.Itoa(m.NTrain),
 		"seed":            strconv.FormatUint(m.Seed, 10),
@@ -169,7 +170,38 @@ func (m *Model) NewPipeline(ext Extractor, opt PipelineOptions) (*Pipeline, erro
 		}
 	}
 	opt.Pool = m.Pool
-	return NewPipeline(ext, m.Channels, m.Preprocess, opt)
+	pre := m.Preprocess
+	if pre.Decode.Available() != nil { // a model of a libjpeg-turbo build; DecodeFor says so
+		pre.Decode = imageio.DecodeGo
+	}
+	return NewPipeline(ext, m.Channels, pre, opt)
+}
+
+// DecodeFor returns the decoder to score with, override when given (a name,
+// "" for the model's), and a one-line warning when it is not the one the model
+// was trained with: its inputs differ from training's by up to a few grey
+// levels, and scores and maps follow. A model trained with libjpeg-turbo on a
+// build without it is scored with Go's decoder, with that warning; an override
+// this build cannot decode with is an error saying how to rebuild.
+func (m *Model) DecodeFor(override string) (imageio.Decoder, string, error) {
+	trained := m.Preprocess.Decode
+	if override != "" {
+		d, err := imageio.ParseDecoder(override)
+		if err != nil {
+			return trained, "", err
+		}
+		if err := d.Available(); err != nil {
+			return trained, "", err
+		}
+		if d != trained {
+			return d, fmt.Sprintf("decoding with %s, but the model was trained with %s: the inputs differ by up to a few grey levels, and so may scores and maps (retrain with --decode %s to use it)", d, trained, d), nil
+		}
+		return d, "", nil
+	}
+	if err := trained.Available(); err != nil {
+		return imageio.DecodeGo, fmt.Sprintf("the model was trained with decode path %s, but this padim was built without libjpeg-turbo: decoding with go, whose inputs differ by up to a few grey levels, and so may scores and maps (install libturbojpeg0-dev and rebuild: make build)", trained), nil
+	}
+	return trained, "", nil
 }
 
 // ScoreConfig says how to score with a model.
@@ -467,6 +499,13 @@ func parseShared(f *safetensors.File, format string) (*Model, error) {
 	errs = append(errs, err1, err2)
 	copy(m.Preprocess.Mean[:], toF32(mean))
 	copy(m.Preprocess.Std[:], toF32(std))
+	if v, ok := md["decode"]; ok { // absent from models made before the decode path was recorded: go
+		d, err := imageio.ParseDecoder(v)
+		m.Preprocess.Decode = d
+		if err != nil || v == "" {
+			errs = append(errs, fmt.Errorf("metadata decode=%q: want go, turbojpeg-full or turbojpeg-dct", v))
+		}
+	}
 	m.Eps, m.NTrain, m.Sigma = flt("eps"), num("n_train"), flt("sigma")
 	m.Seed, _ = strconv.ParseUint(md["seed"], 10, 64)
 	m.TotalChannels = num("total_channels")

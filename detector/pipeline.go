@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"image"
+	"io/fs"
 	"math"
 	"runtime"
 	"slices"
@@ -90,6 +90,8 @@ type Pipeline struct {
 	extMu sync.Mutex // the Extractor is not safe for concurrent use
 	bufMu sync.Mutex
 	bufs  [][]float32 // reusable embedding buffers
+
+	decoding atomic.Int32 // images being decoded now, by every run
 }
 
 // NewPipeline prepares the pipeline for a backbone, a channel subset of its
@@ -516,6 +518,7 @@ func (p *Pipeline) header(in Input) (imageio.Header, error) {
 		if err != nil {
 			return h, fmt.Errorf("%s: %w", in.Name, err)
 		}
+		h.Size, h.InMemory = int64(len(in.Data)), true
 		return h, nil
 	}
 	f, err := readfile.Open(in.Name) // a FIFO or a folder is refused, not waited on
@@ -527,6 +530,9 @@ func (p *Pipeline) header(in Input) (imageio.Header, error) {
 	if err != nil {
 		return h, fmt.Errorf("%s: %w (is it a readable PNG, JPEG, BMP, TIFF or GIF image?)", in.Name, err)
 	}
+	if st, err := f.Stat(); err == nil {
+		h.Size = st.Size()
+	}
 	return h, nil
 }
 
@@ -536,12 +542,9 @@ func (p *Pipeline) header(in Input) (imageio.Header, error) {
 func (p *Pipeline) memory(h imageio.Header) (transient, kept int64) {
 	px := int64(h.W) * int64(h.H)
 	S := int64(p.pre.InputSize())
-	// the decoder's image (≤ 8 bytes a pixel), then float32 planes of the whole
-	// image when tiling, else rows resampled to the network's width
-	transient = px*8 + int64(h.H)*int64(p.pre.Resize)*12
-	if p.pre.Tile > 0 {
-		transient = px * (8 + 12)
-	}
+	// the decoded image as its decoder holds it, the encoded bytes where they
+	// are held, the resampler's rows, and float32 planes of the whole image when tiling
+	transient = p.pre.DecodeMemory(h)
 	n, mapPx := int64(1), S*S
 	if p.pre.Tile > 0 {
 		if rects, err := p.pre.Tiles(h.W, h.H); err == nil {
@@ -568,14 +571,14 @@ func (p *Pipeline) decode(in Input, it *item) {
 	case in.Image != nil:
 		it.view, it.rects, it.frame, err = p.pre.View(in.Image)
 	default:
-		var img image.Image
-		if in.Data != nil {
-			img, err = imageio.DecodeImage(bytes.NewReader(in.Data))
-		} else {
-			img, err = imageio.DecodeFile(in.Name)
-		}
-		if err == nil {
-			it.view, it.rects, it.frame, err = p.pre.ViewImage(img)
+		// one image's rows split over the cores the other decodes leave idle
+		// (serve and --stdin-jsonl send one frame at a time)
+		n := int(p.decoding.Add(1))
+		threads := max(1, runtime.GOMAXPROCS(0)/n)
+		it.view, it.rects, it.frame, it.warning, err = p.pre.DecodeView(imageio.Encoded{Path: in.Name, Data: in.Data}, threads)
+		p.decoding.Add(-1)
+		if err != nil && in.Data == nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
+			err = fmt.Errorf("%w (is it a readable PNG, JPEG, BMP, TIFF or GIF image?)", err)
 		}
 	}
 	if err != nil && !strings.HasPrefix(err.Error(), in.Name) {
@@ -584,12 +587,20 @@ func (p *Pipeline) decode(in Input, it *item) {
 	if err == nil {
 		it.w, it.h = it.view.W, it.view.H
 		if s, f := p.pre.InputSize(), it.frame; p.pre.Tile == 0 && f.ImageW*SmallImageFactor < s && f.ImageH*SmallImageFactor < s {
-			it.warning = fmt.Sprintf("the image is %dx%d, much smaller than the %d² network input: its map is mostly interpolation and its score means little", f.ImageW, f.ImageH, s)
+			it.warning = joinWarnings(it.warning, fmt.Sprintf("the image is %dx%d, much smaller than the %d² network input: its map is mostly interpolation and its score means little", f.ImageW, f.ImageH, s))
 		} else if p.pre.Tile == 0 && (f.ImageW*SmallImageFactor < s || f.ImageH*SmallImageFactor < s) {
-			it.warning = fmt.Sprintf("the image is %dx%d: one side is much smaller than the %d² network input, so it is stretched more than %d× along it: its map is mostly interpolation there and its score means little", f.ImageW, f.ImageH, s, SmallImageFactor)
+			it.warning = joinWarnings(it.warning, fmt.Sprintf("the image is %dx%d: one side is much smaller than the %d² network input, so it is stretched more than %d× along it: its map is mostly interpolation there and its score means little", f.ImageW, f.ImageH, s, SmallImageFactor))
 		}
 	}
 	it.err = err
+}
+
+// joinWarnings appends b to the warnings a ("; " between them).
+func joinWarnings(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 func (p *Pipeline) getBuffer(n int) []float32 {

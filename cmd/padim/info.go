@@ -9,6 +9,7 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/gauss"
+	"github.com/padim/padim/detector/imageio"
 )
 
 func infoCommand() *cli.Command {
@@ -32,7 +33,7 @@ func infoCommand() *cli.Command {
 				"backbone_embedded": len(m.BackboneONNX) > 0, "taps": m.Taps, "grid": []int{m.GridH, m.GridW},
 				"preprocess": m.Preprocess, "eps": m.Eps, "n_train": m.NTrain, "seed": m.Seed, "sigma": m.Sigma,
 				"dim": len(m.Channels), "total_channels": m.TotalChannels, "channels": m.Channels,
-				"gaussian": m.Gaussian.Form(),
+				"gaussian": m.Gaussian.Form(), "decode": m.Preprocess.Decode,
 			}
 			if lr, ok := m.Gaussian.(*gauss.LowRank); ok {
 				info["rank"] = lr.N
@@ -50,6 +51,7 @@ func infoCommand() *cli.Command {
 			fmt.Printf("backbone         %s (sha256 %s, embedded %v)\n", m.BackboneName, m.BackboneSHA256, len(m.BackboneONNX) > 0)
 			fmt.Printf("taps             %v → grid %dx%d\n", m.Taps, m.GridH, m.GridW)
 			fmt.Printf("input            resize %d, crop %d, tile %d overlap %d, mean %v std %v\n", m.Preprocess.Resize, m.Preprocess.Crop, m.Preprocess.Tile, m.Preprocess.Overlap, m.Preprocess.Mean, m.Preprocess.Std)
+			fmt.Printf("decode           %s%s\n", m.Preprocess.Decode, decodeNote(m.Preprocess.Decode))
 			fmt.Printf("fit              %d samples, eps %g, blur sigma %g\n", m.NTrain, m.Eps, m.Sigma)
 			switch g := m.Gaussian.(type) {
 			case *gauss.LowRank:
@@ -68,4 +70,18 @@ func infoCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// decodeNote says what a decode path means on this build.
+func decodeNote(d imageio.Decoder) string {
+	if err := d.Available(); err != nil {
+		return " (this build lacks libjpeg-turbo: scoring uses go, with a warning; install libturbojpeg0-dev and rebuild)"
+	}
+	switch d {
+	case imageio.DecodeTurboFull:
+		return " (JPEG by libjpeg-turbo at full size, then the exact resize)"
+	case imageio.DecodeTurboDCT:
+		return " (JPEG by libjpeg-turbo shrunk in the DCT domain, then the exact resize)"
+	}
+	return " (Go's decoders, exact resize)"
 }

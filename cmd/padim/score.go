@@ -170,6 +170,7 @@ func scoringFlags() []cli.Flag {
 		&cli.Float64Flag{Name: "threshold", Usage: "verdict and mask threshold, overriding the calibrated ones"},
 		&cli.IntFlag{Name: "open-radius", Value: detector.DefaultOpenRadius, Usage: "radius of the morphological opening that cleans masks"},
 		&cli.StringFlag{Name: "backbone", Usage: "ONNX backbone to use instead of the one embedded in the model (must be the same graph)"},
+		&cli.StringFlag{Name: "decode", Usage: "decode path to use instead of the model's (go, turbojpeg-full, turbojpeg-dct; a warning says the inputs differ from training's)"},
 		batchFlag, deviceFlag, threadsFlag,
 	}
 }
@@ -181,6 +182,14 @@ func loadScorer(c *cli.Context, th *detector.Thresholds, openRadius int, keepIma
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	d, warn, err := m.DecodeFor(c.String("decode"))
+	if err != nil {
+		return nil, nil, nil, cli.Exit("--decode: "+err.Error(), exitError)
+	}
+	if warn != "" {
+		fmt.Fprintf(os.Stderr, "warning: %s: %s\n", c.String("model"), warn)
+	}
+	m.Preprocess.Decode = d
 	taps := make([]string, len(m.Taps))
 	for i, t := range m.Taps {
 		taps[i] = t.Name

@@ -278,6 +278,9 @@ func serveLoader(c *cli.Context, batch int, pipeMem int64) serve.Loader {
 		if len(m.BackboneONNX) == 0 {
 			return nil, fmt.Errorf("%s has no embedded backbone", path)
 		}
+		if _, warn, _ := m.DecodeFor(""); warn != "" { // a libjpeg-turbo model on a build without it
+			fmt.Fprintf(os.Stderr, "warning: %s: %s\n", path, warn)
+		}
 		taps := make([]string, len(m.Taps))
 		for i, t := range m.Taps {
 			taps[i] = t.Name

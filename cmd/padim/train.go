@@ -28,6 +28,9 @@ func inputFlags() []cli.Flag {
 		&cli.StringFlag{Name: "std", Usage: "input std r,g,b (default: the backbone's metadata, else ImageNet)"},
 		&cli.IntFlag{Name: "tile", Usage: "cut images into T×T tiles at native resolution (large images; textures)"},
 		&cli.IntFlag{Name: "overlap", Usage: "tile overlap in pixels"},
+		&cli.StringFlag{Name: "decode", Value: imageio.DecodeGo.String(), Usage: "how images become pixels, stored in the model: go (Go's decoders, exact resize), " +
+			"turbojpeg-full (JPEG by libjpeg-turbo, then the exact resize), turbojpeg-dct (JPEG by libjpeg-turbo shrunk by up to 8× while decoding, then the exact resize; fastest); " +
+			"the turbojpeg paths need a build with libjpeg-turbo"},
 	}
 }
 
@@ -48,6 +51,12 @@ func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess,
 		if pp.Std, err = detector.ParseTriple(s); err != nil {
 			return pp, usageError("--std: %v", err)
 		}
+	}
+	if pp.Decode, err = imageio.ParseDecoder(c.String("decode")); err != nil {
+		return pp, usageError("--decode: %v", err)
+	}
+	if err := pp.Decode.Available(); err != nil {
+		return pp, cli.Exit("--decode: "+err.Error(), exitError)
 	}
 	if err := pp.Check(); err != nil {
 		return pp, usageError("%v", err)

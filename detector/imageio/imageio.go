@@ -7,9 +7,9 @@ package imageio
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"image"
-	"image/color"
 	_ "image/gif"  // GIF decoder
 	_ "image/jpeg" // JPEG decoder
 	_ "image/png"  // PNG decoder
@@ -17,8 +17,10 @@ import (
 	"math"
 	"os"
 
-	_ "golang.org/x/image/bmp"  // BMP decoder
-	_ "golang.org/x/image/tiff" // TIFF decoder
+	_ "golang.org/x/image/bmp" // BMP decoder
+	"golang.org/x/image/tiff"  // TIFF decoder
+
+	"github.com/padim/padim/detector/readfile"
 )
 
 // MaxPixels bounds the images Decode accepts, checked from the header before
@@ -33,7 +35,7 @@ type Planes struct {
 
 // Decode reads an image file into planes.
 func Decode(path string) (*Planes, error) {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -47,8 +49,11 @@ func Decode(path string) (*Planes, error) {
 
 // Header is what an image file says of itself before decoding.
 type Header struct {
-	W, H   int
-	Format string
+	W, H     int
+	Format   string
+	Size     int64 // the encoded bytes, when known (set by the caller: the file's size or the data's length)
+	InMemory bool  // the encoded bytes are held in memory (an input given as bytes)
+	layout   layout
 }
 
 // ReadHeader reads an image's format and size from its first bytes, refusing
@@ -59,7 +64,7 @@ func ReadHeader(r io.Reader) (Header, error) {
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return Header{}, err
 	}
-	return header(peek[:n])
+	return headerFrom(r, peek[:n])
 }
 
 func header(peek []byte) (Header, error) {
@@ -67,10 +72,52 @@ func header(peek []byte) (Header, error) {
 	if err != nil {
 		return Header{}, fmt.Errorf("cannot decode image header: %v", err)
 	}
+	return checkConfig(cfg, format, peek)
+}
+
+// headerFrom is header, reading a TIFF whose directory lies beyond the first
+// bytes (Go's and libtiff's encoders write it after the pixels) from r when r
+// reads at offsets (a file, bytes).
+func headerFrom(r io.Reader, peek []byte) (Header, error) {
+	h, err := header(peek)
+	isTIFF := bytes.HasPrefix(peek, []byte("II*\x00")) || bytes.HasPrefix(peek, []byte("MM\x00*"))
+	if err == nil || !isTIFF {
+		return h, err
+	}
+	sr := sectionOf(r)
+	if sr == nil {
+		return h, err
+	}
+	cfg, err2 := tiff.DecodeConfig(sr)
+	if err2 != nil {
+		return Header{}, fmt.Errorf("cannot decode image header: %v", err2)
+	}
+	return checkConfig(cfg, "tiff", peek)
+}
+
+// sectionOf returns r as a reader at offsets over all of it, nil if it is not one.
+func sectionOf(r io.Reader) *io.SectionReader {
+	ra, ok := r.(io.ReaderAt)
+	var size int64
+	switch s := r.(type) {
+	case interface{ Size() int64 }:
+		size = s.Size()
+	case *os.File:
+		if st, err := s.Stat(); err == nil {
+			size = st.Size()
+		}
+	}
+	if !ok || size <= 0 {
+		return nil
+	}
+	return io.NewSectionReader(ra, 0, size)
+}
+
+func checkConfig(cfg image.Config, format string, peek []byte) (Header, error) {
 	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > MaxPixels {
 		return Header{}, fmt.Errorf("%s image of %dx%d pixels is empty or larger than the %d-pixel limit", format, cfg.Width, cfg.Height, MaxPixels)
 	}
-	return Header{cfg.Width, cfg.Height, format}, nil
+	return Header{W: cfg.Width, H: cfg.Height, Format: format, layout: layoutOf(peek, format, cfg.ColorModel)}, nil
 }
 
 // DecodeReader decodes an image stream into planes.
@@ -87,11 +134,16 @@ func DecodeReader(r io.Reader) (*Planes, error) {
 func DecodeImage(r io.Reader) (image.Image, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	peek, _ := br.Peek(1 << 16)
-	h, err := header(peek)
+	h, err := headerFrom(r, peek)
 	if err != nil {
 		return nil, err
 	}
-	img, _, err := image.Decode(br)
+	var img image.Image
+	if sr := sectionOf(r); h.Format == "tiff" && sr != nil {
+		img, err = tiff.Decode(sr) // strips read at their offsets, not the whole file buffered
+	} else {
+		img, _, err = image.Decode(br)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot decode %s image: %v", h.Format, err)
 	}
@@ -100,7 +152,7 @@ func DecodeImage(r io.Reader) (image.Image, error) {
 
 // DecodeFile decodes an image file (see DecodeImage); errors name the file.
 func DecodeFile(path string) (image.Image, error) {
-	f, err := os.Open(path)
+	f, err := readfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -126,138 +178,22 @@ func (r *byteReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// FromImage converts any image to planes, with fast paths for the common types.
-func FromImage(img image.Image) *Planes {
-	b := img.Bounds()
-	w, h := b.Dx(), b.Dy()
-	p := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
-	conv := rowConverter(img)
-	for y := 0; y < h; y++ {
-		conv(y, p.Pix[y*w:(y+1)*w], p.Pix[w*h+y*w:w*h+(y+1)*w], p.Pix[2*w*h+y*w:2*w*h+(y+1)*w])
-	}
-	return p
-}
-
-// rowConverter returns a function writing image row y as R, G, B on [0,1]
-// (grey repeated, alpha dropped), with fast paths for the common types.
-func rowConverter(img image.Image) func(y int, R, G, B []float32) {
-	b := img.Bounds()
-	w := b.Dx()
-	const s8, s16 = 1.0 / 255, 1.0 / 65535
-	switch m := img.(type) {
-	case *image.Gray:
-		return func(y int, R, G, B []float32) {
-			for x, v := range m.Pix[y*m.Stride : y*m.Stride+w] {
-				f := float32(v) * s8
-				R[x], G[x], B[x] = f, f, f
-			}
-		}
-	case *image.Gray16:
-		return func(y int, R, G, B []float32) {
-			for x := 0; x < w; x++ {
-				o := y*m.Stride + 2*x
-				v := float32(uint16(m.Pix[o])<<8|uint16(m.Pix[o+1])) * s16
-				R[x], G[x], B[x] = v, v, v
-			}
-		}
-	case *image.NRGBA:
-		return func(y int, R, G, B []float32) {
-			for x := 0; x < w; x++ {
-				o := y*m.Stride + 4*x
-				R[x], G[x], B[x] = float32(m.Pix[o])*s8, float32(m.Pix[o+1])*s8, float32(m.Pix[o+2])*s8
-			}
-		}
-	case *image.RGBA:
-		// premultiplied; PNG decodes opaque truecolour images to RGBA (alpha 255)
-		return func(y int, R, G, B []float32) {
-			row := m.Pix[y*m.Stride : y*m.Stride+4*w]
-			for x := 0; x < w; x++ {
-				r, g, bb, a := row[4*x], row[4*x+1], row[4*x+2], row[4*x+3]
-				switch a {
-				case 255:
-					R[x], G[x], B[x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
-				case 0:
-					R[x], G[x], B[x] = 0, 0, 0
-				default:
-					s := 1 / float32(a)
-					R[x], G[x], B[x] = min(float32(r)*s, 1), min(float32(g)*s, 1), min(float32(bb)*s, 1)
-				}
-			}
-		}
-	case *image.Paletted:
-		lut := make([][3]float32, 256)
-		for i, c := range m.Palette {
-			n := color.NRGBA64Model.Convert(c).(color.NRGBA64)
-			lut[i] = [3]float32{float32(n.R) * s16, float32(n.G) * s16, float32(n.B) * s16}
-		}
-		return func(y int, R, G, B []float32) {
-			for x, v := range m.Pix[y*m.Stride : y*m.Stride+w] {
-				c := lut[v]
-				R[x], G[x], B[x] = c[0], c[1], c[2]
-			}
-		}
-	case *image.YCbCr:
-		return func(y int, R, G, B []float32) {
-			for x := 0; x < w; x++ {
-				c := m.YCbCrAt(b.Min.X+x, b.Min.Y+y)
-				r, g, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
-				R[x], G[x], B[x] = float32(r)*s8, float32(g)*s8, float32(bb)*s8
-			}
-		}
-	}
-	// NRGBA64 drops alpha without un-premultiplying twice and keeps 16 bits.
-	return func(y int, R, G, B []float32) {
-		for x := 0; x < w; x++ {
-			c := color.NRGBA64Model.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA64)
-			R[x], G[x], B[x] = float32(c.R)*s16, float32(c.G)*s16, float32(c.B)*s16
-		}
-	}
-}
+// FromImage converts any image to planes (see rows for the values).
+func FromImage(img image.Image) *Planes { return planesOf(img, 1) }
 
 // ResizeImage converts and resamples an image to w×h planes in one pass over
-// its rows, as FromImage followed by Resize would, without ever holding the
-// image as float32 planes (12 bytes a pixel): a large photo fitted to the
-// network costs its decoded size and a few rows.
-func ResizeImage(img image.Image, w, h int) *Planes {
+// its rows, as FromImage followed by Resize would, bit for bit, without ever
+// holding the image as float32 planes (12 bytes a pixel): a large photo fitted
+// to the network costs its decoded size and a few rows.
+func ResizeImage(img image.Image, w, h int) *Planes { return resizeImage(img, w, h, 1) }
+
+// resizeImage is ResizeImage on threads goroutines.
+func resizeImage(img image.Image, w, h, threads int) *Planes {
 	b := img.Bounds()
-	iw, ih := b.Dx(), b.Dy()
-	if iw == w && ih == h {
-		return FromImage(img)
+	if b.Dx() == w && b.Dy() == h {
+		return planesOf(img, threads)
 	}
-	cw := weights(iw, w)
-	ch := weights(ih, h)
-	conv := rowConverter(img)
-	rows := make([]float32, 3*iw)
-	tmp := make([]float32, 3*ih*w)
-	for y := 0; y < ih; y++ {
-		conv(y, rows[:iw], rows[iw:2*iw], rows[2*iw:])
-		for c := 0; c < 3; c++ {
-			row := rows[c*iw : (c+1)*iw]
-			out := tmp[c*ih*w+y*w : c*ih*w+(y+1)*w]
-			for x, wt := range cw {
-				var s float32
-				for k, v := range wt.w {
-					s += v * row[wt.first+k]
-				}
-				out[x] = s
-			}
-		}
-	}
-	out := &Planes{W: w, H: h, Pix: make([]float32, 3*w*h)}
-	for c := 0; c < 3; c++ {
-		ct := tmp[c*ih*w : (c+1)*ih*w]
-		dst := out.Pix[c*w*h : (c+1)*w*h]
-		for y, wt := range ch {
-			o := dst[y*w : (y+1)*w]
-			for k, v := range wt.w {
-				in := ct[(wt.first+k)*w : (wt.first+k+1)*w]
-				for x := range o {
-					o[x] += v * in[x]
-				}
-			}
-		}
-	}
-	return out
+	return resizeRows(newRows(img), w, h, threads)
 }
 
 // Resize resamples planes to w×h with a triangle (bilinear) filter whose support
@@ -301,8 +237,13 @@ type filterWeights struct {
 	w     []float32
 }
 
-func weights(in, out int) []filterWeights {
-	scale := float64(in) / float64(out)
+func weights(in, out int) []filterWeights { return weightsOver(in, float64(in), out) }
+
+// weightsOver resamples in samples that span span input units (in, or less
+// when the last sample is partly beyond the edge, as in a JPEG decoded at a
+// fraction of its size) to out samples spanning the same extent.
+func weightsOver(in int, span float64, out int) []filterWeights {
+	scale := span / float64(out)
 	support := math.Max(scale, 1)
 	ws := make([]filterWeights, out)
 	for o := range ws {

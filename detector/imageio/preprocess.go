@@ -20,6 +20,7 @@ type Preprocess struct {
 	Std     [3]float32 // per-channel divisor
 	Tile    int        // >0: cut the image into Tile×Tile tiles at native resolution first
 	Overlap int        // tile overlap in pixels
+	Decode  Decoder    // how encoded images become pixels (DecodeGo: Go's decoders)
 }
 
 // InputSize is the side of the square network input.
@@ -59,6 +60,9 @@ func (p Preprocess) Check() error {
 	}
 	if p.Overlap < 0 || (p.Tile > 0 && 2*p.Overlap > p.Tile) || (p.Tile == 0 && p.Overlap != 0) {
 		return fmt.Errorf("imageio: overlap %d with tile %d: need 0 ≤ overlap ≤ tile/2", p.Overlap, p.Tile)
+	}
+	if p.Decode >= numDecoders {
+		return fmt.Errorf("imageio: %v: want go, turbojpeg-full or turbojpeg-dct", p.Decode)
 	}
 	return nil
 }
@@ -165,22 +169,11 @@ func (p Preprocess) View(pl *Planes) (*Planes, []Rect, Frame, error) {
 }
 
 // ViewImage is View for a decoded image: a fitted view is resampled straight
-// from the image (its float32 planes at full size never exist); a tiled view
-// holds the whole image as planes.
+// from the image's rows (its float32 planes at full size never exist); a tiled
+// view holds the whole image as planes.
 func (p Preprocess) ViewImage(img image.Image) (*Planes, []Rect, Frame, error) {
-	if p.Tile > 0 {
-		return p.View(FromImage(img))
-	}
 	b := img.Bounds()
-	f := Frame{ImageW: b.Dx(), ImageH: b.Dy(), ScaleX: float64(b.Dx()) / float64(p.Resize), ScaleY: float64(b.Dy()) / float64(p.Resize)}
-	v := ResizeImage(img, p.Resize, p.Resize)
-	if s := p.InputSize(); s < p.Resize {
-		off := (p.Resize - s) / 2
-		v = v.Crop(off, off, s, s)
-		f.OffX, f.OffY = float64(off)*f.ScaleX, float64(off)*f.ScaleY
-	}
-	f.W, f.H = v.W, v.H
-	return v, []Rect{{0, 0, v.W, v.H}}, f, nil
+	return p.viewOf(img, b.Dx(), b.Dy(), 1)
 }
 
 // Input writes the normalised backbone input for rectangle r of a view into

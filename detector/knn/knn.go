@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"github.com/padim/padim/detector/internal/kernels"
 )
@@ -76,9 +77,10 @@ func (s *Set) Nearest(q []float32, m, k int, skip []int32, dist []float32, idx [
 		go func() {
 			defer wg.Done()
 			g := make([]float32, queryBlock*pointBlock)
+			qa, pa := aligned(queryBlock*D), aligned(min(pointBlock, s.N)*D)
 			for b := range next {
 				lo, hi := b*queryBlock, min((b+1)*queryBlock, m)
-				s.nearestBlock(q, lo, hi, k, skip, dist, idx, g)
+				s.nearestBlock(q, lo, hi, k, skip, dist, idx, g, qa, pa)
 			}
 		}()
 	}
@@ -86,7 +88,19 @@ func (s *Set) Nearest(q []float32, m, k int, skip []int32, dist []float32, idx [
 	return nil
 }
 
-func (s *Set) nearestBlock(q []float32, lo, hi, k int, skip []int32, dist []float32, idx []int32, g []float32) {
+// aligned returns n float32s starting on a 64-byte boundary.
+func aligned(n int) []float32 {
+	b := make([]float32, n+16)
+	off := int((64-uintptr(unsafe.Pointer(&b[0]))%64)%64) / 4
+	return b[off : off+n : off+n]
+}
+
+// nearestBlock runs queries lo…hi−1 against every point. The SGEMM reads copies
+// of the queries and points in 64-byte-aligned scratch (qa, pa): the gonum
+// kernels' sums depend on where their operands lie, and a model's arrays lie
+// wherever its file puts them (a header one byte longer moved SPADE's scores
+// in the sixth digit).
+func (s *Set) nearestBlock(q []float32, lo, hi, k int, skip []int32, dist []float32, idx []int32, g, qa, pa []float32) {
 	D, nq := s.D, hi-lo
 	qn := make([]float32, nq)
 	for i := range qn {
@@ -97,7 +111,9 @@ func (s *Set) nearestBlock(q []float32, lo, hi, k int, skip []int32, dist []floa
 	}
 	for p0 := 0; p0 < s.N; p0 += pointBlock {
 		np := min(pointBlock, s.N-p0)
-		kernels.SgemmNT(nq, np, D, q[lo*D:], D, s.X[p0*D:], D, g, np)
+		copy(qa, q[lo*D:hi*D])
+		copy(pa, s.X[p0*D:(p0+np)*D])
+		kernels.SgemmNT(nq, np, D, qa, D, pa, D, g, np)
 		for i := 0; i < nq; i++ {
 			row := g[i*np : (i+1)*np]
 			d := dist[(lo+i)*k : (lo+i+1)*k]

@@ -117,3 +117,45 @@ func TestCoresetCoversBetterThanRandom(t *testing.T) {
 		t.Fatal("empty coreset accepted")
 	}
 }
+
+// Distances do not depend on where the points lie in memory (a model's
+// arrays lie wherever its file puts them): the same set at 16 offsets gives
+// the same distances, bit for bit.
+func TestNearestIndependentOfAlignment(t *testing.T) {
+	const n, d, m, k = 37, 23, 5, 3
+	r := rand.New(rand.NewPCG(8, 9))
+	x := make([]float32, n*d)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	q := make([]float32, m*d)
+	for i := range q {
+		q[i] = float32(r.NormFloat64())
+	}
+	var want []float32
+	for off := 0; off < 16; off++ {
+		buf := make([]float32, n*d+16)
+		xs := buf[off : off+n*d]
+		copy(xs, x)
+		qb := make([]float32, m*d+16)
+		qs := qb[15-off : 15-off+m*d]
+		copy(qs, q)
+		s, err := NewSet(xs, n, d, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dist, idx := make([]float32, m*k), make([]int32, m*k)
+		if err := s.Nearest(qs, m, k, nil, dist, idx); err != nil {
+			t.Fatal(err)
+		}
+		if off == 0 {
+			want = dist
+			continue
+		}
+		for i := range dist {
+			if dist[i] != want[i] {
+				t.Fatalf("points at offset %d: distance %d is %v, at offset 0 %v", off, i, dist[i], want[i])
+			}
+		}
+	}
+}
