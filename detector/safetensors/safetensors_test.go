@@ -161,17 +161,77 @@ func TestOldChecksumRefused(t *testing.T) {
 	}
 }
 
-// A checksum over several chunks matches one computed over one piece.
+// A checksum over several chunks matches one computed over one piece, in
+// every chunk scheme, and the schemes differ.
 func TestChunkedChecksumIndependentOfPieces(t *testing.T) {
-	data := make([]byte, 2*chunkSize+12345)
-	for i := range data {
-		data[i] = byte(i * 31)
+	seen := map[string]bool{}
+	for _, sc := range chunkSchemes {
+		size := int(sc.size)
+		data := make([]byte, 2*size+12345)
+		for i := range data {
+			data[i] = byte(i * 31)
+		}
+		ents := []located{{"x", entry{"U8", []int{len(data)}, [2]int64{0, int64(len(data))}}}}
+		one := checksum(sc, map[string]string{"a": "b"}, ents, [][]byte{data})
+		split := checksum(sc, map[string]string{"a": "b"}, ents, [][]byte{data[:100], data[100 : size+7], data[size+7:]})
+		if one != split || !strings.HasPrefix(one, sc.prefix) {
+			t.Fatalf("%s: %s vs %s", sc.prefix, one, split)
+		}
+		data[size+1] ^= 1
+		if checksum(sc, map[string]string{"a": "b"}, ents, [][]byte{data}) == one {
+			t.Fatalf("%s: a flipped bit in the second chunk kept the checksum", sc.prefix)
+		}
+		seen[strings.TrimPrefix(one, sc.prefix)] = true
 	}
-	ents := []located{{"x", entry{"U8", []int{len(data)}, [2]int64{0, int64(len(data))}}}}
-	one := checksum(map[string]string{"a": "b"}, ents, [][]byte{data})
-	split := checksum(map[string]string{"a": "b"}, ents, [][]byte{data[:100], data[100 : chunkSize+7], data[chunkSize+7:]})
-	if one != split {
-		t.Fatalf("%s vs %s", one, split)
+	if len(seen) != len(chunkSchemes) {
+		t.Fatal("two chunk schemes gave one checksum")
+	}
+}
+
+// New files use XXH64 chunks; files written with SHA-256 chunks (padim
+// before XXH64) still verify, and a flip in their data is still refused; an
+// unknown scheme is refused with a message saying so.
+func TestChecksumSchemes(t *testing.T) {
+	p, b := sample(t)
+	f, err := Map(p, true)
+	if err != nil || !strings.HasPrefix(f.Metadata[ChecksumKey], "xxh64-chunked:") {
+		t.Fatalf("new file: %v, checksum %q", err, f.Metadata[ChecksumKey])
+	}
+	// rewrite the same file's header with a SHA-256 checksum, as older padim wrote it
+	hl := 8 + int(binary.LittleEndian.Uint64(b))
+	file, err := Parse(bytes.NewReader(b), int64(len(b)), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := file.Metadata[ChecksumKey]
+	ents, md, err := parseHeader(b[8:hl], int64(len(b)-hl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := checksum(sha256Chunks, md, ents, [][]byte{b[hl:]})
+	if len(sum) != len(old)+1 { // "sha256-" is one byte longer than "xxh64-"
+		t.Fatalf("checksum lengths %q %q", sum, old)
+	}
+	withHeader := func(sum string) []byte {
+		h := bytes.Replace(b[8:hl], []byte(old), []byte(sum), 1)
+		for len(h)%8 != 0 {
+			h = append(h, ' ')
+		}
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(h)))
+		return slices.Concat(n[:], h, b[hl:])
+	}
+	c := withHeader(sum)
+	if g, err := Parse(bytes.NewReader(c), int64(len(c)), true); err != nil || !g.Verified {
+		t.Fatalf("a SHA-256-chunked file: %v", err)
+	}
+	c[len(c)-1] ^= 1
+	if _, err := Parse(bytes.NewReader(c), int64(len(c)), true); !errors.Is(err, ErrFormat) {
+		t.Fatalf("a flip in a SHA-256-chunked file: %v", err)
+	}
+	c = withHeader(strings.Replace(old, "xxh64-chunked:", "blake9-chunked:", 1))
+	if _, err := Parse(bytes.NewReader(c), int64(len(c)), true); !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "newer padim") {
+		t.Fatalf("an unknown scheme: %v", err)
 	}
 }
 
