@@ -11,11 +11,10 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/shard"
 )
@@ -77,9 +76,10 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "calibrate", Value: detector.CalibrateCrossFit, Usage: "how thresholds are set: crossfit (every image scored by a model fitted without it), holdout, none"},
 			&cli.IntFlag{Name: "folds", Value: detector.DefaultFolds, Usage: "cross-fitting folds (the low-rank form leaves one out with ≤ 20 images)"},
 			&cli.Float64Flag{Name: "holdout", Usage: "hold out this fraction of the images for thresholds instead of cross-fitting (0: no thresholds)"},
+			targetFPRFlag,
 			&cli.StringFlag{Name: "method", Value: detector.MethodPaDiM, Usage: "padim, or a baseline on the same pipeline: spade (kNN on images, then on their patches), patchcore (coreset memory bank; taps layer2,layer3 pooled 3×3 unless --layers)"},
-			&cli.IntFlag{Name: "k", Value: nn.DefaultK, Usage: "spade: nearest training images"},
-			&cli.Float64Flag{Name: "coreset", Value: nn.DefaultCoreset, Usage: "patchcore: fraction of the training patch features kept in the memory bank"},
+			&cli.IntFlag{Name: "k", Value: baseline.DefaultK, Usage: "spade: nearest training images"},
+			&cli.Float64Flag{Name: "coreset", Value: baseline.DefaultCoreset, Usage: "patchcore: fraction of the training patch features kept in the memory bank"},
 			&cli.Float64Flag{Name: "sigma", Value: anomalymap.DefaultSigma, Usage: "Gaussian blur of the anomaly map, in pixels of the network input"},
 			&cli.StringFlag{Name: "stats-out", Usage: "also save the fit's statistics, to merge with other shards (padim merge)"},
 			&cli.BoolFlag{Name: "strict", Usage: "stop at the first unreadable image instead of skipping it"},
@@ -112,12 +112,16 @@ func trainAction(c *cli.Context) error {
 		switch {
 		case c.String("stats-out") == "":
 			return usageError("--shard needs --stats-out: a shard's statistics, to merge with the others (padim merge)")
-		case c.IsSet("holdout") || c.IsSet("calibrate") && calib != detector.CalibrateNone:
+		case c.IsSet("holdout") || c.IsSet("target-fpr") || c.IsSet("calibrate") && calib != detector.CalibrateNone:
 			return usageError("a shard sets no thresholds: they come from every shard's images together (padim calibrate after padim merge; see padim calibrate --help)")
 		}
 		calib = detector.CalibrateNone
 	} else if !c.IsSet("out") {
 		return usageError("--out is required (see padim train --help)")
+	}
+	rule, err := thresholdRule(c, calib)
+	if err != nil {
+		return err
 	}
 	files, keys, err := trainFiles(c)
 	if err != nil {
@@ -156,8 +160,8 @@ func trainAction(c *cli.Context) error {
 		notef(c, "backbone: %s, the ImageNet MobileNetV2 shipped inside padim (Apache-2.0, padim backbone --license); give --backbone for another", mobilenetv2.Arch)
 	}
 	layers := splitList(c.String("layers"))
-	if c.String("method") == nn.MethodPatchCore && len(layers) == 0 {
-		layers = []string{"layer2", "layer3"} // PatchCore's mid-level features
+	if len(layers) == 0 {
+		layers = detector.DefaultLayers(c.String("method")) // PatchCore's mid-level features
 	}
 	ext, err := openBackbone(c, bbName, bbData, layers)
 	if err != nil {
@@ -184,7 +188,7 @@ func trainAction(c *cli.Context) error {
 	}
 	defer be.Close()
 	form := c.String("gaussian")
-	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && shardKeepsSamples(ext, channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
+	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && detector.ShardKeepsSamples(ext.Taps(), channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
 		// a shard no larger than its statistics keeps its samples: the
 		// calibration pass then computes exact (float64) statistics from them
 		form = detector.FormLowRank
@@ -194,7 +198,7 @@ func trainAction(c *cli.Context) error {
 	start := time.Now()
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
+		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout, Rule: &rule,
 		Method: c.String("method"), K: c.Int("k"), Coreset: c.Float64("coreset"),
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
@@ -247,7 +251,7 @@ func trainAction(c *cli.Context) error {
 		case rep.Folds == rep.Trained:
 			how = "leave-one-out"
 		}
-		fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' out-of-sample scores (%s)", cal.Image, cal.Pixel, cal.Images, how)
+		fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' out-of-sample scores (%s); %s", cal.Image, cal.Pixel, cal.Images, how, falseAlarms(cal))
 	} else {
 		fmt.Printf(", no thresholds (give score --threshold)")
 	}
@@ -286,26 +290,4 @@ func trainFiles(c *cli.Context) ([]string, []string, error) {
 		return files, keys, nil
 	}
 	return nil, nil, usageError("--data is required (or --manifest) (see padim train --help)")
-}
-
-// shardKeepsSamples reports whether a training shard of n images should keep
-// its samples rather than full-form statistics: when they are no larger
-// (n ≤ D+2), fit the sample budget, and the low-rank form can hold them (ε > 0).
-// Statistics from the fit's accumulator carry float32 rounding in their
-// second moments, which leave-one-out calibration amplifies when the images
-// are few for their dimension; samples give exact statistics.
-func shardKeepsSamples(ext *backbone.Extractor, channels []int, dim int, seed uint64, n int, eps float64, budget int64) bool {
-	if eps <= 0 {
-		return false
-	}
-	taps := ext.Taps()
-	if channels == nil {
-		channels = embed.RandomChannels(embed.TotalChannels(taps), dim, seed)
-	}
-	l, err := embed.NewLayout(taps, channels)
-	if err != nil {
-		return false
-	}
-	P, D := l.P(), l.D()
-	return n <= D+2 && int64(n)*int64(P)*int64(D)*4 <= min(detector.DefaultSampleMemory, budget/2)
 }
