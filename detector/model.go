@@ -601,16 +601,6 @@ func splitFloats(s string, n int) ([]float64, error) {
 	return v, nil
 }
 
-// ParseTriple parses "r,g,b" into three float32 values (for --mean and --std).
-func ParseTriple(s string) ([3]float32, error) {
-	v, err := splitFloats(s, 3)
-	var t [3]float32
-	if err == nil {
-		copy(t[:], toF32(v))
-	}
-	return t, err
-}
-
 func toF32(v []float64) []float32 {
 	o := make([]float32, len(v))
 	for i, x := range v {

@@ -70,10 +70,13 @@ func LoadStats(path string) (*Model, *Shard, error) {
 	}
 	m, err := parseShared(f, "padim-stats")
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrModel, path, err)
 	}
 	bad := func(format string, a ...any) (*Model, *Shard, error) {
 		return nil, nil, fmt.Errorf("%w: %s: %s", ErrModel, path, fmt.Sprintf(format, a...))
+	}
+	wrap := func(what string, err error) (*Model, *Shard, error) {
+		return nil, nil, fmt.Errorf("%w: %s: %s: %w", ErrModel, path, what, err)
 	}
 	s := &Shard{P: m.GridH * m.GridW, D: len(m.Channels)}
 	if s.N, err = strconv.Atoi(f.Metadata["count"]); err != nil || s.N < 1 {
@@ -88,11 +91,11 @@ func LoadStats(path string) (*Model, *Shard, error) {
 				return bad("tensor %q missing", name)
 			}
 			if *dst, err = t.Float64s(); err != nil {
-				return bad("%v", err)
+				return wrap("tensor "+name, err)
 			}
 		}
 		if err := st.Check(); err != nil {
-			return bad("%v", err)
+			return wrap("statistics", err)
 		}
 		s.Stats = st
 	case "samples":
@@ -104,10 +107,10 @@ func LoadStats(path string) (*Model, *Shard, error) {
 			return bad("samples have shape %v, want [%d %d %d]", t.Shape, s.N, s.P, s.D)
 		}
 		if s.Samples, err = t.Float32s(); err != nil {
-			return bad("%v", err)
+			return wrap("tensor samples", err)
 		}
 		if err := gauss.CheckFinite(s.Samples, s.P, s.D); err != nil {
-			return bad("%v", err)
+			return wrap("samples", err)
 		}
 	default:
 		return bad("metadata shard=%q: want stats or samples", f.Metadata["shard"])
@@ -274,6 +277,10 @@ func (t *Total) Save(path string) error {
 	return SaveStats(path, t.Model, s)
 }
 
+// ErrLowRankNeedsSamples is MergeStats's refusal of the low-rank form when
+// some files hold only full-form statistics.
+var ErrLowRankNeedsSamples = errors.New("the low-rank form needs every shard's samples; some shards hold only statistics")
+
 // MergeStats merges the statistics files of one fit (LoadShards) into one
 // model (without thresholds) that equals one fit on all their images:
 // samples are concatenated for the low-rank form when it is cheaper (form
@@ -314,7 +321,7 @@ func MergeStats(paths []string, b gauss.Backend, eps float64, form string) (*Mod
 		return m, nil
 	}
 	if form == FormLowRank {
-		return nil, fmt.Errorf("the low-rank form needs every shard's samples; some shards hold only statistics (merge with the full form)")
+		return nil, ErrLowRankNeedsSamples
 	}
 	acc, err := b.NewAccumulator(P, D)
 	if err != nil {

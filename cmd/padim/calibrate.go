@@ -54,6 +54,9 @@ func calibrateAction(c *cli.Context) error {
 	if m.Preprocess.Tile > 0 {
 		return usageError("%v: merge without thresholds and give score --threshold, or fit on one machine", detector.ErrTiledShards)
 	}
+	if !(m.Eps > 0) {
+		return fmt.Errorf("the statistics were fitted with --eps %g: leaving one out needs a regularisation > 0 (a fit on one machine cross-fits folds then, which shards cannot reproduce): train the shards with --eps > 0, or merge without thresholds and give score --threshold", m.Eps)
+	}
 	taps := make([]string, len(m.Taps))
 	for i, tp := range m.Taps {
 		taps[i] = tp.Name

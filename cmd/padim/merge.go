@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
@@ -84,7 +85,9 @@ func mergeCommand() *cli.Command {
 			}
 			defer be.Close()
 			m, err := detector.MergeStats(stats, be, eps, c.String("gaussian"))
-			if err != nil {
+			if errors.Is(err, detector.ErrLowRankNeedsSamples) {
+				return usageError("%v: merge with --gaussian full (or auto)", err)
+			} else if err != nil {
 				return err
 			}
 			m.Calibration = cal

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -30,6 +32,23 @@ func inputFlags() []cli.Flag {
 	}
 }
 
+// parseTriple reads --mean and --std: "r,g,b", three numbers.
+func parseTriple(s string) ([3]float32, error) {
+	var t [3]float32
+	parts := strings.Split(s, ",")
+	if len(parts) != 3 {
+		return t, fmt.Errorf("%q: want 3 comma-separated numbers", s)
+	}
+	for i, p := range parts {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil {
+			return t, fmt.Errorf("%q: %v", s, err)
+		}
+		t[i] = float32(v)
+	}
+	return t, nil
+}
+
 // preprocessFor builds the input settings from flags and the backbone.
 func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess, error) {
 	pp := ext.DefaultPreprocess()
@@ -39,12 +58,12 @@ func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess,
 	}
 	var err error
 	if s := c.String("mean"); s != "" {
-		if pp.Mean, err = detector.ParseTriple(s); err != nil {
+		if pp.Mean, err = parseTriple(s); err != nil {
 			return pp, usageError("--mean: %v", err)
 		}
 	}
 	if s := c.String("std"); s != "" {
-		if pp.Std, err = detector.ParseTriple(s); err != nil {
+		if pp.Std, err = parseTriple(s); err != nil {
 			return pp, usageError("--std: %v", err)
 		}
 	}
