@@ -71,15 +71,18 @@ func (CPU) NewLeaveOneOutScorer(s *Stats, eps float64) (Scorer, error) {
 		a := make([]float64, D*D)
 		for p := lo; p < hi; p++ {
 			m2 := s.M2[p*L : (p+1)*L]
+			finite := true
 			k := 0
 			for i := 0; i < D; i++ {
 				for j := 0; j <= i; j++ {
 					a[i*D+j] = m2[k] * inv
+					finite = finite && !math.IsNaN(m2[k]) && !math.IsInf(m2[k], 0)
 					k++
 				}
 				a[i*D+i] += eps
 			}
-			if !kernels.CholLower(a, D) {
+			// not every LAPACK's potrf refuses NaN: check the input and the pivots
+			if !finite || !kernels.CholLower(a, D) || !positiveDiagonal(a, D) {
 				mu.Lock()
 				if firstBad < 0 || p < firstBad {
 					firstBad = p
@@ -98,6 +101,15 @@ func (CPU) NewLeaveOneOutScorer(s *Stats, eps float64) (Scorer, error) {
 		return nil, fmt.Errorf("gauss: leaving one out: %w", &NotPositiveDefiniteError{Patch: firstBad})
 	}
 	return l, nil
+}
+
+func positiveDiagonal(a []float64, d int) bool {
+	for i := 0; i < d; i++ {
+		if v := a[i*d+i]; !(v > 0) || math.IsInf(v, 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // statsLOO scores training images out of sample from their statistics.
