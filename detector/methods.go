@@ -23,14 +23,32 @@ type Method struct {
 	Layers []string // backbone taps it uses unless told (nil: the backbone's metadata, else layer1,layer2,layer3)
 	Pool   int      // k×k average pooling of the taps unless told (0: none)
 	Usage  string   // one line for help texts
+	// fit fits a baseline on every training embedding x ([n][P][D], group:
+	// each sample's image) and says what it kept; nil for PaDiM, whose fit
+	// streams (Train).
+	fit func(x []float32, n, p, d int, group []int32, cfg TrainConfig) (baseline.Model, string, error)
 }
 
 // The methods, PaDiM first.
 var Methods = []Method{
 	{Name: MethodPaDiM, Usage: "padim: a Gaussian per patch position (Mahalanobis distance)"},
-	{Name: baseline.MethodSPADE, Usage: "spade: kNN on images, then on their patches"},
+	{Name: baseline.MethodSPADE, Usage: "spade: kNN on images, then on their patches", fit: fitSPADE},
 	{Name: baseline.MethodPatchCore, Layers: []string{"layer2", "layer3"}, Pool: 3,
-		Usage: "patchcore: coreset memory bank; taps layer2,layer3 pooled 3×3 unless --layers"},
+		Usage: "patchcore: coreset memory bank; taps layer2,layer3 pooled 3×3 unless --layers", fit: fitPatchCore},
+}
+
+func fitSPADE(x []float32, n, p, d int, _ []int32, cfg TrainConfig) (baseline.Model, string, error) {
+	x = append([]float32(nil), x[:n*p*d]...) // the model keeps them
+	m, err := baseline.FitSPADE(x, n, p, d, cfg.K)
+	return m, fmt.Sprintf("SPADE: gallery of %d samples, K=%d nearest images", n, cfg.K), err
+}
+
+func fitPatchCore(x []float32, n, p, d int, group []int32, cfg TrainConfig) (baseline.Model, string, error) {
+	pc, err := baseline.FitPatchCore(x, n, p, d, cfg.Coreset, cfg.Reweight, cfg.Seed, group)
+	if err != nil {
+		return nil, "", err
+	}
+	return pc, fmt.Sprintf("PatchCore: coreset of %d of %d patch features (%.0f %%), reweighting over %d neighbours", pc.M, n*p, 100*cfg.Coreset, cfg.Reweight), nil
 }
 
 // MethodNamed returns the method called name ("" is PaDiM).
@@ -84,6 +102,9 @@ func trainBaseline(ctx context.Context, ext Extractor, files []string, cfg Train
 	method, err := MethodNamed(cfg.Method)
 	if err != nil {
 		return nil, nil, err
+	}
+	if method.fit == nil {
+		return nil, nil, fmt.Errorf("method %q is not a baseline", cfg.Method)
 	}
 	if cfg.Pipeline.Pool == 0 {
 		cfg.Pipeline.Pool = method.Pool
@@ -141,25 +162,11 @@ func trainBaseline(ctx context.Context, ext Extractor, files []string, cfg Train
 		}
 	}
 	t := time.Now()
-	var fitted baseline.Model
-	switch cfg.Method {
-	case baseline.MethodSPADE:
-		x := append([]float32(nil), store.all()...) // the model keeps them
-		fitted, err = baseline.FitSPADE(x, n, P, D, cfg.K)
-		rep.FormReason = fmt.Sprintf("SPADE: gallery of %d samples, K=%d nearest images", n, cfg.K)
-	case baseline.MethodPatchCore:
-		var pc *baseline.PatchCore
-		pc, err = baseline.FitPatchCore(store.all(), n, P, D, cfg.Coreset, cfg.Reweight, cfg.Seed, group)
-		fitted = pc
-		if pc != nil {
-			rep.FormReason = fmt.Sprintf("PatchCore: coreset of %d of %d patch features (%.0f %%), reweighting over %d neighbours", pc.M, n*P, 100*cfg.Coreset, cfg.Reweight)
-		}
-	default:
-		return nil, nil, fmt.Errorf("method %q is not a baseline", cfg.Method)
-	}
+	fitted, reason, err := method.fit(store.all(), n, P, D, group, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	rep.FormReason = reason
 	p.Timings.Since("fit", t, n)
 
 	var calib *Calibration
