@@ -132,13 +132,15 @@ var targetFPRFlag = &cli.Float64Flag{Name: "target-fpr", Value: detector.Default
 
 // thresholdRule is the rule for a calibration, conformal when --target-fpr is given.
 func thresholdRule(c *cli.Context, calibration string) (detector.Rule, error) {
-	alpha := 0.0
+	alpha := 0.0 // the quantile rule
 	if c.IsSet("target-fpr") {
-		if alpha = c.Float64("target-fpr"); !(alpha > 0 && alpha < 1) {
-			return detector.Rule{}, usageError("--target-fpr %v: want a rate in (0,1), such as 0.03", alpha)
-		}
+		alpha = c.Float64("target-fpr") // in range (flagRanges)
 	}
-	return detector.RuleFor(calibration, alpha), nil
+	r := detector.RuleFor(calibration, alpha)
+	if err := r.Validate(); err != nil {
+		return r, usageError("--target-fpr: %v", err)
+	}
+	return r, nil
 }
 
 // falseAlarms says what the image threshold aims at and what to expect.
