@@ -27,7 +27,8 @@ func FuzzModelHeader(f *testing.F) {
 		f.Fatal(err)
 	}
 	for _, seed := range []string{"sigma=1e9", "sigma=NaN", "sigma=-4", "eps=-1", "grid=100000,100000", "resize=100000", "crop=500",
-		"tile=1", "overlap=31", "mean=NaN,0,0", "std=0,1,1", "taps=[]", "total_channels=0", "n_train=0", "gaussian=lowrank", "format_version=1", "rank=99999"} {
+		"tile=1", "overlap=31", "mean=NaN,0,0", "std=0,1,1", "taps=[]", "total_channels=0", "n_train=0", "gaussian=lowrank", "format_version=1", "rank=99999",
+		"calibration_target_fpr=2", "calibration_expected_fpr=NaN", "calibration_conformal=true", "method=spade", "pool=3"} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, edit string) {
@@ -53,6 +54,9 @@ func FuzzModelHeader(f *testing.F) {
 			return
 		}
 		defer sc.Close()
-		sc.Score(ctx, FileInputs(files[:1]), func(*Result) error { return nil })
+		// a model that loads scores a good image of its own training set
+		if err := sc.Score(ctx, FileInputs(files[:1]), func(r *Result) error { return r.Err }); err != nil {
+			t.Fatalf("header %s loads, but scoring fails: %v", edit, err)
+		}
 	})
 }

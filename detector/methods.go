@@ -5,24 +5,109 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/nn"
 )
 
-// MaxSPADECalibration bounds the training images SPADE scores (leaving each
-// out) for its thresholds: its pixel search costs K·P²·D per image.
-const MaxSPADECalibration = 16
+// Method is a way of turning training embeddings into a model that scores
+// patches (fit → scorer): PaDiM's per-patch Gaussian, or a nearest-neighbour
+// baseline of the paper's method table on the same pipeline. Its defaults
+// live here, for train, bench and experiment alike.
+type Method struct {
+	Name   string
+	Layers []string // backbone taps it uses unless told (nil: the backbone's metadata, else layer1,layer2,layer3)
+	Pool   int      // k×k average pooling of the taps unless told (0: none)
+	Usage  string   // one line for help texts
+	// fit fits a baseline on every training embedding x ([n][P][D], group:
+	// each sample's image) and says what it kept; nil for PaDiM, whose fit
+	// streams (Train).
+	fit func(x []float32, n, p, d int, group []int32, cfg TrainConfig) (baseline.Model, string, error)
+}
 
-// trainNN fits a nearest-neighbour baseline (SPADE or PatchCore) on the same
-// pipeline: every training embedding is kept (SPADE's gallery, PatchCore's
-// candidates for the coreset), and thresholds come from each training image
-// scored without its own features.
-func trainNN(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport, error) {
-	if cfg.Method == nn.MethodPatchCore && cfg.Pipeline.Pool == 0 {
-		cfg.Pipeline.Pool = 3 // locally aware patch features
+// The methods, PaDiM first.
+var Methods = []Method{
+	{Name: MethodPaDiM, Usage: "padim: a Gaussian per patch position (Mahalanobis distance)"},
+	{Name: baseline.MethodSPADE, Usage: "spade: kNN on images, then on their patches", fit: fitSPADE},
+	{Name: baseline.MethodPatchCore, Layers: []string{"layer2", "layer3"}, Pool: 3,
+		Usage: "patchcore: coreset memory bank; taps layer2,layer3 pooled 3×3 unless --layers", fit: fitPatchCore},
+}
+
+func fitSPADE(x []float32, n, p, d int, _ []int32, cfg TrainConfig) (baseline.Model, string, error) {
+	x = append([]float32(nil), x[:n*p*d]...) // the model keeps them
+	m, err := baseline.FitSPADE(x, n, p, d, cfg.K)
+	return m, fmt.Sprintf("SPADE: gallery of %d samples, K=%d nearest images", n, cfg.K), err
+}
+
+func fitPatchCore(x []float32, n, p, d int, group []int32, cfg TrainConfig) (baseline.Model, string, error) {
+	pc, err := baseline.FitPatchCore(x, n, p, d, cfg.Coreset, cfg.Reweight, cfg.Seed, group)
+	if err != nil {
+		return nil, "", err
+	}
+	return pc, fmt.Sprintf("PatchCore: coreset of %d of %d patch features (%.0f %%), reweighting over %d neighbours", pc.M, n*p, 100*cfg.Coreset, cfg.Reweight), nil
+}
+
+// MethodNamed returns the method called name ("" is PaDiM).
+func MethodNamed(name string) (Method, error) {
+	if name == "" {
+		name = MethodPaDiM
+	}
+	for _, m := range Methods {
+		if m.Name == name {
+			return m, nil
+		}
+	}
+	names := make([]string, len(Methods))
+	for i, m := range Methods {
+		names[i] = m.Name
+	}
+	return Method{}, fmt.Errorf("unknown method %q (%s)", name, strings.Join(names, ", "))
+}
+
+// DefaultLayers is the taps the method uses when none are asked for (nil:
+// the backbone's own default). An unknown method has none.
+func DefaultLayers(method string) []string {
+	m, _ := MethodNamed(method)
+	return slices.Clone(m.Layers)
+}
+
+// Fitted is a method's fitted model: PaDiM's Gaussian (gauss.Model:
+// *gauss.Gaussian or *gauss.LowRank) or a baseline's (baseline.Model).
+type Fitted interface {
+	Shape() (p, d int)
+	Form() string
+}
+
+// newFittedScorer prepares a fitted model for scoring: a Gaussian on the
+// backend b, a baseline by itself (on the CPU).
+func newFittedScorer(b gauss.Backend, f Fitted) (gauss.Scorer, error) {
+	switch f := f.(type) {
+	case gauss.Model:
+		return gauss.NewModelScorer(b, f)
+	case baseline.Model:
+		return f.NewScorer()
+	}
+	return nil, fmt.Errorf("unknown model type %T", f)
+}
+
+// trainBaseline fits a nearest-neighbour baseline (SPADE or PatchCore) on the
+// same pipeline: every training embedding is kept (SPADE's gallery,
+// PatchCore's candidates for the coreset), and thresholds come from each
+// training image scored without its own features (calibrateBaseline).
+func trainBaseline(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) (*Model, *TrainReport, error) {
+	method, err := MethodNamed(cfg.Method)
+	if err != nil {
+		return nil, nil, err
+	}
+	if method.fit == nil {
+		return nil, nil, fmt.Errorf("method %q is not a baseline", cfg.Method)
+	}
+	if cfg.Pipeline.Pool == 0 {
+		cfg.Pipeline.Pool = method.Pool
 	}
 	taps := ext.Taps()
 	total := embed.TotalChannels(taps)
@@ -77,40 +162,29 @@ func trainNN(ctx context.Context, ext Extractor, files []string, cfg TrainConfig
 		}
 	}
 	t := time.Now()
-	var g gauss.Model
-	switch cfg.Method {
-	case nn.MethodSPADE:
-		x := append([]float32(nil), store.all()...) // the model keeps them
-		g, err = nn.FitSPADE(x, n, P, D, cfg.K)
-		rep.FormReason = fmt.Sprintf("SPADE: gallery of %d samples, K=%d nearest images", n, cfg.K)
-	case nn.MethodPatchCore:
-		var pc *nn.PatchCore
-		pc, err = nn.FitPatchCore(store.all(), n, P, D, cfg.Coreset, cfg.Reweight, cfg.Seed, group)
-		g = pc
-		if pc != nil {
-			rep.FormReason = fmt.Sprintf("PatchCore: coreset of %d of %d patch features (%.0f %%), reweighting over %d neighbours", pc.M, n*P, 100*cfg.Coreset, cfg.Reweight)
-		}
-	default:
-		return nil, nil, fmt.Errorf("unknown method %q (padim, spade, patchcore)", cfg.Method)
-	}
+	fitted, reason, err := method.fit(store.all(), n, P, D, group, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	rep.FormReason = reason
 	p.Timings.Since("fit", t, n)
 
 	var calib *Calibration
 	if cfg.Calibration != CalibrateNone && len(fs) >= 2 {
 		t := time.Now()
-		calib, err = calibrateNN(p, g, store, fs, group, cfg)
+		calib, err = calibrateBaseline(p, fitted, store, fs, group, cfg)
 		if err != nil {
 			return nil, nil, err
 		}
 		p.Timings.Since("crossfit", t, len(fs))
 		rep.Folds = len(fs)
+		if w := calib.Warning(); w != "" {
+			rep.Notes = append(rep.Notes, w)
+		}
 	} else if cfg.Calibration != CalibrateNone {
 		rep.Notes = append(rep.Notes, "one readable image: no thresholds; score with a threshold of your own")
 	}
-	if pc, ok := g.(*nn.PatchCore); ok {
+	if pc, ok := fitted.(*baseline.PatchCore); ok {
 		pc.Group = nil // calibration only
 	}
 	sum := sha256.Sum256(cfg.BackboneONNX)
@@ -120,73 +194,7 @@ func trainNN(ctx context.Context, ext Extractor, files []string, cfg TrainConfig
 			Taps: taps, Preprocess: cfg.Preprocess, Eps: cfg.Eps, NTrain: n, Seed: seed, TotalChannels: total, Sigma: cfg.Sigma,
 			GridH: p.Layout().H, GridW: p.Layout().W, Method: cfg.Method, Pool: cfg.Pipeline.Pool,
 		},
-		Channels: channels, Gaussian: g, Calibration: calib, BackboneONNX: cfg.BackboneONNX,
+		Channels: channels, Gaussian: fitted, Calibration: calib, BackboneONNX: cfg.BackboneONNX,
 	}
 	return m, rep, nil
-}
-
-// calibrateNN scores training images leaving their own features out (every
-// one for PatchCore; at most MaxSPADECalibration, evenly spread, for SPADE)
-// and derives thresholds from their maps and image scores.
-func calibrateNN(p *Pipeline, g gauss.Model, store *sampleStore, fs []fileSamples, group []int32, cfg TrainConfig) (*Calibration, error) {
-	sc, err := gauss.NewModelScorer(cfg.Backend, g)
-	if err != nil {
-		return nil, err
-	}
-	defer sc.Close()
-	ssc := sc.(gauss.SampleScorer)
-	P := p.Layout().P()
-	maps, err := mapMaker(p, cfg.Sigma)
-	if err != nil {
-		return nil, err
-	}
-	pick := fs
-	if cfg.Method == nn.MethodSPADE && len(fs) > MaxSPADECalibration {
-		pick = nil
-		for i := 0; i < MaxSPADECalibration; i++ {
-			pick = append(pick, fs[i*len(fs)/MaxSPADECalibration])
-		}
-	}
-	totalPx := 0
-	for _, f := range pick {
-		totalPx += f.W * f.H
-	}
-	stride := max(1, (totalPx+MaxCalibrationPixels-1)/MaxCalibrationPixels)
-	var imgScores, pixels []float32
-	for i, f := range pick {
-		idx := make([]int, f.n)
-		skip := make([]int32, f.n)
-		for k := range idx {
-			idx[k], skip[k] = f.first+k, group[f.first]
-		}
-		x := make([]float32, f.n*store.pd)
-		if err := store.gather(idx, x); err != nil {
-			return nil, err
-		}
-		dist, img := make([]float32, f.n*P), make([]float32, f.n)
-		if err := ssc.ScoreSamples(x, f.n, skip, dist, img); err != nil {
-			return nil, err
-		}
-		px, _, err := maps.Make(dist, mapRects(f.Rects), f.W, f.H)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f.Name, err)
-		}
-		score := img[0]
-		for _, v := range img {
-			score = max(score, v)
-		}
-		imgScores = append(imgScores, score)
-		for j := 0; j < len(px); j += stride {
-			pixels = append(pixels, px[j])
-		}
-		if cfg.Progress != nil {
-			cfg.Progress("crossfit", i+1, len(pick))
-		}
-	}
-	c, err := CalibrateScores(imgScores, pixels, *cfg.Rule)
-	if err != nil {
-		return nil, err
-	}
-	c.Rule = fmt.Sprintf("%d training images each scored without its own features: %s", len(pick), c.Rule)
-	return c, nil
 }

@@ -19,10 +19,10 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/detector/safetensors"
 )
@@ -44,7 +44,7 @@ type Meta struct {
 	TotalChannels  int
 	Sigma          float64
 	GridH, GridW   int
-	Method         string // MethodPaDiM (default), nn.MethodSPADE or nn.MethodPatchCore
+	Method         string // MethodPaDiM (default), baseline.MethodSPADE or baseline.MethodPatchCore (Methods)
 	Pool           int    // k×k average pooling of the taps (PatchCore: 3); 0: none
 }
 
@@ -56,13 +56,16 @@ type Calibration struct {
 	ImageScores    []float32 // their image scores under the model fitted without them
 	PixelLevels    []float64 // quantile levels of their pixel scores
 	PixelQuantiles []float32
+	TargetFPR      float64 // the false-alarm rate on good images the image threshold aims at (0: not recorded)
+	Conformal      bool    // the image threshold is the conformal order statistic for TargetFPR (else a quantile rule's, nominally 1−q)
+	ExpectedFPR    float64 // the rate at which a new good image exceeds it, from the scores' ranks (ExpectedFalseAlarms)
 }
 
 // Model is a trained detector.
 type Model struct {
 	Meta
 	Channels     []int        // kept indices into the concatenated taps
-	Gaussian     gauss.Model  // *gauss.Gaussian (full form) or *gauss.LowRank
+	Gaussian     Fitted       // PaDiM's *gauss.Gaussian (full form) or *gauss.LowRank, or a baseline's model
 	Calibration  *Calibration // nil when trained with no hold-out
 	BackboneONNX []byte       // the backbone graph, so a model file is self-contained
 }
@@ -84,13 +87,13 @@ func (m *Model) Save(path string) error {
 			safetensors.F32("mean", g.Mean, g.P, g.D),
 			safetensors.F32("lowrank_m", g.M, g.P, g.N, g.D),
 		}
-	case *nn.SPADE:
+	case *baseline.SPADE:
 		md["dim"], md["k"] = strconv.Itoa(g.D), strconv.Itoa(g.K)
 		ts = []safetensors.Tensor{
 			safetensors.F32("gallery", g.Gallery, g.N, g.P, g.D),
 			safetensors.F32("pooled", g.Pooled, g.N, g.D),
 		}
-	case *nn.PatchCore:
+	case *baseline.PatchCore:
 		md["dim"], md["reweight"] = strconv.Itoa(g.D), strconv.Itoa(g.Reweight)
 		ts = []safetensors.Tensor{safetensors.F32("bank", g.Bank, g.M, g.D)}
 	default:
@@ -100,6 +103,11 @@ func (m *Model) Save(path string) error {
 		md["calibration_rule"] = c.Rule
 		md["calibration_images"] = strconv.Itoa(c.Images)
 		md["pixel_quantile_levels"] = joinFloats(c.PixelLevels)
+		md["calibration_target_fpr"] = strconv.FormatFloat(c.TargetFPR, 'g', -1, 64)
+		md["calibration_expected_fpr"] = strconv.FormatFloat(c.ExpectedFPR, 'g', -1, 64)
+		if c.Conformal {
+			md["calibration_conformal"] = "true"
+		}
 		ts = append(ts,
 			safetensors.F32("thresholds", []float32{c.Image, c.Pixel}, 2),
 			safetensors.F32("calibration_image_scores", c.ImageScores, len(c.ImageScores)),
@@ -296,7 +304,7 @@ func fromFile(f *safetensors.File) (*Model, error) {
 		return nil, fmt.Errorf("tensor %q missing", name)
 	}
 	if m.Method != MethodPaDiM {
-		if err := m.loadNN(f, get); err != nil {
+		if err := m.loadBaseline(f, get); err != nil {
 			return nil, err
 		}
 		return m, m.loadCalibration(f)
@@ -385,6 +393,19 @@ func (m *Model) loadCalibration(f *safetensors.File) error {
 			c.PixelQuantiles, _ = t.Float32s()
 		}
 		c.PixelLevels, _ = splitFloats(md["pixel_quantile_levels"], len(c.PixelQuantiles))
+		for key, dst := range map[string]*float64{"calibration_target_fpr": &c.TargetFPR, "calibration_expected_fpr": &c.ExpectedFPR} {
+			if v, ok := md[key]; ok {
+				x, err := strconv.ParseFloat(v, 64)
+				if err != nil || !(x >= 0 && x <= 1) {
+					return fmt.Errorf("metadata %s=%q: want a rate in [0, 1]", key, v)
+				}
+				*dst = x
+			}
+		}
+		c.Conformal = md["calibration_conformal"] == "true"
+		if _, ok := md["calibration_expected_fpr"]; !ok && len(c.ImageScores) > 0 { // a model from before: from its scores
+			c.ExpectedFPR = ExpectedFalseAlarms(slices.Sorted(slices.Values(c.ImageScores)), c.Image)
+		}
 		for name, v := range map[string][]float32{"thresholds": th, "calibration_image_scores": c.ImageScores, "calibration_pixel_quantiles": c.PixelQuantiles} {
 			if err := allFinite(name, v); err != nil {
 				return err
@@ -395,11 +416,11 @@ func (m *Model) loadCalibration(f *safetensors.File) error {
 	return nil
 }
 
-// loadNN reads a nearest-neighbour method's arrays.
-func (m *Model) loadNN(f *safetensors.File, get func(string) (*safetensors.Tensor, error)) error {
+// loadBaseline reads a baseline's arrays.
+func (m *Model) loadBaseline(f *safetensors.File, get func(string) (*safetensors.Tensor, error)) error {
 	P, D := m.GridH*m.GridW, len(m.Channels)
 	switch m.Method {
-	case nn.MethodSPADE:
+	case baseline.MethodSPADE:
 		tg, err := get("gallery")
 		if err != nil {
 			return err
@@ -415,7 +436,7 @@ func (m *Model) loadNN(f *safetensors.File, get func(string) (*safetensors.Tenso
 		if err != nil || k < 1 || k > 100000 {
 			return fmt.Errorf("metadata k=%q: want a number of nearest images in [1, 100000]", f.Metadata["k"])
 		}
-		g := &nn.SPADE{P: P, D: D, N: tg.Shape[0], K: k, Backing: f.Keep()}
+		g := &baseline.SPADE{P: P, D: D, N: tg.Shape[0], K: k, Backing: f.Keep()}
 		if g.Gallery, err = tg.Float32s(); err != nil {
 			return err
 		}
@@ -429,7 +450,7 @@ func (m *Model) loadNN(f *safetensors.File, get func(string) (*safetensors.Tenso
 		}
 		m.Gaussian = g
 		return g.Check()
-	case nn.MethodPatchCore:
+	case baseline.MethodPatchCore:
 		tb, err := get("bank")
 		if err != nil {
 			return err
@@ -441,7 +462,7 @@ func (m *Model) loadNN(f *safetensors.File, get func(string) (*safetensors.Tenso
 		if err != nil || rw < 0 || rw > 1000 {
 			return fmt.Errorf("metadata reweight=%q: want a number of neighbours in [0, 1000]", f.Metadata["reweight"])
 		}
-		g := &nn.PatchCore{P: P, D: D, M: tb.Shape[0], Reweight: rw, Backing: f.Keep()}
+		g := &baseline.PatchCore{P: P, D: D, M: tb.Shape[0], Reweight: rw, Backing: f.Keep()}
 		if g.Bank, err = tb.Float32s(); err != nil {
 			return err
 		}
@@ -618,16 +639,6 @@ func splitFloats(s string, n int) ([]float64, error) {
 		v[i] = x
 	}
 	return v, nil
-}
-
-// ParseTriple parses "r,g,b" into three float32 values (for --mean and --std).
-func ParseTriple(s string) ([3]float32, error) {
-	v, err := splitFloats(s, 3)
-	var t [3]float32
-	if err == nil {
-		copy(t[:], toF32(v))
-	}
-	return t, err
 }
 
 func toF32(v []float64) []float32 {

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/padim/padim/detector/anomalymap"
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/postproc"
@@ -86,11 +87,32 @@ type GroupHinter interface{ PreferredGroup() int }
 
 // NewScorer prepares scoring of the pipeline's embeddings with the Gaussian g
 // (either form).
-func NewScorer(p *Pipeline, g gauss.Model, set ScoreSettings) (*Scorer, error) {
+func NewScorer(p *Pipeline, g Fitted, set ScoreSettings) (*Scorer, error) {
 	l := p.Layout()
 	if gp, gd := g.Shape(); gp != l.P() || gd != l.D() {
 		return nil, fmt.Errorf("the Gaussian has P=%d D=%d but the pipeline embeds P=%d D=%d", gp, gd, l.P(), l.D())
 	}
+	if set.Thresholds != nil {
+		if err := set.Thresholds.Check(); err != nil {
+			return nil, err
+		}
+	}
+	if set.Backend == nil {
+		set.Backend = gauss.CPU{}
+	}
+	gs, err := newFittedScorer(set.Backend, g)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newScorer(p, gs, set)
+	if err != nil {
+		gs.Close()
+	}
+	return s, err
+}
+
+// newScorer scores the pipeline's embeddings with gs, which it closes when closed.
+func newScorer(p *Pipeline, gs gauss.Scorer, set ScoreSettings) (*Scorer, error) {
 	if set.Thresholds != nil {
 		if err := set.Thresholds.Check(); err != nil {
 			return nil, err
@@ -109,10 +131,6 @@ func NewScorer(p *Pipeline, g gauss.Model, set ScoreSettings) (*Scorer, error) {
 		}
 	}
 	maps, err := mapMaker(p, set.Sigma)
-	if err != nil {
-		return nil, err
-	}
-	gs, err := gauss.NewModelScorer(set.Backend, g)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +222,7 @@ func (s *Scorer) score(ctx context.Context, inputs []Input, tap func(Chunk) erro
 				}
 				t := time.Now()
 				var img []float32
-				if ssc, ok := s.gs.(gauss.SampleScorer); ok {
+				if ssc, ok := s.gs.(baseline.Scorer); ok {
 					img = make([]float32, c.n)
 					if err := ssc.ScoreSamples(c.emb, c.n, nil, dist[:c.n*P], img); err != nil {
 						return err

@@ -3,11 +3,13 @@ package detector
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/safetensors"
 )
@@ -68,10 +70,13 @@ func LoadStats(path string) (*Model, *Shard, error) {
 	}
 	m, err := parseShared(f, "padim-stats")
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrModel, path, err)
 	}
 	bad := func(format string, a ...any) (*Model, *Shard, error) {
 		return nil, nil, fmt.Errorf("%w: %s: %s", ErrModel, path, fmt.Sprintf(format, a...))
+	}
+	wrap := func(what string, err error) (*Model, *Shard, error) {
+		return nil, nil, fmt.Errorf("%w: %s: %s: %w", ErrModel, path, what, err)
 	}
 	s := &Shard{P: m.GridH * m.GridW, D: len(m.Channels)}
 	if s.N, err = strconv.Atoi(f.Metadata["count"]); err != nil || s.N < 1 {
@@ -86,11 +91,11 @@ func LoadStats(path string) (*Model, *Shard, error) {
 				return bad("tensor %q missing", name)
 			}
 			if *dst, err = t.Float64s(); err != nil {
-				return bad("%v", err)
+				return wrap("tensor "+name, err)
 			}
 		}
 		if err := st.Check(); err != nil {
-			return bad("%v", err)
+			return wrap("statistics", err)
 		}
 		s.Stats = st
 	case "samples":
@@ -102,10 +107,10 @@ func LoadStats(path string) (*Model, *Shard, error) {
 			return bad("samples have shape %v, want [%d %d %d]", t.Shape, s.N, s.P, s.D)
 		}
 		if s.Samples, err = t.Float32s(); err != nil {
-			return bad("%v", err)
+			return wrap("tensor samples", err)
 		}
 		if err := gauss.CheckFinite(s.Samples, s.P, s.D); err != nil {
-			return bad("%v", err)
+			return wrap("samples", err)
 		}
 	default:
 		return bad("metadata shard=%q: want stats or samples", f.Metadata["shard"])
@@ -115,41 +120,185 @@ func LoadStats(path string) (*Model, *Shard, error) {
 	return m, s, nil
 }
 
-// MergeStats merges shards fitted with the same backbone, channels and input
-// settings into one model (without thresholds) that equals one fit on all
-// their images: samples are concatenated for the low-rank form when it is
-// cheaper (form auto) or asked for; otherwise everything becomes full-form
-// statistics and merges exactly.
-func MergeStats(paths []string, b gauss.Backend, eps float64, form string) (*Model, error) {
+// ShardSet is statistics files checked to be parts of one fit: every
+// setting the same (SameFit) and no file's images in two files.
+type ShardSet struct {
+	Model  *Model   // the fit's settings (no Gaussian, no calibration); NTrain counts every sample
+	N      int      // samples in all the files
+	Inputs []string // the files' shard identities, sorted
+	ID     string   // the set's identity: a single file's own, else that of their merge
+}
+
+// LoadShards reads statistics files one at a time, checks each against the
+// first (SameFit) and against the files before it (the same images twice),
+// and hands each to fn, when not nil, which may keep it.
+func LoadShards(paths []string, fn func(path string, s *Shard) error) (*ShardSet, error) {
 	if len(paths) == 0 {
-		return nil, fmt.Errorf("no statistics files to merge")
+		return nil, errors.New("no statistics files to merge")
 	}
-	if form == "" {
-		form = FormAuto
-	}
-	var m *Model
-	var shards []*Shard
-	ids := map[string]string{}
-	n := 0
+	set := &ShardSet{}
+	seen := map[string]string{}
+	var single *Shard
 	for _, p := range paths {
-		mi, s, err := LoadStats(p)
+		m, s, err := LoadStats(p)
 		if err != nil {
 			return nil, err
 		}
-		if m == nil {
-			m = mi
-		} else if mi.BackboneSHA256 != m.BackboneSHA256 || !slices.Equal(mi.Channels, m.Channels) || mi.Preprocess != m.Preprocess || !slices.Equal(mi.Taps, m.Taps) {
-			return nil, fmt.Errorf("%s was fitted with another backbone, channel subset or input settings than %s", p, paths[0])
+		if set.Model == nil {
+			set.Model = m
+		} else if err := SameFit(set.Model, m); err != nil {
+			return nil, fmt.Errorf("%s and %s are not parts of one fit: %w", paths[0], p, err)
 		}
-		if id := s.id; id != "" {
-			if prev, ok := ids[id]; ok {
-				return nil, fmt.Errorf("%s and %s hold the same images (shard %s): merging both would count them twice", prev, p, id[:12])
+		id := s.ID()
+		if prev, ok := seen[id]; ok {
+			return nil, fmt.Errorf("%s and %s hold the same images (shard %.12s): merging both would count them twice", prev, p, id)
+		}
+		seen[id] = p
+		set.Inputs = append(set.Inputs, id)
+		set.N += s.N
+		if len(paths) == 1 {
+			single = s
+		}
+		if fn != nil {
+			if err := fn(p, s); err != nil {
+				return nil, err
 			}
-			ids[id] = p
 		}
-		shards = append(shards, s)
-		n += s.N
 	}
+	slices.Sort(set.Inputs)
+	if single != nil {
+		set.ID = single.ID()
+	} else {
+		set.ID = (&Shard{N: set.N, Files: mergedFiles(set.Inputs)}).ID()
+	}
+	set.Model.NTrain = set.N
+	return set, nil
+}
+
+func mergedFiles(ids []string) []string {
+	f := make([]string, len(ids))
+	for i, id := range ids {
+		f[i] = "shard:" + id
+	}
+	return f
+}
+
+// SameFit reports the first setting in which two models or statistics files
+// differ among those every part of one fit shares: the backbone, its taps,
+// the channel subset, the input settings (preprocessing and decoding), the
+// regularisation ε, the blur σ, the method and its pooling, and the grid.
+func SameFit(a, b *Model) error {
+	differ := func(what string, x, y any) error {
+		return fmt.Errorf("%s %v vs %v", what, x, y)
+	}
+	switch {
+	case a.BackboneSHA256 != b.BackboneSHA256:
+		return differ("backbone (sha256)", a.BackboneSHA256, b.BackboneSHA256)
+	case !slices.Equal(a.Taps, b.Taps):
+		return differ("taps", a.Taps, b.Taps)
+	case a.TotalChannels != b.TotalChannels:
+		return differ("total channels", a.TotalChannels, b.TotalChannels)
+	case !slices.Equal(a.Channels, b.Channels):
+		return differ("channel subset", fmt.Sprintf("%d channels", len(a.Channels)), fmt.Sprintf("%d channels (or other indices)", len(b.Channels)))
+	case a.Preprocess != b.Preprocess:
+		return differ("input settings", fmt.Sprintf("%+v", a.Preprocess), fmt.Sprintf("%+v", b.Preprocess))
+	case a.Eps != b.Eps:
+		return differ("regularisation eps", a.Eps, b.Eps)
+	case a.Sigma != b.Sigma:
+		return differ("blur sigma", a.Sigma, b.Sigma)
+	case a.method() != b.method():
+		return differ("method", a.method(), b.method())
+	case a.Pool != b.Pool:
+		return differ("pooling", a.Pool, b.Pool)
+	case a.GridH != b.GridH || a.GridW != b.GridW:
+		return differ("grid", fmt.Sprintf("%dx%d", a.GridH, a.GridW), fmt.Sprintf("%dx%d", b.GridH, b.GridW))
+	}
+	return nil
+}
+
+// Total is the merged statistics of a sharded fit, exact: a shard's samples
+// become float64 statistics (gauss.StatsOf), so that leave-one-out scores
+// from them (CalibrateShard) equal those of one fit on every sample.
+type Total struct {
+	ShardSet
+	Stats   *gauss.Stats // full-form statistics of every sample
+	Samples []float32    // every sample [N][P][D], when asked for and every file held them (else nil)
+}
+
+// LoadTotal reads statistics files (train --stats-out, or a merge of them)
+// of one fit (LoadShards) and merges them exactly, one file at a time;
+// wantSamples keeps every sample too when every file holds samples.
+func LoadTotal(paths []string, wantSamples bool) (*Total, error) {
+	t := &Total{}
+	allSamples := true
+	set, err := LoadShards(paths, func(_ string, s *Shard) error {
+		st := s.Stats
+		if s.Samples != nil {
+			var err error
+			if st, err = gauss.StatsOf(s.Samples, s.N, s.P, s.D); err != nil {
+				return err
+			}
+			if wantSamples && allSamples {
+				t.Samples = append(t.Samples, s.Samples...)
+			}
+		} else {
+			allSamples, t.Samples = false, nil
+		}
+		if t.Stats == nil {
+			t.Stats = st
+			return nil
+		}
+		return t.Stats.Merge(st)
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.ShardSet = *set
+	if !allSamples || !wantSamples {
+		t.Samples = nil
+	}
+	return t, nil
+}
+
+// Save writes the merged statistics as one statistics file (samples when
+// every input held samples and the low-rank form is cheaper for them all,
+// else full-form statistics); its identity is the Total's.
+func (t *Total) Save(path string) error {
+	if len(t.Inputs) == 1 {
+		return errors.New("one statistics file is already merged: use it as it is")
+	}
+	P, D := t.Stats.P, t.Stats.D
+	s := &Shard{P: P, D: D, N: t.N, Files: mergedFiles(t.Inputs)}
+	if t.Samples != nil && gauss.LowRankCheaper(t.N, D) {
+		s.Samples = t.Samples
+	} else {
+		s.Stats = t.Stats
+	}
+	return SaveStats(path, t.Model, s)
+}
+
+// ErrLowRankNeedsSamples is MergeStats's refusal of the low-rank form when
+// some files hold only full-form statistics.
+var ErrLowRankNeedsSamples = errors.New("the low-rank form needs every shard's samples; some shards hold only statistics")
+
+// MergeStats merges the statistics files of one fit (LoadShards) into one
+// model (without thresholds) that equals one fit on all their images:
+// samples are concatenated for the low-rank form when it is cheaper (form
+// auto) or asked for; otherwise everything becomes full-form statistics and
+// merges exactly. eps < 0 keeps the fit's ε.
+func MergeStats(paths []string, b gauss.Backend, eps float64, form string) (*Model, error) {
+	if form == "" {
+		form = FormAuto
+	}
+	var shards []*Shard
+	set, err := LoadShards(paths, func(_ string, s *Shard) error {
+		shards = append(shards, s)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m, n := set.Model, set.N
 	if eps < 0 {
 		eps = m.Eps
 	}
@@ -172,7 +321,7 @@ func MergeStats(paths []string, b gauss.Backend, eps float64, form string) (*Mod
 		return m, nil
 	}
 	if form == FormLowRank {
-		return nil, fmt.Errorf("the low-rank form needs every shard's samples; some shards hold only statistics (merge with the full form)")
+		return nil, ErrLowRankNeedsSamples
 	}
 	acc, err := b.NewAccumulator(P, D)
 	if err != nil {
@@ -202,4 +351,31 @@ func MergeStats(paths []string, b gauss.Backend, eps float64, form string) (*Mod
 	}
 	m.Eps, m.NTrain = eps, n
 	return m, nil
+}
+
+// ShardKeepsSamples reports whether a training shard of n images should keep
+// its samples (the low-rank form) rather than full-form statistics: when they
+// are no larger (n ≤ D+2), fit the sample budget (DefaultSampleMemory, and half
+// of budget when > 0), and the low-rank form can hold them (ε > 0). Statistics
+// from the fit's accumulator carry float32 rounding in their second moments,
+// which leave-one-out calibration amplifies when the images are few for their
+// dimension; samples give exact statistics (LoadTotal). channels nil means dim
+// channels drawn with seed, as Train draws them.
+func ShardKeepsSamples(taps []embed.TapShape, channels []int, dim int, seed uint64, n int, eps float64, budget int64) bool {
+	if eps <= 0 {
+		return false
+	}
+	if channels == nil {
+		channels = embed.RandomChannels(embed.TotalChannels(taps), dim, seed)
+	}
+	l, err := embed.NewLayout(taps, channels)
+	if err != nil {
+		return false
+	}
+	P, D := l.P(), l.D()
+	limit := int64(DefaultSampleMemory)
+	if budget > 0 {
+		limit = min(limit, budget/2)
+	}
+	return n <= D+2 && int64(n)*int64(P)*int64(D)*4 <= limit
 }

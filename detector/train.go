@@ -10,10 +10,10 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/nn"
 )
 
 // Defaults of the method.
@@ -131,11 +131,12 @@ type TrainConfig struct {
 	Holdout      float64 // fraction held out with CalibrateHoldout (DefaultHoldout)
 	SampleMemory int64   // bound on kept training embeddings (DefaultSampleMemory)
 	Rule         *Rule   // how scores become thresholds (default: CrossFitRule or HoldoutRule)
+	TargetFPR    float64 // > 0: the image threshold is the conformal one for this false-alarm rate (Rule.TargetFPR)
 	MaxMemory    int64   // refuse a fit whose statistics would need more (0: no check)
-	Method       string  // MethodPaDiM (default), nn.MethodSPADE or nn.MethodPatchCore
-	K            int     // SPADE: nearest training images (nn.DefaultK)
-	Coreset      float64 // PatchCore: fraction of the patch features kept (nn.DefaultCoreset)
-	Reweight     int     // PatchCore: neighbours of the reweighted image score (nn.DefaultReweightB; negative: none)
+	Method       string  // MethodPaDiM (default), baseline.MethodSPADE or baseline.MethodPatchCore
+	K            int     // SPADE: nearest training images (baseline.DefaultK)
+	Coreset      float64 // PatchCore: fraction of the patch features kept (baseline.DefaultCoreset)
+	Reweight     int     // PatchCore: neighbours of the reweighted image score (baseline.DefaultReweightB; negative: none)
 	Backend      gauss.Backend
 	BackboneName string
 	BackboneONNX []byte
@@ -166,7 +167,7 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		return nil, nil, err
 	}
 	if cfg.Method != MethodPaDiM {
-		m, rep, err := trainNN(ctx, ext, files, cfg)
+		m, rep, err := trainBaseline(ctx, ext, files, cfg)
 		if err == nil {
 			err = ctx.Err() // stopped during its last phase
 		}
@@ -269,6 +270,10 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 		p.Timings.Since("calibrate", t, crep.Files)
 		rep.HeldOut, rep.Skipped = crep.Files, append(rep.Skipped, crep.Skipped...)
 		calib = c
+	}
+
+	if calib != nil && calib.Warning() != "" {
+		rep.Notes = append(rep.Notes, calib.Warning())
 	}
 
 	// 3. The final model on every usable image.
@@ -381,20 +386,20 @@ func (cfg *TrainConfig) defaults() error {
 		cfg.Method = MethodPaDiM
 	}
 	if cfg.K == 0 {
-		cfg.K = nn.DefaultK
+		cfg.K = baseline.DefaultK
 	}
 	if cfg.Coreset == 0 {
-		cfg.Coreset = nn.DefaultCoreset
+		cfg.Coreset = baseline.DefaultCoreset
 	}
 	switch {
 	case cfg.Reweight == 0:
-		cfg.Reweight = nn.DefaultReweightB
+		cfg.Reweight = baseline.DefaultReweightB
 	case cfg.Reweight < 0:
 		cfg.Reweight = 0
 	}
 	switch cfg.Method {
 	case MethodPaDiM:
-	case nn.MethodSPADE, nn.MethodPatchCore:
+	case baseline.MethodSPADE, baseline.MethodPatchCore:
 		if cfg.Calibration == CalibrateHoldout {
 			return fmt.Errorf("%s sets thresholds by scoring each training image without its own features; hold-out is for padim", cfg.Method)
 		}
@@ -405,10 +410,11 @@ func (cfg *TrainConfig) defaults() error {
 		return fmt.Errorf("SPADE's K %d must be in [1, 100000] and PatchCore's coreset fraction %v in (0, 1]", cfg.K, cfg.Coreset)
 	}
 	if cfg.Rule == nil {
-		r := CrossFitRule
-		if cfg.Calibration == CalibrateHoldout {
-			r = HoldoutRule
-		}
+		r := RuleFor(cfg.Calibration, cfg.TargetFPR)
+		cfg.Rule = &r
+	} else if cfg.TargetFPR > 0 {
+		r := *cfg.Rule
+		r.TargetFPR = cfg.TargetFPR
 		cfg.Rule = &r
 	}
 	if err := cfg.Rule.Validate(); err != nil {
@@ -606,190 +612,6 @@ func (f *fitter) model() (gauss.Model, error) {
 	return f.b.(gauss.LowRankBackend).FactorizeLowRank(f.store.all(), gauss.All(f.n), P, D, f.eps)
 }
 
-// crossFit scores every file with a model fitted without its fold and derives
-// thresholds from those scores. nil when there are fewer than 2 files.
-func (f *fitter) crossFit(ctx context.Context, folds int, seed uint64, set ScoreSettings, rule Rule, progress Progress) (*Calibration, int, error) {
-	nf := len(f.files)
-	if nf < 2 {
-		return nil, 0, nil
-	}
-	P, D := f.p.Layout().P(), f.p.Layout().D()
-	oneEach := f.n == nf // one sample per image: no tiles
-	if oneEach && f.eps > 0 && f.store.inMemory() && gauss.LeaveOneOutCost(f.n, P, D) <= LeaveOneOutMaxFlops {
-		return f.leaveOneOut(ctx, set, rule, progress)
-	}
-	k := min(folds, nf)
-	fold := make([]int, nf)
-	for i, j := range rand.New(rand.NewPCG(seed, 0xc0ffee)).Perm(nf) {
-		fold[j] = i % k
-	}
-	maps, err := mapMaker(f.p, set.Sigma)
-	if err != nil {
-		return nil, 0, err
-	}
-	totalPx := 0
-	for _, fs := range f.files {
-		totalPx += fs.W * fs.H
-	}
-	stride := max(1, (totalPx+MaxCalibrationPixels-1)/MaxCalibrationPixels)
-	var imgScores, pixels []float32
-	var total *gauss.Stats
-	if f.acc != nil {
-		if total, err = f.acc.Stats(); err != nil {
-			return nil, 0, err
-		}
-	}
-	done := 0
-	for fo := 0; fo < k; fo++ {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		var in, out []int // samples in the fold, and the rest
-		var files []fileSamples
-		for i, fs := range f.files {
-			for s := fs.first; s < fs.first+fs.n; s++ {
-				if fold[i] == fo {
-					in = append(in, s)
-				} else {
-					out = append(out, s)
-				}
-			}
-			if fold[i] == fo {
-				files = append(files, fs)
-			}
-		}
-		var m gauss.Model
-		if f.acc == nil {
-			m, err = f.b.(gauss.LowRankBackend).FactorizeLowRank(f.store.all(), out, P, D, f.eps)
-		} else {
-			m, err = f.restModel(total, in)
-		}
-		if err != nil {
-			return nil, 0, err
-		}
-		dist, err := f.scoreSamples(m, in)
-		if err != nil {
-			return nil, 0, err
-		}
-		off := 0
-		for _, fs := range files {
-			px, score, err := maps.Make(dist[off*P:(off+fs.n)*P], mapRects(fs.Rects), fs.W, fs.H)
-			if err != nil {
-				return nil, 0, fmt.Errorf("%s: %w", fs.Name, err)
-			}
-			off += fs.n
-			imgScores = append(imgScores, score)
-			for i := 0; i < len(px); i += stride {
-				pixels = append(pixels, px[i])
-			}
-			done++
-			if progress != nil {
-				progress("crossfit", done, nf)
-			}
-			if err := ctx.Err(); err != nil {
-				return nil, 0, err
-			}
-		}
-	}
-	c, err := CalibrateScores(imgScores, pixels, rule)
-	if err != nil {
-		return nil, 0, err
-	}
-	c.Rule = fmt.Sprintf("cross-fitted over %d folds (every image scored by a model fitted without its fold): %s", k, c.Rule)
-	return c, k, nil
-}
-
-// leaveOneOut scores every image with the model of all the others (in closed
-// form, exact) and derives thresholds from those scores.
-func (f *fitter) leaveOneOut(ctx context.Context, set ScoreSettings, rule Rule, progress Progress) (*Calibration, int, error) {
-	P, D := f.p.Layout().P(), f.p.Layout().D()
-	var loo gauss.LeaveOneOuter = gauss.CPU{}
-	if l, ok := f.b.(gauss.LeaveOneOuter); ok {
-		loo = l
-	}
-	dist := make([]float32, f.n*P)
-	if err := loo.LeaveOneOut(f.store.all(), gauss.All(f.n), P, D, f.eps, dist); err != nil {
-		return nil, 0, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, 0, err
-	}
-	maps, err := mapMaker(f.p, set.Sigma)
-	if err != nil {
-		return nil, 0, err
-	}
-	totalPx := 0
-	for _, fs := range f.files {
-		totalPx += fs.W * fs.H
-	}
-	stride := max(1, (totalPx+MaxCalibrationPixels-1)/MaxCalibrationPixels)
-	var imgScores, pixels []float32
-	for i, fs := range f.files {
-		px, score, err := maps.Make(dist[fs.first*P:(fs.first+1)*P], mapRects(fs.Rects), fs.W, fs.H)
-		if err != nil {
-			return nil, 0, fmt.Errorf("%s: %w", fs.Name, err)
-		}
-		imgScores = append(imgScores, score)
-		for j := 0; j < len(px); j += stride {
-			pixels = append(pixels, px[j])
-		}
-		if progress != nil {
-			progress("crossfit", i+1, len(f.files))
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-	}
-	c, err := CalibrateScores(imgScores, pixels, rule)
-	if err != nil {
-		return nil, 0, err
-	}
-	c.Rule = "leave-one-out (every image scored by the model of all the others): " + c.Rule
-	return c, f.n, nil
-}
-
-// restModel factorises the full-form statistics of all samples but those listed.
-func (f *fitter) restModel(total *gauss.Stats, fold []int) (gauss.Model, error) {
-	acc, err := f.b.NewAccumulator(total.P, total.D)
-	if err != nil {
-		return nil, err
-	}
-	defer acc.Close()
-	if err := f.feed(acc, fold); err != nil {
-		return nil, err
-	}
-	rest, err := acc.Stats()
-	if err != nil {
-		return nil, err
-	}
-	if err := rest.RemoveFrom(total); err != nil {
-		return nil, err
-	}
-	return f.b.Factorize(rest, f.eps)
-}
-
-// scoreSamples returns the patch distances of the listed stored samples under m.
-func (f *fitter) scoreSamples(m gauss.Model, idx []int) ([]float32, error) {
-	sc, err := gauss.NewModelScorer(f.b, m)
-	if err != nil {
-		return nil, err
-	}
-	defer sc.Close()
-	P, pd := f.p.Layout().P(), f.store.pd
-	dist := make([]float32, len(idx)*P)
-	buf := make([]float32, min(len(idx), DefaultGroup)*pd)
-	for lo := 0; lo < len(idx); lo += DefaultGroup {
-		hi := min(lo+DefaultGroup, len(idx))
-		if err := f.store.gather(idx[lo:hi], buf); err != nil {
-			return nil, err
-		}
-		if err := sc.Score(buf[:(hi-lo)*pd], hi-lo, dist[lo*P:hi*P]); err != nil {
-			return nil, err
-		}
-	}
-	return dist, nil
-}
-
 // shard returns the fit's statistics, or its samples when they are in memory
 // and smaller.
 func (f *fitter) shard() (*Shard, error) {
@@ -818,60 +640,6 @@ func (f *fitter) close() {
 	if f.store != nil {
 		f.store.close()
 	}
-}
-
-// Calibrate scores held-out good images with m (fitted without them) and
-// derives thresholds from their scores; tap, when set, also receives their
-// embeddings (to fold them into the final fit).
-func Calibrate(ctx context.Context, p *Pipeline, m gauss.Model, inputs []Input, set ScoreSettings, rule Rule, opt FitOptions, tap func(Chunk) error) (*Calibration, *FitReport, error) {
-	set.Thresholds, set.KeepImages = nil, false
-	sc, err := NewScorer(p, m, set)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer sc.Close()
-	rep := &FitReport{}
-	var imgScores, pixels []float32
-	done := 0
-	var tapc func(Chunk) error
-	if tap != nil {
-		tapc = func(c Chunk) error {
-			rep.Samples += c.N
-			return tap(c)
-		}
-	}
-	err = sc.score(ctx, inputs, tapc, func(r *Result) error {
-		done++
-		if opt.Progress != nil {
-			opt.Progress("calibrate", done, len(inputs))
-		}
-		if r.Err != nil {
-			if !opt.SkipBad {
-				return FileError{r.Index, r.Name, r.Err}
-			}
-			rep.Skipped = append(rep.Skipped, FileError{r.Index, r.Name, r.Err})
-			return nil
-		}
-		rep.Files++
-		imgScores = append(imgScores, r.Score)
-		stride := max(1, (len(inputs)*len(r.Map)+MaxCalibrationPixels-1)/MaxCalibrationPixels)
-		for i := 0; i < len(r.Map); i += stride {
-			pixels = append(pixels, r.Map[i])
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	if rep.Files == 0 {
-		return nil, nil, errors.New("no held-out image could be read")
-	}
-	c, err := CalibrateScores(imgScores, pixels, rule)
-	if err != nil {
-		return nil, nil, err
-	}
-	c.Rule = "held-out images scored by a model fitted without them: " + c.Rule
-	return c, rep, nil
 }
 
 // splitHoldout picks round(frac·N) files (at least MinHoldout, and leaving at

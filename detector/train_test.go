@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/nn"
 )
 
 func trainCfg(mod func(*TrainConfig)) TrainConfig {
@@ -195,7 +195,7 @@ func TestNearestNeighbourMethods(t *testing.T) {
 	dir := t.TempDir()
 	good := writeImages(t, filepath.Join(dir, "good"), 8, 37, false)
 	bad := writeImages(t, filepath.Join(dir, "bad"), 1, 38, true)
-	for _, method := range []string{nn.MethodSPADE, nn.MethodPatchCore} {
+	for _, method := range []string{baseline.MethodSPADE, baseline.MethodPatchCore} {
 		m, rep, err := Train(ctx, newFake(32), good[:6], trainCfg(func(c *TrainConfig) { c.Method, c.K, c.Coreset = method, 3, 0.5 }))
 		if err != nil {
 			t.Fatalf("%s: %v", method, err)
@@ -234,7 +234,7 @@ func TestNearestNeighbourMethods(t *testing.T) {
 		if !(scores[0][2] > scores[0][0] && scores[0][2] > scores[0][1]) {
 			t.Fatalf("%s: the defect %v does not outscore the good images %v", method, scores[0][2], scores[0][:2])
 		}
-		if method == nn.MethodPatchCore && m.Pool != 3 {
+		if method == baseline.MethodPatchCore && m.Pool != 3 {
 			t.Fatalf("PatchCore pooling %d, want 3", m.Pool)
 		}
 	}

@@ -7,10 +7,10 @@ import (
 	"testing"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -67,7 +67,7 @@ func TestExecuteReusesBackboneAndSummarises(t *testing.T) {
 			{Label: "1", Backbone: "fake", Taps: []string{"layer1"}, Dim: 4, Method: detector.MethodPaDiM},
 			{Label: "1+2", Backbone: "fake", Taps: []string{"layer1", "layer2"}, Dim: 6, Method: detector.MethodPaDiM},
 			{Label: "4", Backbone: "fake", Taps: []string{"layer4"}, Method: detector.MethodPaDiM},
-			{Label: "pc", Backbone: "fake", Taps: []string{"layer2"}, Method: nn.MethodPatchCore},
+			{Label: "pc", Backbone: "fake", Taps: []string{"layer2"}, Method: baseline.MethodPatchCore},
 		},
 	})
 	if err != nil {

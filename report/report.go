@@ -113,6 +113,7 @@ func shrink(img image.Image) image.Image {
 type Info struct {
 	Title, Model, Data string
 	Details            [][2]string
+	Calibration        *detector.Calibration // the model's, when it has thresholds: its target and expected false-alarm rates are shown beside the measured one
 }
 
 // Finish writes the plots and index.html; it returns the page's path.
@@ -140,6 +141,21 @@ func (b *Builder) Finish(ev *evaluate.Evaluation, info Info) (string, error) {
 		{"pixel F1 (calibrated)", f(ev.PixelF1Calibrated)},
 		{"thresholds image / pixel", f(ev.ImageThreshold) + " / " + f(ev.PixelThreshold)},
 		{"images (defective)", fmt.Sprintf("%d (%d)", ev.NImages, ev.NDefective)},
+	}
+	if c := info.Calibration; c != nil {
+		target := "not recorded"
+		if c.TargetFPR > 0 {
+			target = fmt.Sprintf("%.3g %%", 100*c.TargetFPR)
+			if !c.Conformal {
+				target += " (nominal: a quantile rule)"
+			}
+		}
+		measured := "n/a"
+		if !math.IsNaN(float64(ev.ImageFPR)) {
+			measured = fmt.Sprintf("%.3g %%", 100*float64(ev.ImageFPR))
+		}
+		table = append(table, [2]string{"false alarms on good images: target / expected / measured here",
+			fmt.Sprintf("%s / %.3g %% / %s", target, 100*c.ExpectedFPR, measured)})
 	}
 	var buf bytes.Buffer
 	err = page.Execute(&buf, map[string]any{"Info": info, "Table": table, "Rows": b.rows, "Skipped": ev.Skipped})

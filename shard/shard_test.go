@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/padim/padim/detector/gauss"
 
 	"github.com/padim/padim/detector/atomicfile"
 )
@@ -387,82 +384,6 @@ func TestResultsResume(t *testing.T) {
 	os.WriteFile(p, blk, 0o644)
 	if n, _, err := run(other, false, -1, ""); err != nil || n != 1 {
 		t.Fatalf("damaged block: %d scored again, %v", n, err)
-	}
-}
-
-// The leave-one-out distances from merged statistics equal the closed form on
-// the samples (gauss.CPU.LeaveOneOut), in both regimes (n < D and n > D) and
-// for two images.
-func TestLeaveOneOutFromStats(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, c := range []struct{ n, p, d int }{{2, 3, 5}, {3, 2, 6}, {9, 4, 20}, {13, 3, 10}, {30, 2, 25}, {40, 3, 8}} {
-		x := make([]float32, c.n*c.p*c.d)
-		for i := range x {
-			x[i] = float32(rng.NormFloat64()*(1+float64(i%c.d)) + 3)
-		}
-		eps := 0.01
-		want := make([]float32, c.n*c.p)
-		if err := (gauss.CPU{}).LeaveOneOut(x, gauss.All(c.n), c.p, c.d, eps, want); err != nil {
-			t.Fatal(err)
-		}
-		// statistics merged from three parts, as from three shards: exact
-		// (float64) from samples, and from the detector's accumulator
-		// (float32 products), whose error the cancellation can amplify
-		parts := [][2]int{{0, c.n / 3}, {c.n / 3, c.n / 2}, {c.n / 2, c.n}}
-		merge := func(part func(lo, hi int) *gauss.Stats) *gauss.Stats {
-			var total *gauss.Stats
-			for _, pt := range parts {
-				if pt[1] == pt[0] {
-					continue
-				}
-				if s := part(pt[0], pt[1]); total == nil {
-					total = s
-				} else if err := total.Merge(s); err != nil {
-					t.Fatal(err)
-				}
-			}
-			return total
-		}
-		total := merge(func(lo, hi int) *gauss.Stats { return StatsOf(x[lo*c.p*c.d:hi*c.p*c.d], hi-lo, c.p, c.d) })
-		acc32 := merge(func(lo, hi int) *gauss.Stats {
-			acc, _ := gauss.CPU{}.NewAccumulator(c.p, c.d)
-			acc.Add(x[lo*c.p*c.d:hi*c.p*c.d], hi-lo)
-			s, _ := acc.Stats()
-			acc.Close()
-			return s
-		})
-		if l32, err := NewLeaveOneOut(acc32, eps); err == nil {
-			got := make([]float32, c.p)
-			worst := 0.0
-			for i := 0; i < c.n; i++ {
-				l32.Distances(x[i*c.p*c.d:(i+1)*c.p*c.d], got)
-				for q := 0; q < c.p; q++ {
-					w := float64(want[i*c.p+q])
-					worst = max(worst, math.Abs(float64(got[q])-w)/w)
-				}
-			}
-			t.Logf("n=%d D=%d: from float32-product statistics: worst relative difference %.2g", c.n, c.d, worst)
-		}
-		l, err := NewLeaveOneOut(total, eps)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := make([]float32, c.p)
-		worst := 0.0
-		for i := 0; i < c.n; i++ {
-			l.Distances(x[i*c.p*c.d:(i+1)*c.p*c.d], got)
-			for q := 0; q < c.p; q++ {
-				w := float64(want[i*c.p+q])
-				worst = max(worst, math.Abs(float64(got[q])-w)/w)
-			}
-		}
-		if worst > 1e-6 {
-			t.Errorf("n=%d P=%d D=%d: leave-one-out from statistics differs from the closed form by %.2g relative", c.n, c.p, c.d, worst)
-		}
-		t.Logf("n=%d D=%d: worst relative difference %.2g", c.n, c.d, worst)
-	}
-	if _, err := NewLeaveOneOut(&gauss.Stats{P: 1, D: 1, N: 5, Mean: []float64{0}, M2: []float64{1}}, 0); err == nil {
-		t.Error("eps 0 accepted")
 	}
 }
 

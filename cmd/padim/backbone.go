@@ -7,7 +7,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/safetensors"
 	"github.com/padim/padim/models/mobilenetv2"
@@ -57,10 +56,10 @@ func backboneAction(c *cli.Context) error {
 	if o.Taps, err = resnet.ParseTaps(c.String("layers")); err != nil {
 		return usageError("--layers: %v", err)
 	}
-	if o.Mean, err = detector.ParseTriple(c.String("mean")); err != nil {
+	if o.Mean, err = parseTriple(c.String("mean")); err != nil {
 		return usageError("--mean: %v", err)
 	}
-	if o.Std, err = detector.ParseTriple(c.String("std")); err != nil {
+	if o.Std, err = parseTriple(c.String("std")); err != nil {
 		return usageError("--std: %v", err)
 	}
 	chans, err := resnet.TapChannels(o.Arch)

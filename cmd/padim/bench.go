@@ -12,7 +12,6 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/detector/synth"
 )
 
@@ -57,8 +56,8 @@ func benchAction(c *cli.Context) error {
 		name = fmt.Sprintf("%s (seed %d)", c.String("arch"), c.Uint64("backbone-seed"))
 	}
 	layers := splitList(c.String("layers"))
-	if c.String("method") == nn.MethodPatchCore && len(layers) == 0 {
-		layers = []string{"layer2", "layer3"}
+	if len(layers) == 0 {
+		layers = detector.DefaultLayers(c.String("method"))
 	}
 	ext, err := openBackbone(c, name, data, layers)
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/shard"
 )
 
@@ -49,19 +48,17 @@ func calibrateAction(c *cli.Context) error {
 		return err
 	}
 	start := time.Now()
-	t, err := shard.LoadTotal(c.Args().Slice(), false)
+	t, err := detector.LoadTotal(c.Args().Slice(), false)
 	if err != nil {
 		return err
 	}
 	m := t.Model
 	if m.Preprocess.Tile > 0 {
-		return usageError("thresholds of a sharded fit are set from leave-one-out scores of whole images; a tiled fit cross-fits folds of tiles, which shards cannot reproduce: merge without thresholds and give score --threshold, or fit on one machine")
+		return usageError("%v: merge without thresholds and give score --threshold, or fit on one machine", detector.ErrTiledShards)
 	}
-	loo, err := shard.NewLeaveOneOut(t.Stats, m.Eps)
-	if err != nil {
-		return err
+	if !(m.Eps > 0) {
+		return fmt.Errorf("the statistics were fitted with --eps %g: leaving one out needs a regularisation > 0 (a fit on one machine cross-fits folds then, which shards cannot reproduce): train the shards with --eps > 0, or merge without thresholds and give score --threshold", m.Eps)
 	}
-	t.Stats = nil
 	taps := make([]string, len(m.Taps))
 	for i, tp := range m.Taps {
 		taps[i] = tp.Name
@@ -75,12 +72,11 @@ func calibrateAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	S := m.Preprocess.InputSize()
-	maker, err := anomalymap.NewMaker(m.GridH, m.GridW, S, m.Sigma)
+	be, err := gaussBackend(c)
 	if err != nil {
 		return err
 	}
-	stride := shard.Stride(t.N, S*S)
+	defer be.Close()
 	sel := sh.Select(keys)
 	inputs := make([]detector.Input, len(sel))
 	for k, i := range sel {
@@ -88,46 +84,29 @@ func calibrateAction(c *cli.Context) error {
 	}
 	notef(c, "calibrate shard %s: %d of the %d images, leave-one-out under the statistics of %d", sh, len(sel), len(files), t.N)
 	recs := make([]shard.CalibRecord, len(sel))
-	P, D := p.Layout().P(), p.Layout().D()
-	dist := make([]float32, P)
 	prog := newProgress(c)
 	done := 0
-	err = p.Embeddings(c.Context, inputs, detector.DefaultGroup, func(ch detector.Chunk) error {
-		for _, f := range ch.Failed {
-			recs[f.Index] = shard.CalibRecord{Index: sel[f.Index], Key: keys[sel[f.Index]], Error: f.Error()}
-			done++
+	n := t.N
+	stride, err := detector.CalibrateShard(c.Context, p, t, inputs, detector.ScoreSettings{Backend: be}, func(im detector.ShardImage) error {
+		r := shard.CalibRecord{Index: sel[im.Index], Key: keys[sel[im.Index]]}
+		if im.Err != nil {
+			r.Error = im.Err.Error()
+		} else if math.IsNaN(float64(im.Score)) || math.IsInf(float64(im.Score), 0) { // removing an image the statistics never held
+			return fmt.Errorf("%s has no leave-one-out score under %s: it is not one of the images those statistics were fitted on (give calibrate the --data or --manifest that train --shard was given)", im.Name, strings.Join(c.Args().Slice(), ", "))
+		} else {
+			r.Score, r.Pixels = im.Score, shard.EncodeFloats(im.Pixels)
 		}
-		info := map[int]detector.ItemInfo{}
-		for _, it := range ch.Items {
-			info[it.Index] = it
-		}
-		for s := 0; s < ch.N; s++ {
-			it, ok := info[ch.Source[s]]
-			if !ok || len(it.Rects) != 1 {
-				return fmt.Errorf("%s: one sample per image expected", inputs[ch.Source[s]].Name)
-			}
-			if it.W*it.H != S*S {
-				return fmt.Errorf("%s: a %dx%d map, want %d²", it.Name, it.W, it.H, S)
-			}
-			loo.Distances(ch.Emb[s*P*D:(s+1)*P*D], dist)
-			px, score, err := maker.Make(dist, []anomalymap.Rect{anomalymap.Rect(it.Rects[0])}, it.W, it.H)
-			if err != nil {
-				return fmt.Errorf("%s: %w", it.Name, err)
-			}
-			if math.IsNaN(float64(score)) || math.IsInf(float64(score), 0) { // removing an image the statistics never held
-				return fmt.Errorf("%s has no leave-one-out score under %s: it is not one of the images those statistics were fitted on (give calibrate the --data or --manifest that train --shard was given)", it.Name, strings.Join(c.Args().Slice(), ", "))
-			}
-			recs[it.Index] = shard.CalibRecord{Index: sel[it.Index], Key: keys[sel[it.Index]], Score: score, Pixels: shard.EncodeFloats(shard.Thin(px, stride))}
-			done++
-			prog.update("calibrate", done, len(inputs))
-		}
+		recs[im.Index] = r
+		done++
+		prog.update("calibrate", done, len(inputs))
 		return nil
 	})
 	prog.done()
 	if err != nil {
 		return err
 	}
-	h := shard.CalibHeader{Shard: sh.String(), TotalID: t.ID, N: t.N, Stride: stride, MapW: S, MapH: S, Inputs: len(sel)}
+	S := m.Preprocess.InputSize()
+	h := shard.CalibHeader{Shard: sh.String(), TotalID: t.ID, N: n, Stride: stride, MapW: S, MapH: S, Inputs: len(sel)}
 	if err := shard.WriteCalib(c.String("out"), h, recs); err != nil {
 		return err
 	}
@@ -148,4 +127,34 @@ func calibrateAction(c *cli.Context) error {
 		notef(c, "note: %d unreadable image(s) recorded; the merge checks that the calibration covers every image of the fit", nBad)
 	}
 	return nil
+}
+
+// targetFPRFlag sets the image threshold by the false-alarm rate it aims at
+// (train, and merge for a sharded fit's thresholds).
+var targetFPRFlag = &cli.Float64Flag{Name: "target-fpr", Value: detector.DefaultFalseAlarms,
+	Usage: "false-alarm rate on good images the image threshold aims at; given, the threshold is the ⌈(n+1)(1−rate)⌉-th smallest of the n out-of-sample scores (conformal: at most this rate on new good images); not given, the q0.97 rule (q0.99 with a margin for --calibrate holdout)"}
+
+// thresholdRule is the rule for a calibration, conformal when --target-fpr is given.
+func thresholdRule(c *cli.Context, calibration string) (detector.Rule, error) {
+	alpha := 0.0 // the quantile rule
+	if c.IsSet("target-fpr") {
+		alpha = c.Float64("target-fpr") // in range (flagRanges)
+	}
+	r := detector.RuleFor(calibration, alpha)
+	if err := r.Validate(); err != nil {
+		return r, usageError("--target-fpr: %v", err)
+	}
+	return r, nil
+}
+
+// falseAlarms says what the image threshold aims at and what to expect.
+func falseAlarms(cal *detector.Calibration) string {
+	target := "not recorded"
+	switch {
+	case cal.Conformal:
+		target = fmt.Sprintf("%.3g %%", 100*cal.TargetFPR)
+	case cal.TargetFPR > 0:
+		target = fmt.Sprintf("%.3g %% nominal (a quantile rule; --target-fpr bounds it)", 100*cal.TargetFPR)
+	}
+	return fmt.Sprintf("false alarms on new good images: target %s, expected %.3g %%", target, 100*cal.ExpectedFPR)
 }

@@ -265,7 +265,7 @@ func evaluateWithReport(c *cli.Context, m *detector.Model, sc *detector.Scorer, 
 		return ev, "", err
 	}
 	page, err := rb.Finish(ev, report.Info{
-		Title: "padim evaluation", Model: modelPath, Data: dataPath,
+		Title: "padim evaluation", Model: modelPath, Data: dataPath, Calibration: m.Calibration,
 		Details: [][2]string{{"backbone", m.BackboneName}, {"channels", fmt.Sprint(len(m.Channels), " of ", m.TotalChannels)},
 			{"training images", fmt.Sprint(m.NTrain)}, {"input", fmt.Sprintf("%d² (resize %d, crop %d, tile %d)", m.Preprocess.InputSize(), m.Preprocess.Resize, m.Preprocess.Crop, m.Preprocess.Tile)}},
 	})

@@ -12,8 +12,8 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/experiment"
 	"github.com/padim/padim/models/mobilenetv2"
@@ -159,8 +159,8 @@ func experimentAction(c *cli.Context, sweep string) error {
 		}
 	case "methods":
 		pts = []experiment.Point{
-			{Label: "spade", Backbone: main, Taps: resnet.DefaultTaps, Dim: dim, Method: nn.MethodSPADE},
-			{Label: "patchcore", Backbone: main, Taps: []string{"layer2", "layer3"}, Dim: dim, Method: nn.MethodPatchCore},
+			{Label: "spade", Backbone: main, Taps: resnet.DefaultTaps, Dim: dim, Method: baseline.MethodSPADE},
+			{Label: "patchcore", Backbone: main, Taps: detector.DefaultLayers(baseline.MethodPatchCore), Dim: dim, Method: baseline.MethodPatchCore},
 			{Label: "padim", Backbone: main, Taps: resnet.DefaultTaps, Dim: dim, Method: detector.MethodPaDiM},
 		}
 	case "backbones":

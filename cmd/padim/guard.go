@@ -270,6 +270,7 @@ var flagRanges = map[string][2]float64{
 	"repeats":       {1, 100},
 	"k":             {1, 100000},
 	"coreset":       {0.0001, 1},
+	"target-fpr":    {0.0001, 0.5},
 	"flush-every":   {0, 1 << 20},
 	"max-batch":     {1, 256},
 	"pipelines":     {1, 64},

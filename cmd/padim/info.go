@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -62,6 +63,10 @@ func infoCommand() *cli.Command {
 			fmt.Printf("channels         %d of %d (seed %d): %v\n", len(m.Channels), m.TotalChannels, m.Seed, m.Channels)
 			if cal := m.Calibration; cal != nil {
 				fmt.Printf("thresholds       image %.6g, pixel %.6g (%s)\n", cal.Image, cal.Pixel, cal.Rule)
+				fmt.Printf("false alarms     %s\n", strings.TrimPrefix(falseAlarms(cal), "false alarms "))
+				if w := cal.Warning(); w != "" {
+					fmt.Printf("                 %s\n", w)
+				}
 				fmt.Printf("calibration      %d images, out-of-sample scores %v\n", cal.Images, cal.ImageScores)
 				fmt.Printf("held-out pixels  quantiles %v at %v\n", cal.PixelQuantiles, cal.PixelLevels)
 			} else {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
@@ -20,6 +21,7 @@ func mergeCommand() *cli.Command {
 			&cli.StringFlag{Name: "stats-out", Usage: "also write the merged statistics as one file (what padim calibrate reads on every shard)"},
 			&cli.Float64Flag{Name: "eps", Usage: "regularisation (default: the shards')"},
 			&cli.StringFlag{Name: "gaussian", Value: detector.FormAuto, Usage: "auto, full or lowrank (low-rank needs every shard's samples)"},
+			targetFPRFlag,
 			deviceFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -47,7 +49,7 @@ func mergeCommand() *cli.Command {
 				return usageError("--eps changes the model the calibration scored against: calibrate with the shards' eps, or merge without calibration files")
 			}
 			if p := c.String("stats-out"); p != "" {
-				t, err := shard.LoadTotal(stats, true)
+				t, err := detector.LoadTotal(stats, true)
 				if err != nil {
 					return err
 				}
@@ -61,11 +63,15 @@ func mergeCommand() *cli.Command {
 			}
 			var cal *detector.Calibration
 			if len(calibs) > 0 {
-				t, err := shard.TotalIdentity(stats)
+				set, err := detector.LoadShards(stats, nil)
 				if err != nil {
 					return err
 				}
-				if cal, err = shard.CombineCalib(t, calibs, detector.CrossFitRule); err != nil {
+				rule, err := thresholdRule(c, detector.CalibrateCrossFit)
+				if err != nil {
+					return err
+				}
+				if cal, err = shard.CombineCalib(set, calibs, rule); err != nil {
 					return err
 				}
 			}
@@ -79,7 +85,9 @@ func mergeCommand() *cli.Command {
 			}
 			defer be.Close()
 			m, err := detector.MergeStats(stats, be, eps, c.String("gaussian"))
-			if err != nil {
+			if errors.Is(err, detector.ErrLowRankNeedsSamples) {
+				return usageError("%v: merge with --gaussian full (or auto)", err)
+			} else if err != nil {
 				return err
 			}
 			m.Calibration = cal
@@ -88,7 +96,10 @@ func mergeCommand() *cli.Command {
 			}
 			fmt.Printf("wrote %s: %d samples from %d statistics file(s), %s form", c.String("out"), m.NTrain, len(stats), m.Gaussian.Form())
 			if cal != nil {
-				fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' leave-one-out scores (%d calibration shards)\n", cal.Image, cal.Pixel, cal.Images, len(calibs))
+				fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' leave-one-out scores (%d calibration shards); %s\n", cal.Image, cal.Pixel, cal.Images, len(calibs), falseAlarms(cal))
+				if w := cal.Warning(); w != "" {
+					notef(c, "note: %s", w)
+				}
 			} else {
 				fmt.Printf("; no thresholds (score with --threshold, or calibrate: padim calibrate --help)\n")
 			}

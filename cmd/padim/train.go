@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -11,11 +13,10 @@ import (
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/nn"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/shard"
 )
@@ -34,6 +35,23 @@ func inputFlags() []cli.Flag {
 	}
 }
 
+// parseTriple reads --mean and --std: "r,g,b", three numbers.
+func parseTriple(s string) ([3]float32, error) {
+	var t [3]float32
+	parts := strings.Split(s, ",")
+	if len(parts) != 3 {
+		return t, fmt.Errorf("%q: want 3 comma-separated numbers", s)
+	}
+	for i, p := range parts {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil {
+			return t, fmt.Errorf("%q: %v", s, err)
+		}
+		t[i] = float32(v)
+	}
+	return t, nil
+}
+
 // preprocessFor builds the input settings from flags and the backbone.
 func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess, error) {
 	pp := ext.DefaultPreprocess()
@@ -43,12 +61,12 @@ func preprocessFor(c *cli.Context, ext *backbone.Extractor) (imageio.Preprocess,
 	}
 	var err error
 	if s := c.String("mean"); s != "" {
-		if pp.Mean, err = detector.ParseTriple(s); err != nil {
+		if pp.Mean, err = parseTriple(s); err != nil {
 			return pp, usageError("--mean: %v", err)
 		}
 	}
 	if s := c.String("std"); s != "" {
-		if pp.Std, err = detector.ParseTriple(s); err != nil {
+		if pp.Std, err = parseTriple(s); err != nil {
 			return pp, usageError("--std: %v", err)
 		}
 	}
@@ -86,9 +104,10 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "calibrate", Value: detector.CalibrateCrossFit, Usage: "how thresholds are set: crossfit (every image scored by a model fitted without it), holdout, none"},
 			&cli.IntFlag{Name: "folds", Value: detector.DefaultFolds, Usage: "cross-fitting folds (the low-rank form leaves one out with ≤ 20 images)"},
 			&cli.Float64Flag{Name: "holdout", Usage: "hold out this fraction of the images for thresholds instead of cross-fitting (0: no thresholds)"},
+			targetFPRFlag,
 			&cli.StringFlag{Name: "method", Value: detector.MethodPaDiM, Usage: "padim, or a baseline on the same pipeline: spade (kNN on images, then on their patches), patchcore (coreset memory bank; taps layer2,layer3 pooled 3×3 unless --layers)"},
-			&cli.IntFlag{Name: "k", Value: nn.DefaultK, Usage: "spade: nearest training images"},
-			&cli.Float64Flag{Name: "coreset", Value: nn.DefaultCoreset, Usage: "patchcore: fraction of the training patch features kept in the memory bank"},
+			&cli.IntFlag{Name: "k", Value: baseline.DefaultK, Usage: "spade: nearest training images"},
+			&cli.Float64Flag{Name: "coreset", Value: baseline.DefaultCoreset, Usage: "patchcore: fraction of the training patch features kept in the memory bank"},
 			&cli.Float64Flag{Name: "sigma", Value: anomalymap.DefaultSigma, Usage: "Gaussian blur of the anomaly map, in pixels of the network input"},
 			&cli.StringFlag{Name: "stats-out", Usage: "also save the fit's statistics, to merge with other shards (padim merge)"},
 			&cli.BoolFlag{Name: "strict", Usage: "stop at the first unreadable image instead of skipping it"},
@@ -121,12 +140,16 @@ func trainAction(c *cli.Context) error {
 		switch {
 		case c.String("stats-out") == "":
 			return usageError("--shard needs --stats-out: a shard's statistics, to merge with the others (padim merge)")
-		case c.IsSet("holdout") || c.IsSet("calibrate") && calib != detector.CalibrateNone:
+		case c.IsSet("holdout") || c.IsSet("target-fpr") || c.IsSet("calibrate") && calib != detector.CalibrateNone:
 			return usageError("a shard sets no thresholds: they come from every shard's images together (padim calibrate after padim merge; see padim calibrate --help)")
 		}
 		calib = detector.CalibrateNone
 	} else if !c.IsSet("out") {
 		return usageError("--out is required (see padim train --help)")
+	}
+	rule, err := thresholdRule(c, calib)
+	if err != nil {
+		return err
 	}
 	files, keys, skippedDirs, err := trainInputs(c)
 	if err != nil {
@@ -172,8 +195,8 @@ func trainAction(c *cli.Context) error {
 		notef(c, "backbone: %s, the ImageNet MobileNetV2 shipped inside padim (Apache-2.0, padim backbone --license); give --backbone for another", mobilenetv2.Arch)
 	}
 	layers := splitList(c.String("layers"))
-	if c.String("method") == nn.MethodPatchCore && len(layers) == 0 {
-		layers = []string{"layer2", "layer3"} // PatchCore's mid-level features
+	if len(layers) == 0 {
+		layers = detector.DefaultLayers(c.String("method")) // PatchCore's mid-level features
 	}
 	ext, err := openBackbone(c, bbName, bbData, layers)
 	if err != nil {
@@ -200,7 +223,7 @@ func trainAction(c *cli.Context) error {
 	}
 	defer be.Close()
 	form := c.String("gaussian")
-	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && shardKeepsSamples(ext, channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
+	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && detector.ShardKeepsSamples(ext.Taps(), channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
 		// a shard no larger than its statistics keeps its samples: the
 		// calibration pass then computes exact (float64) statistics from them
 		form = detector.FormLowRank
@@ -210,7 +233,7 @@ func trainAction(c *cli.Context) error {
 	start := time.Now()
 	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout,
+		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout, Rule: &rule,
 		Method: c.String("method"), K: c.Int("k"), Coreset: c.Float64("coreset"),
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
@@ -277,7 +300,7 @@ func trainAction(c *cli.Context) error {
 		case rep.Folds == rep.Trained:
 			how = "leave-one-out"
 		}
-		fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' out-of-sample scores (%s)", cal.Image, cal.Pixel, cal.Images, how)
+		fmt.Printf(", thresholds image %.4g pixel %.4g from %d images' out-of-sample scores (%s); %s", cal.Image, cal.Pixel, cal.Images, how, falseAlarms(cal))
 	} else {
 		fmt.Printf(", no thresholds (give score --threshold)")
 	}
@@ -347,26 +370,4 @@ func trainInputs(c *cli.Context) ([]string, []string, []dataset.FileError, error
 		return nil, nil, nil, fmt.Errorf("no readable training image: %v", skipped[0])
 	}
 	return files, keys, skipped, nil
-}
-
-// shardKeepsSamples reports whether a training shard of n images should keep
-// its samples rather than full-form statistics: when they are no larger
-// (n ≤ D+2), fit the sample budget, and the low-rank form can hold them (ε > 0).
-// Statistics from the fit's accumulator carry float32 rounding in their
-// second moments, which leave-one-out calibration amplifies when the images
-// are few for their dimension; samples give exact statistics.
-func shardKeepsSamples(ext *backbone.Extractor, channels []int, dim int, seed uint64, n int, eps float64, budget int64) bool {
-	if eps <= 0 {
-		return false
-	}
-	taps := ext.Taps()
-	if channels == nil {
-		channels = embed.RandomChannels(embed.TotalChannels(taps), dim, seed)
-	}
-	l, err := embed.NewLayout(taps, channels)
-	if err != nil {
-		return false
-	}
-	P, D := l.P(), l.D()
-	return n <= D+2 && int64(n)*int64(P)*int64(D)*4 <= min(detector.DefaultSampleMemory, budget/2)
 }

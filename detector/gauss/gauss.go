@@ -207,10 +207,11 @@ const (
 )
 
 // Model is a fitted per-patch Gaussian in one of its forms: *Gaussian (full)
-// or *LowRank.
+// or *LowRank, and nothing else (other methods sit above this package).
 type Model interface {
 	Shape() (p, d int)
 	Form() string
+	gaussian() // only this package's forms
 }
 
 // NewModelScorer prepares either form for scoring on b.
@@ -224,8 +225,6 @@ func NewModelScorer(b Backend, m Model) (Scorer, error) {
 			return nil, fmt.Errorf("gauss: backend %s has no low-rank form", b.Name())
 		}
 		return lr.NewLowRankScorer(m)
-	case interface{ NewScorer(Backend) (Scorer, error) }:
-		return m.NewScorer(b) // a model that scores itself (the nearest-neighbour methods)
 	}
 	return nil, fmt.Errorf("gauss: unknown model type %T", m)
 }
@@ -235,6 +234,8 @@ func (g *Gaussian) Shape() (p, d int) { return g.P, g.D }
 
 // Form implements Model.
 func (g *Gaussian) Form() string { return FormFull }
+
+func (*Gaussian) gaussian() {}
 
 // Check reports whether the model's arrays match its shape and hold finite values.
 func (g *Gaussian) Check() error {
@@ -299,15 +300,6 @@ type Scorer interface {
 // serves the scorer of the returned Gaussian).
 type InPlaceFactorizer interface {
 	Factorize(eps float64) (*Gaussian, error)
-}
-
-// SampleScorer is a Scorer that also gives an image score per sample (a
-// method whose image score is not the maximum of its map: PatchCore, SPADE),
-// and can leave a training group (an image) out of its references for
-// out-of-sample calibration: skip names per sample the group to leave out.
-type SampleScorer interface {
-	Scorer
-	ScoreSamples(x []float32, n int, skip []int32, dist, image []float32) error
 }
 
 // ParallelFor splits [0,n) into contiguous chunks run on GOMAXPROCS goroutines.

@@ -41,5 +41,24 @@ func choleskyInverse(a []float64, d int) bool {
 	return true
 }
 
-// KernelLibrary names the dense kernels of this build (gonum or OpenBLAS).
+// KernelLibrary names the dense kernels this build uses by default (gonum,
+// or OpenBLAS with -tags openblas); Kernels names those in use.
 const KernelLibrary = kernels.Library
+
+// KernelLibraries are the short names of the dense-kernel implementations of
+// this build ("gonum", and "openblas" with -tags openblas), the default first.
+func KernelLibraries() []string {
+	var names []string
+	for _, i := range kernels.Available() {
+		names = append(names, i.Name())
+	}
+	return names
+}
+
+// UseKernels makes every CPU path (statistics, factorisation, scoring,
+// leave-one-out, nearest neighbours) use the named implementation from now
+// on, as gonum's blas64.Use does: for tests and benchmarks that compare them.
+func UseKernels(name string) error { return kernels.UseNamed(name) }
+
+// Kernels is the short name of the implementation in use.
+func Kernels() string { return kernels.Current().Name() }

@@ -32,6 +32,8 @@ func (m *LowRank) Shape() (p, d int) { return m.P, m.D }
 // Form implements Model.
 func (m *LowRank) Form() string { return FormLowRank }
 
+func (*LowRank) gaussian() {}
+
 // Check reports whether the arrays match the shape.
 func (m *LowRank) Check() error {
 	if m.P <= 0 || m.D <= 0 || m.N <= 0 {

@@ -26,6 +26,8 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("NonFiniteInputRejected", func(t *testing.T) { testNaN(t, b) })
 	t.Run("ShapeErrors", func(t *testing.T) { testShapes(t, b) })
 	t.Run("BatchInvariantDistances", func(t *testing.T) { testBatchInvariant(t, b) })
+	t.Run("ExactStatsEqualAccumulated", func(t *testing.T) { testStatsOf(t, b) })
+	t.Run("LeaveOneOutFromStatsEqualsRefits", func(t *testing.T) { testLeaveOneOutFromStats(t, b) })
 	lr, ok := b.(gauss.LowRankBackend)
 	if !ok {
 		t.Run("LowRank", func(t *testing.T) { t.Skipf("%s has no low-rank form", b.Name()) })
@@ -39,6 +41,119 @@ func Run(t *testing.T, b gauss.Backend) {
 	t.Run("LowRankSubsetEqualsExtracted", func(t *testing.T) { testLowRankSubset(t, lr) })
 	if loo, ok := b.(gauss.LeaveOneOuter); ok {
 		t.Run("LeaveOneOutEqualsRefits", func(t *testing.T) { testLeaveOneOut(t, lr, loo) })
+	}
+}
+
+// StatsOf (float64 throughout) gives the statistics the backend accumulates.
+func testStatsOf(t *testing.T, b gauss.Backend) {
+	const n, p, d = 19, 4, 9
+	x := Correlated(60, n, p, d, 4, 1)
+	s, err := gauss.StatsOf(x, n, p, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareStats(t, fit(t, b, x, n, p, d, 5), s, 1e-5)
+	bad := append([]float32(nil), x...)
+	bad[p*d+3] = float32(math.NaN())
+	if _, err := gauss.StatsOf(bad, n, p, d); !errors.Is(err, gauss.ErrNonFinite) {
+		t.Fatalf("NaN sample: %v, want ErrNonFinite", err)
+	}
+	if _, err := gauss.StatsOf(x, n+1, p, d); err == nil {
+		t.Fatal("a short batch accepted")
+	}
+}
+
+// Leave-one-out scores from merged statistics (a sharded fit's calibration)
+// equal refitting without each image on the backend and scoring it; from
+// exact (float64) statistics they equal the closed form on the samples
+// (CPU.LeaveOneOut) to float32 rounding, and from the backend's own
+// accumulated statistics (float32 products, whose rounding the downdate
+// amplifies when n ≤ D) they stay within 1 %.
+func testLeaveOneOutFromStats(t *testing.T, b gauss.Backend) {
+	const eps = 0.01
+	for _, c := range []struct{ n, p, d int }{{2, 3, 5}, {3, 2, 6}, {9, 4, 20}, {13, 3, 10}, {30, 2, 25}, {40, 3, 8}} {
+		n, p, d := c.n, c.p, c.d
+		x := Correlated(uint64(70+n), n, p, d, 3, 1)
+		// merged from three parts, as from three shards
+		parts := [][2]int{{0, n / 3}, {n / 3, n / 2}, {n / 2, n}}
+		merged := func(part func(lo, hi int) *gauss.Stats) *gauss.Stats {
+			var total *gauss.Stats
+			for _, pt := range parts {
+				if pt[1] == pt[0] {
+					continue
+				}
+				if s := part(pt[0], pt[1]); total == nil {
+					total = s.Clone()
+				} else if err := total.Merge(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return total
+		}
+		exact := merged(func(lo, hi int) *gauss.Stats {
+			s, err := gauss.StatsOf(x[lo*p*d:hi*p*d], hi-lo, p, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		})
+		accumulated := merged(func(lo, hi int) *gauss.Stats { return fit(t, b, x[lo*p*d:hi*p*d], hi-lo, p, d, 2) })
+		looScore := func(s *gauss.Stats) []float32 {
+			sc, err := gauss.NewLeaveOneOutScorer(b, s, eps)
+			if err != nil {
+				t.Fatalf("n=%d: %v", n, err)
+			}
+			defer sc.Close()
+			dist := make([]float32, n*p)
+			if err := sc.Score(x, n, dist); err != nil {
+				t.Fatal(err)
+			}
+			return dist
+		}
+		got, got32 := looScore(exact), looScore(accumulated)
+		closed := make([]float32, n*p)
+		if err := (gauss.CPU{}).LeaveOneOut(x, gauss.All(n), p, d, eps, closed); err != nil {
+			t.Fatal(err)
+		}
+		worstRefit, worstClosed, worst32 := 0.0, 0.0, 0.0
+		for i := 0; i < n; i++ {
+			var rest []float32
+			for j := 0; j < n; j++ {
+				if j != i {
+					rest = append(rest, x[j*p*d:(j+1)*p*d]...)
+				}
+			}
+			rs, err := gauss.StatsOf(rest, n-1, p, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := b.Factorize(rs, eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := score(t, b, g, x[i*p*d:(i+1)*p*d], 1)
+			for q := 0; q < p; q++ {
+				worstRefit = max(worstRefit, relErr(float64(got[i*p+q]), float64(want[q])))
+				worstClosed = max(worstClosed, relErr(float64(got[i*p+q]), float64(closed[i*p+q])))
+				worst32 = max(worst32, relErr(float64(got32[i*p+q]), float64(want[q])))
+			}
+		}
+		t.Logf("n=%d P=%d D=%d: vs refits %.2g, vs closed form on samples %.2g, from accumulated statistics %.2g", n, p, d, worstRefit, worstClosed, worst32)
+		if worstRefit > 1e-4 || worstClosed > 1e-6 || worst32 > 1e-2 {
+			t.Fatalf("n=%d P=%d D=%d: leave-one-out from statistics off: refits %.3g (≤1e-4), closed form %.3g (≤1e-6), accumulated %.3g (≤1e-2)", n, p, d, worstRefit, worstClosed, worst32)
+		}
+	}
+	one := &gauss.Stats{P: 1, D: 1, N: 5, Mean: []float64{0}, M2: []float64{1}}
+	if _, err := gauss.NewLeaveOneOutScorer(b, one, 0); err == nil {
+		t.Error("eps 0 accepted")
+	}
+	if _, err := gauss.NewLeaveOneOutScorer(b, &gauss.Stats{P: 1, D: 1, N: 1, Mean: []float64{0}, M2: []float64{0}}, eps); err == nil {
+		t.Error("one image accepted")
+	}
+	npd := &gauss.Stats{P: 2, D: 1, N: 5, Mean: []float64{0, 0}, M2: []float64{1, math.NaN()}}
+	var e *gauss.NotPositiveDefiniteError
+	if _, err := gauss.NewLeaveOneOutScorer(b, npd, eps); !errors.As(err, &e) || e.Patch != 1 {
+		t.Errorf("NaN second moment at patch 1: %v", err)
 	}
 }
 

@@ -1,4 +1,4 @@
-package nn
+package baseline
 
 import (
 	"math"
@@ -34,10 +34,10 @@ func TestSPADEMatchesBruteForce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, _ := m.NewScorer(nil)
+	sc, _ := m.NewScorer()
 	q := points(2, 2, p, d, 0.3)
 	dist, img := make([]float32, 2*p), make([]float32, 2)
-	if err := sc.(SampleScorer).ScoreSamples(q, 2, nil, dist, img); err != nil {
+	if err := sc.ScoreSamples(q, 2, nil, dist, img); err != nil {
 		t.Fatal(err)
 	}
 	for b := 0; b < 2; b++ {
@@ -79,7 +79,7 @@ func TestSPADEMatchesBruteForce(t *testing.T) {
 	}
 	// a training image scored leaving itself out is not at distance 0
 	self := make([]float32, p)
-	sc.(SampleScorer).ScoreSamples(x[:p*d], 1, []int32{0}, self, img[:1])
+	sc.ScoreSamples(x[:p*d], 1, []int32{0}, self, img[:1])
 	if img[0] == 0 || self[0] == 0 {
 		t.Fatalf("left-out image still sees itself: %v %v", img[0], self[0])
 	}
@@ -102,10 +102,10 @@ func TestPatchCoreScores(t *testing.T) {
 	if m.M != 20 {
 		t.Fatalf("bank of %d, want 20", m.M)
 	}
-	sc, _ := m.NewScorer(nil)
+	sc, _ := m.NewScorer()
 	q := points(4, 3, p, d, 0.5)
 	dist, img := make([]float32, 3*p), make([]float32, 3)
-	if err := sc.(SampleScorer).ScoreSamples(q, 3, nil, dist, img); err != nil {
+	if err := sc.ScoreSamples(q, 3, nil, dist, img); err != nil {
 		t.Fatal(err)
 	}
 	for b := 0; b < 3; b++ {
@@ -125,8 +125,8 @@ func TestPatchCoreScores(t *testing.T) {
 		}
 	}
 	m.Reweight = 0
-	sc0, _ := m.NewScorer(nil)
-	sc0.(SampleScorer).ScoreSamples(q, 3, nil, dist, img)
+	sc0, _ := m.NewScorer()
+	sc0.ScoreSamples(q, 3, nil, dist, img)
 	for b := 0; b < 3; b++ {
 		star := float32(0)
 		for _, v := range dist[b*p : (b+1)*p] {

@@ -1,4 +1,4 @@
-// Package nn holds the nearest-neighbour baselines of the paper's method
+// Package baseline holds the nearest-neighbour baselines of the paper's method
 // table, on the same pipeline and backbone as PaDiM:
 //
 //   - SPADE (Cohen & Hoshen 2020): image-level kNN on pooled features (the K
@@ -9,9 +9,11 @@
 //     subsampled by greedy coreset selection, each patch's distance to its
 //     nearest bank feature, and the paper's reweighted image score.
 //
-// Both fit gauss.Model (Shape, Form) so the detector's scorer, maps, verdicts
-// and model file handle them like PaDiM's Gaussians.
-package nn
+// They are methods beside PaDiM's Gaussian, not Gaussians: each fitted model
+// (Model) scores embeddings itself, on the CPU, with an image score of its own,
+// and the detector's pipeline, maps, verdicts and model file take them as they
+// take PaDiM's (detector.Method).
+package baseline
 
 import (
 	"errors"
@@ -36,8 +38,23 @@ const (
 	CoresetProj      = 128 // PatchCore: dimensions of the projection the coreset is selected in
 )
 
-// SampleScorer is gauss.SampleScorer, which both methods' scorers implement.
-type SampleScorer = gauss.SampleScorer
+// Model is a baseline's fitted model: *SPADE or *PatchCore.
+type Model interface {
+	Shape() (p, d int)
+	Form() string // the method's name
+	// NewScorer prepares the model for scoring.
+	NewScorer() (Scorer, error)
+}
+
+// Scorer scores embeddings under a baseline's model. Besides each patch's
+// distance (Score) it gives an image score per sample, which is not the
+// maximum of the map, and can leave a training image (a group of the model's
+// references) out, for out-of-sample calibration: skip names per sample the
+// group to leave out.
+type Scorer interface {
+	gauss.Scorer
+	ScoreSamples(x []float32, n int, skip []int32, dist, image []float32) error
+}
 
 // SPADE is a fitted SPADE model: every training patch feature and every
 // training image's pooled feature.
@@ -52,7 +69,7 @@ type SPADE struct {
 // FitSPADE keeps the samples x ([n][P][D]) as a SPADE gallery.
 func FitSPADE(x []float32, n, p, d, k int) (*SPADE, error) {
 	if n < 1 || len(x) < n*p*d {
-		return nil, fmt.Errorf("nn: SPADE needs at least one training sample, got %d", n)
+		return nil, fmt.Errorf("baseline: SPADE needs at least one training sample, got %d", n)
 	}
 	if err := gauss.CheckFinite(x[:n*p*d], p, d); err != nil {
 		return nil, err
@@ -77,22 +94,22 @@ func pool(x []float32, p, d int, out []float32) {
 	}
 }
 
-// Shape implements gauss.Model.
+// Shape implements Model.
 func (m *SPADE) Shape() (int, int) { return m.P, m.D }
 
-// Form implements gauss.Model.
+// Form implements Model.
 func (m *SPADE) Form() string { return MethodSPADE }
 
 // Check reports whether the arrays match the shape.
 func (m *SPADE) Check() error {
 	if m.P <= 0 || m.D <= 0 || m.N <= 0 || m.K <= 0 || len(m.Gallery) != m.N*m.P*m.D || len(m.Pooled) != m.N*m.D {
-		return fmt.Errorf("nn: SPADE arrays (%d, %d) do not match N=%d P=%d D=%d K=%d", len(m.Gallery), len(m.Pooled), m.N, m.P, m.D, m.K)
+		return fmt.Errorf("baseline: SPADE arrays (%d, %d) do not match N=%d P=%d D=%d K=%d", len(m.Gallery), len(m.Pooled), m.N, m.P, m.D, m.K)
 	}
 	return nil
 }
 
-// NewScorer implements the detector's model seam (gauss.NewModelScorer).
-func (m *SPADE) NewScorer(gauss.Backend) (gauss.Scorer, error) {
+// NewScorer implements Model.
+func (m *SPADE) NewScorer() (Scorer, error) {
 	if err := m.Check(); err != nil {
 		return nil, err
 	}
@@ -127,7 +144,7 @@ func (s *spadeScorer) Score(x []float32, n int, dist []float32) error {
 func (s *spadeScorer) ScoreSamples(x []float32, n int, skip []int32, dist, image []float32) error {
 	m := s.m
 	if m == nil {
-		return errors.New("nn: scorer is closed")
+		return errors.New("baseline: scorer is closed")
 	}
 	P, D := m.P, m.D
 	if err := gauss.CheckBatch(x, n, P, D); err != nil {
@@ -138,7 +155,7 @@ func (s *spadeScorer) ScoreSamples(x []float32, n int, skip []int32, dist, image
 		k = min(k, m.N-1)
 	}
 	if k < 1 {
-		return errors.New("nn: SPADE left with no training image to compare with")
+		return errors.New("baseline: SPADE left with no training image to compare with")
 	}
 	q := make([]float32, D)
 	nd, ni := make([]float32, k), make([]int32, k)
@@ -193,10 +210,10 @@ type PatchCore struct {
 // bank features, to leave an image out in calibration).
 func FitPatchCore(x []float32, n, p, d int, fraction float64, reweight int, seed uint64, group []int32) (*PatchCore, error) {
 	if n < 1 || len(x) < n*p*d {
-		return nil, fmt.Errorf("nn: PatchCore needs at least one training sample, got %d", n)
+		return nil, fmt.Errorf("baseline: PatchCore needs at least one training sample, got %d", n)
 	}
 	if !(fraction > 0 && fraction <= 1) {
-		return nil, fmt.Errorf("nn: coreset fraction %v: want (0,1]", fraction)
+		return nil, fmt.Errorf("baseline: coreset fraction %v: want (0,1]", fraction)
 	}
 	if err := gauss.CheckFinite(x[:n*p*d], p, d); err != nil {
 		return nil, err
@@ -220,22 +237,22 @@ func FitPatchCore(x []float32, n, p, d int, fraction float64, reweight int, seed
 	return m, nil
 }
 
-// Shape implements gauss.Model.
+// Shape implements Model.
 func (m *PatchCore) Shape() (int, int) { return m.P, m.D }
 
-// Form implements gauss.Model.
+// Form implements Model.
 func (m *PatchCore) Form() string { return MethodPatchCore }
 
 // Check reports whether the arrays match the shape.
 func (m *PatchCore) Check() error {
 	if m.P <= 0 || m.D <= 0 || m.M <= 0 || len(m.Bank) != m.M*m.D || m.Reweight < 0 || m.Reweight > 1000 {
-		return fmt.Errorf("nn: PatchCore bank of %d values does not match M=%d D=%d (reweight %d)", len(m.Bank), m.M, m.D, m.Reweight)
+		return fmt.Errorf("baseline: PatchCore bank of %d values does not match M=%d D=%d (reweight %d)", len(m.Bank), m.M, m.D, m.Reweight)
 	}
 	return nil
 }
 
-// NewScorer implements the detector's model seam.
-func (m *PatchCore) NewScorer(gauss.Backend) (gauss.Scorer, error) {
+// NewScorer implements Model.
+func (m *PatchCore) NewScorer() (Scorer, error) {
 	if err := m.Check(); err != nil {
 		return nil, err
 	}
@@ -262,7 +279,7 @@ func (s *patchCoreScorer) Score(x []float32, n int, dist []float32) error {
 func (s *patchCoreScorer) ScoreSamples(x []float32, n int, skip []int32, dist, image []float32) error {
 	m := s.m
 	if m == nil {
-		return errors.New("nn: scorer is closed")
+		return errors.New("baseline: scorer is closed")
 	}
 	P, D := m.P, m.D
 	if err := gauss.CheckBatch(x, n, P, D); err != nil {
@@ -271,7 +288,7 @@ func (s *patchCoreScorer) ScoreSamples(x []float32, n int, skip []int32, dist, i
 	var sk []int32
 	if skip != nil {
 		if m.Group == nil {
-			return errors.New("nn: leaving images out needs the bank's groups")
+			return errors.New("baseline: leaving images out needs the bank's groups")
 		}
 		sk = make([]int32, n*P)
 		for b := 0; b < n; b++ {
