@@ -326,7 +326,7 @@ func testLowRankBatchInvariant(t *testing.T, lr gauss.LowRankBackend) {
 	}
 	test := Correlated(36, 40, p, d, 1, 1.2)
 	all := scoreLowRank(t, lr, m, test, 40)
-	for _, k := range []int{1, 3, 32} {
+	for _, k := range []int{1, 2, 3, 4, 5, 7, 8, 12, 16, 24, 32, 33} {
 		for lo := 0; lo < 40; lo += k {
 			hi := min(lo+k, 40)
 			part := scoreLowRank(t, lr, m, test[lo*p*d:hi*p*d], hi-lo)
@@ -372,7 +372,7 @@ func testBatchInvariant(t *testing.T, b gauss.Backend) {
 	}
 	test := Correlated(9, 45, p, d, 1, 1.2)
 	all := score(t, b, g, test, 45)
-	for _, k := range []int{1, 2, 7, 33} {
+	for _, k := range []int{1, 2, 3, 4, 5, 7, 8, 12, 16, 24, 32, 33} {
 		for lo := 0; lo < 45; lo += k {
 			hi := min(lo+k, 45)
 			part := score(t, b, g, test[lo*p*d:hi*p*d], hi-lo)
