@@ -15,9 +15,9 @@ import (
 
 	"golang.org/x/image/bmp"
 
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/imageio/turbojpeg"
-	"github.com/padim/padim/detector/safetensors"
 )
 
 // cameraLike writes textured images of the kinds cameras send, at odd sizes:

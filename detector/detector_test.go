@@ -14,13 +14,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/padim/padim/detector/fakebackbone"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/internal/refpadim"
+	"github.com/padim/padim/internal/fakebackbone"
 )
 
-// newFake is the tests' backbone: detector/fakebackbone with seed 9.
+// newFake is the tests' backbone: internal/fakebackbone with seed 9.
 func newFake(size int) *fakebackbone.Backbone { return fakebackbone.New(size, 9) }
 
 // writeImages writes n textured images; defect=true paints a dark square.

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/safetensors"
 )
 
 // FuzzModelHeader edits a model's header values and re-signs the file (a valid

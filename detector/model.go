@@ -21,10 +21,10 @@ import (
 
 	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/fileio/readfile"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/readfile"
-	"github.com/padim/padim/detector/safetensors"
 )
 
 // FormatVersion is the model file version this code writes and reads. Version

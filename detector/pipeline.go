@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/readfile"
 )
 
 // Extractor runs a backbone: a batch of n normalised images [n][3][S][S] in, one

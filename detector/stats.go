@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/safetensors"
 )
 
 // Shard is what a fit on part of the data keeps so that parts fitted on

@@ -9,11 +9,11 @@ import (
 	"errors"
 	"math"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/metrics"
 	"github.com/padim/padim/detector/postproc"
+	"github.com/padim/padim/evaluate/metrics"
 )
 
 // AUPROLimit is the false-positive-rate limit of AUPRO (MVTec AD, anomalib).

@@ -7,13 +7,13 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/padim/padim/data/dataset"
+	"github.com/padim/padim/data/synth"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/fakebackbone"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/synth"
 	"github.com/padim/padim/evaluate"
+	"github.com/padim/padim/internal/fakebackbone"
 	"github.com/padim/padim/models/mobilenetv2"
 )
 

@@ -18,9 +18,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"

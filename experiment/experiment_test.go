@@ -6,12 +6,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/padim/padim/data/dataset"
+	"github.com/padim/padim/data/synth"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/baseline"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/synth"
 )
 
 // fake is a small deterministic backbone: channel averages pooled by 4 and 8,

@@ -16,7 +16,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
-	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/evaluate"
 )
 

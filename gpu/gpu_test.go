@@ -9,13 +9,13 @@ import (
 	"os"
 	"testing"
 
+	"github.com/padim/padim/data/dataset"
+	"github.com/padim/padim/data/synth"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/gauss/gausstest"
-	"github.com/padim/padim/detector/synth"
 )
 
 // device returns the CUDA backend, closed at the end of the test, or skips where

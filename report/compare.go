@@ -8,7 +8,7 @@ import (
 	"math"
 	"path/filepath"
 
-	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/evaluate"
 )
 

@@ -19,11 +19,11 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/picture"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
 	"github.com/padim/padim/evaluate"
 )

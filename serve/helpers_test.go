@@ -31,8 +31,8 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/embed"
-	"github.com/padim/padim/detector/fakebackbone"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/internal/fakebackbone"
 )
 
 // fakeConfig steers every fake backbone a test's loader makes.
@@ -59,7 +59,7 @@ func (c *fakeConfig) hold() (release func()) {
 	}
 }
 
-// fakeBackbone is detector/fakebackbone, steered by a fakeConfig. It panics on
+// fakeBackbone is internal/fakebackbone, steered by a fakeConfig. It panics on
 // a "poison" image: one whose first pixel is pure magenta.
 type fakeBackbone struct {
 	*fakebackbone.Backbone

@@ -20,9 +20,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/padim/padim/detector/fileio/npy"
+	"github.com/padim/padim/detector/fileio/picture"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/npy"
-	"github.com/padim/padim/detector/picture"
 )
 
 // reqInfo is what the request log line says beyond the HTTP basics.

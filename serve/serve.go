@@ -35,8 +35,8 @@ import (
 	"time"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/picture"
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/picture"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // Options configure a Server. DefaultOptions gives the documented defaults.

@@ -21,8 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/padim/padim/detector/npy"
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/npy"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // Every endpoint answers the library's numbers, in the protocol's shapes.

@@ -13,8 +13,8 @@ import (
 	"sort"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // Thresholds of a sharded fit.

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // Record is one result record read back by Collect.

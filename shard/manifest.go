@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // Entry is one input of a manifest.

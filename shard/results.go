@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // Common are the fields every per-shard result record starts with.

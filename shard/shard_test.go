@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }

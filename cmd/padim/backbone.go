@@ -7,8 +7,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/models/resnet"
 )

@@ -11,7 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/models/resnet"
 )

@@ -9,10 +9,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/bench"
+	"github.com/padim/padim/data/dataset"
+	"github.com/padim/padim/data/synth"
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/synth"
 )
 
 func benchCommand() *cli.Command {

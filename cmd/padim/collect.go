@@ -11,7 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/evaluate"
 	"github.com/padim/padim/shard"
 )

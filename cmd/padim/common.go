@@ -15,8 +15,8 @@ import (
 
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/gpu"
 )
 

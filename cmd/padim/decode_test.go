@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/detector/imageio/turbojpeg"
-	"github.com/padim/padim/detector/safetensors"
 )
 
 // The decode path as a user meets it: train records it (info shows it), a

@@ -9,12 +9,12 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/data/dataset"
+	"github.com/padim/padim/data/synth"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/synth"
 	"github.com/padim/padim/evaluate"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/report"

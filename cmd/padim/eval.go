@@ -9,8 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/postproc"
 	"github.com/padim/padim/evaluate"
 	"github.com/padim/padim/report"

@@ -10,11 +10,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/baseline"
-	"github.com/padim/padim/detector/dataset"
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/experiment"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/models/resnet"

@@ -12,8 +12,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/data/dataset"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 )
 
 // The one rule on outputs, applied by every command that writes, before any

@@ -22,9 +22,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/shard"
 )
 

@@ -23,8 +23,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/atomicfile"
 	"github.com/padim/padim/detector/backbone"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/detector/gauss"
 )
 

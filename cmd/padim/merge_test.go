@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/fakebackbone"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/internal/fakebackbone"
 )
 
 // statsShard fits a statistics shard on a few images with the fake backbone.

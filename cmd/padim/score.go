@@ -16,14 +16,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/detector/fileio/npy"
+	"github.com/padim/padim/detector/fileio/picture"
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/npy"
-	"github.com/padim/padim/detector/picture"
 	"github.com/padim/padim/detector/postproc"
-	"github.com/padim/padim/detector/readfile"
 	"github.com/padim/padim/shard"
 )
 

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/picture"
+	"github.com/padim/padim/detector/fileio/picture"
 	"github.com/padim/padim/shard"
 )
 

@@ -44,7 +44,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/npy"
+	"github.com/padim/padim/detector/fileio/npy"
 	"github.com/padim/padim/serve/loadgen"
 	"github.com/padim/padim/serve/oip"
 )

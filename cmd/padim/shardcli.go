@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/shard"
 )
 

@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/detector/synth"
+	"github.com/padim/padim/data/synth"
 )
 
 func synthCommand() *cli.Command {

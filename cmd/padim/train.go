@@ -10,11 +10,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/baseline"
-	"github.com/padim/padim/detector/dataset"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/models/mobilenetv2"

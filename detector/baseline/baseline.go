@@ -20,8 +20,8 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/padim/padim/detector/baseline/knn"
 	"github.com/padim/padim/detector/gauss"
-	"github.com/padim/padim/detector/knn"
 )
 
 // Method names, as stored in a model file.

@@ -10,8 +10,8 @@ import (
 	"io"
 	"runtime"
 
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/detector/imageio/turbojpeg"
-	"github.com/padim/padim/detector/readfile"
 )
 
 // Decoder is how encoded images become pixels: part of a model's

@@ -20,7 +20,7 @@ import (
 	_ "golang.org/x/image/bmp" // BMP decoder
 	"golang.org/x/image/tiff"  // TIFF decoder
 
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // MaxPixels bounds the images Decode accepts, checked from the header before

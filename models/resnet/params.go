@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/safetensors"
 )
 
 // Role says what a parameter is, so a random initialiser can pick its law.

@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/models/resnet"
 )
 

@@ -1,6 +1,6 @@
 package resnet
 
-import "github.com/padim/padim/detector/safetensors"
+import "github.com/padim/padim/detector/fileio/safetensors"
 
 // Recorder wraps Params and keeps every tensor handed out, in request order, so
 // a seeded network can be saved as a checkpoint (for tests and for export).

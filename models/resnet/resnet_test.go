@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/padim/padim/detector/safetensors"
+	"github.com/padim/padim/detector/fileio/safetensors"
 	"github.com/padim/padim/models/onnxpb"
 )
 

@@ -38,8 +38,8 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
-	"github.com/padim/padim/detector/atomicfile"
-	"github.com/padim/padim/detector/readfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/readfile"
 )
 
 // ChecksumKey is the metadata key holding the checksum: "xxh64-chunked:" (or,

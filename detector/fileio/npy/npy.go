@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 )
 
 // WriteFloat32 writes a C-ordered little-endian float32 array of the given shape.

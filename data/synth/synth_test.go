@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/padim/padim/detector/dataset"
+	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector/imageio"
 )
 

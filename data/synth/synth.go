@@ -14,7 +14,7 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/padim/padim/detector/picture"
+	"github.com/padim/padim/detector/fileio/picture"
 )
 
 // DefectKinds are the defect types, in the order test images cycle through them.

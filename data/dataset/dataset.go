@@ -13,8 +13,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/detector/imageio"
-	"github.com/padim/padim/detector/readfile"
 )
 
 // IsImage reports whether a file name has an image extension padim decodes.

@@ -9,7 +9,7 @@ import (
 	"io"
 	"math"
 
-	"github.com/padim/padim/detector/atomicfile"
+	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/detector/imageio"
 	"github.com/padim/padim/detector/postproc"
 )
