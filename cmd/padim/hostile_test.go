@@ -84,26 +84,31 @@ func setup(t *testing.T) fixture {
 	return fix
 }
 
-// run runs the binary and returns stdout, stderr, exit code and the peak RSS.
+// runBin runs the binary and returns stdout, stderr, exit code and its peak
+// RSS. Like runPeak it starts the binary through the small helper process,
+// so that the RSS is the binary's own and not the test process's.
 func runBin(t *testing.T, env []string, args ...string) (string, string, int, int64) {
 	t.Helper()
-	cmd := exec.Command(fix.bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
+	outFile := filepath.Join(t.TempDir(), "stdout")
+	enc, _ := json.Marshal(append([]string{fix.bin}, args...))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPeak$")
+	cmd.Env = append(append(os.Environ(), env...), "PADIM_PEAK_HELPER="+string(enc), "PADIM_PEAK_STDOUT="+outFile)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	res, err := cmd.Output()
 	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
+	if err != nil && !errors.As(err, &ee) {
 		t.Fatal(err)
 	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss << 10
+	var r struct {
+		Code   int
+		MaxRSS int64
 	}
-	return out.String(), errb.String(), code, rss
+	if err := json.Unmarshal(bytes.TrimSpace(res), &r); err != nil {
+		t.Fatalf("helper: %v: %s %s", err, res, errb.String())
+	}
+	out, _ := os.ReadFile(outFile)
+	return string(out), errb.String(), r.Code, r.MaxRSS
 }
 
 // snapshot hashes every file under the given paths.
@@ -535,8 +540,9 @@ func runPeak(t *testing.T, stdin io.Reader, args ...string) (int, int64, string)
 	return res.Code, res.MaxRSS, errb.String()
 }
 
-// TestHelperPeak is runPeak's helper process: it runs the command in
-// $PADIM_PEAK_HELPER (stdout discarded) and prints its exit code and peak RSS.
+// TestHelperPeak is runPeak's and runBin's helper process: it runs the
+// command in $PADIM_PEAK_HELPER (its stdout into $PADIM_PEAK_STDOUT, else
+// discarded) and prints its exit code and peak RSS.
 func TestHelperPeak(t *testing.T) {
 	spec := os.Getenv("PADIM_PEAK_HELPER")
 	if spec == "" {
@@ -546,6 +552,15 @@ func TestHelperPeak(t *testing.T) {
 	json.Unmarshal([]byte(spec), &argv)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stderr = os.Stdin, os.Stderr
+	if p := os.Getenv("PADIM_PEAK_STDOUT"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		cmd.Stdout = f
+	}
 	cmd.Run()
 	var rss int64
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
