@@ -9,6 +9,8 @@ import (
 	"image"
 	"image/png"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -383,6 +385,12 @@ func FuzzPNGReader(f *testing.F) {
 	f.Add(writePNG(5, 3, 16, 6, randBytes(5*3*8, 4), pngOpts{emptyIDAT: true}), true)
 	f.Add(encodeAs(f, texture(9, 7, 1), "png"), false)
 	f.Add(encodeAs(f, grayOf(texture(9, 7, 1)), "png"), true)
+	seeds, _ := filepath.Glob(filepath.Join("testdata", "encoders", "*.png"))
+	for _, s := range seeds {
+		if b, err := os.ReadFile(s); err == nil {
+			f.Add(b, true)
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte, repairCRC bool) {
 		if repairCRC { // reach past the CRCs, which a mutation almost always breaks
 			data = fixCRC(data)

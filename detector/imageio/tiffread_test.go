@@ -8,6 +8,8 @@ import (
 	"image"
 	"image/color"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -472,6 +474,12 @@ func FuzzTIFFReader(f *testing.F) {
 	f.Add(writeTIFF(f, 17, 9, 4, 8, randSamples(612, 8, 3), tiffOpts{order: le, comp: compPackBits, tw: 8, th: 8, extra: 2}))
 	f.Add(writeTIFF(f, 9, 7, 1, 16, randSamples(63, 16, 4), tiffOpts{order: be, comp: compDeflate, invert: true}))
 	f.Add(encodeAs(f, texture(9, 7, 1), "tiff"))
+	seeds, _ := filepath.Glob(filepath.Join("testdata", "encoders", "*.tif"))
+	for _, s := range seeds {
+		if b, err := os.ReadFile(s); err == nil {
+			f.Add(b)
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tf, ok := parseTIFF(bytes.NewReader(data), int64(len(data)))
 		if !ok {
