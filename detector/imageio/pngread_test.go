@@ -411,3 +411,53 @@ func FuzzPNGReader(f *testing.F) {
 		}
 	})
 }
+
+// Bombs and lies are refused (or read) within what the header allows: a PNG
+// whose pixel data inflates far beyond its IHDR's rows, a TIFF claiming more
+// pixels than MaxPixels, a TIFF strip whose byte count claims gigabytes, a
+// Deflate strip inflating far beyond its strip (x/image reads the strip's
+// share and ignores the rest; so does padim's reader).
+func TestReadersRefuseBombs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own: the allocation counts mean nothing")
+	}
+	var z bytes.Buffer
+	zw, _ := zlib.NewWriterLevel(&z, zlib.BestCompression)
+	zw.Write(make([]byte, 64<<20)) // 64 MB of zeros, 64 KB compressed
+	zw.Close()
+	bomb := []byte("\x89PNG\r\n\x1a\n")
+	ihdr := []byte{0, 0, 0, 64, 0, 0, 0, 64, 8, 0, 0, 0, 0}
+	bomb = append(bomb, pngChunk("IHDR", ihdr)...)
+	bomb = append(bomb, pngChunk("IDAT", z.Bytes())...)
+	bomb = append(bomb, pngChunk("IEND", nil)...)
+	le := binary.ByteOrder(binary.LittleEndian)
+	huge := writeTIFF(t, 16, 16, 1, 8, randSamples(256, 8, 1), tiffOpts{order: le, comp: compNone})
+	le.PutUint32(huge[le.Uint32(huge[4:])+2+8:], 100000) // ImageWidth: the first entry
+	liar := writeTIFF(t, 16, 16, 1, 8, randSamples(256, 8, 1), tiffOpts{order: le, comp: compNone})
+	e := findEntry(t, liar, tagStripCounts)
+	le.PutUint32(liar[e+8:], 0xfffffff0)
+	var zt bytes.Buffer
+	zw = zlib.NewWriter(&zt)
+	zw.Write(make([]byte, 64<<20))
+	zw.Close()
+	deflateBomb := writeTIFF(t, 64, 64, 1, 8, make([]uint16, 64*64), tiffOpts{order: le, comp: compDeflate, blockData: zt.Bytes()})
+	for _, c := range []struct {
+		name    string
+		data    []byte
+		refused bool
+	}{
+		{"png inflating to 64 MB under a 64x64 IHDR", bomb, true},
+		{"tiff claiming 100000x16", huge, true},
+		{"tiff strip claiming 4 GB", liar, true},
+		{"tiff deflate strip inflating to 64 MB", deflateBomb, false},
+	} {
+		var err error
+		got := allocated(func() { _, err = decodeData(c.data) })
+		if (err != nil) != c.refused {
+			t.Errorf("%s: error %v", c.name, err)
+		}
+		if got > 4<<20 {
+			t.Errorf("%s: %d bytes allocated", c.name, got)
+		}
+	}
+}

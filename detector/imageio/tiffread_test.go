@@ -24,8 +24,9 @@ type tiffOpts struct {
 	rows       int // rows a strip (0: one strip)
 	tw, th     int // tile size (0: strips)
 	invert     bool
-	extra      int  // ExtraSamples of a 4-sample RGB image: 1 associated, 2 unassociated
-	noPhotoTag bool // leave PhotometricInterpretation out (x/image reads WhiteIsZero)
+	extra      int    // ExtraSamples of a 4-sample RGB image: 1 associated, 2 unassociated
+	noPhotoTag bool   // leave PhotometricInterpretation out (x/image reads WhiteIsZero)
+	blockData  []byte // when set, every block's bytes (as compressed)
 }
 
 // writeTIFF encodes samples (spp samples of bps bits a pixel, w×h, row-major,
@@ -94,6 +95,9 @@ func writeTIFF(t testing.TB, w, h, spp, bps int, samples []uint16, o tiffOpts) [
 				blk = z.Bytes()
 			case compPackBits:
 				blk = packBits(blk)
+			}
+			if o.blockData != nil {
+				blk = o.blockData
 			}
 			if out.Len()%2 == 1 {
 				out.WriteByte(0)
