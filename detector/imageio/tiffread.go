@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/image/tiff"
 	"golang.org/x/image/tiff/lzw"
+
+	"github.com/padim/padim/detector/imageio/libdeflate"
 )
 
 // padim's TIFF reader: strips and tiles, uncompressed, PackBits, LZW or
@@ -18,7 +20,8 @@ import (
 // into the pixels of the image golang.org/x/image/tiff returns for the same
 // file: the same type, the same bytes. x/image converts pixel by pixel
 // through Set calls (4-5× PIL's time on a 5 MP grey frame); this reader
-// copies rows, and an uncompressed strip is read straight into the image.
+// copies rows, and an uncompressed strip is read straight into the image;
+// Deflate blocks are inflated by libdeflate in a build with that tag.
 //
 // It reads what x/image reads, with x/image's rules (the first value of a tag,
 // a missing Compression as none, a missing Photometric as WhiteIsZero,
@@ -319,12 +322,27 @@ func (tf *tiffFile) destBytes() int {
 	return 4 * tf.bps / 8
 }
 
-// blockBytes is what the reader holds beside the image: one tile.
+// blockBytes is what the reader holds beside the image: one tile, and with
+// libdeflate the largest Deflate block's compressed bytes.
 func (tf *tiffFile) blockBytes() int {
-	if !tf.tiled {
+	n := 0
+	if tf.tiled {
+		n = tf.bw * tf.bh * tf.fileBytes()
+	}
+	return n + tf.deflateHeld()
+}
+
+// deflateHeld is the buffer of compressed bytes libdeflate inflates from:
+// the largest Deflate block (within the file), or 0.
+func (tf *tiffFile) deflateHeld() int {
+	if !libdeflate.Available || (tf.comp != compDeflate && tf.comp != compDeflateOld) {
 		return 0
 	}
-	return tf.bw * tf.bh * tf.fileBytes()
+	m := 0
+	for _, c := range tf.counts[:tf.across*tf.down] {
+		m = max(m, int(min(int64(c), tf.size)))
+	}
+	return m
 }
 
 // decode reads the image; errDecline (or a read error) leaves it to x/image.
@@ -355,9 +373,12 @@ func (tf *tiffFile) decode() (image.Image, error) {
 	fb, db := tf.fileBytes(), tf.destBytes()
 	stride := tf.w * db
 	lim := int64(tf.bw) * int64(tf.bh) * 8 // x/image's bound on a block's bytes
-	var tile []byte
+	var tile, comp []byte
 	if tf.tiled {
-		tile = make([]byte, tf.blockBytes())
+		tile = make([]byte, tf.bw*tf.bh*fb)
+	}
+	if n := tf.deflateHeld(); n > 0 {
+		comp = make([]byte, n)
 	}
 	for j := 0; j < tf.down; j++ {
 		for i := 0; i < tf.across; i++ {
@@ -377,7 +398,7 @@ func (tf *tiffFile) decode() (image.Image, error) {
 				buf = region[len(region)-need:]
 			}
 			k := j*tf.across + i
-			if err := tf.readBlock(int64(tf.offsets[k]), int64(tf.counts[k]), lim, buf); err != nil {
+			if err := tf.readBlock(int64(tf.offsets[k]), int64(tf.counts[k]), lim, buf, comp); err != nil {
 				return nil, err
 			}
 			if tf.predictor {
@@ -399,7 +420,10 @@ func (tf *tiffFile) decode() (image.Image, error) {
 // readBlock reads a block's n bytes at off, decompressed, into buf (all of
 // it, or an error), and reads on through the stream as x/image does (up to
 // lim decompressed bytes), so a stream error it would meet is one here too.
-func (tf *tiffFile) readBlock(off, n, lim int64, buf []byte) error {
+// comp, when not nil, holds a Deflate block's compressed bytes for
+// libdeflate: a stream that inflates to exactly buf is read whole (x/image
+// too reads it to its end); one with more data goes the streamed way.
+func (tf *tiffFile) readBlock(off, n, lim int64, buf, comp []byte) error {
 	if off < 0 || n < 0 || off+n > tf.size && n > 0 {
 		return errDecline
 	}
@@ -420,6 +444,16 @@ func (tf *tiffFile) readBlock(off, n, lim int64, buf []byte) error {
 		defer lr.Close()
 		r = lr
 	case compDeflate, compDeflateOld:
+		if comp != nil && n <= int64(len(comp)) {
+			c := comp[:n]
+			if _, err := tf.ra.ReadAt(c, off); err != nil && !(err == io.EOF && n == 0) {
+				return err
+			}
+			_, err := libdeflate.Inflate(buf, c)
+			if err != libdeflate.ErrSize {
+				return err
+			}
+		}
 		zr, err := zlib.NewReader(sec)
 		if err != nil {
 			return err
