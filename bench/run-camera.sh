@@ -23,11 +23,12 @@
 # sensor noise added, so that they compress like camera frames rather than flat colour.
 #   bench/run-camera.sh [WORK_DIR]
 # Env: NTRAIN (50), NSCORE (100), REPS (20, decode repetitions), ROUNDS (2, of part 1),
-#      DURATION (20s, serve), SKIP (parts to skip, e.g. "2 4"), PADIM_PYTHON.
-# Raw output in bench/results/<date>-camera/.
+#      DURATION (20s, serve), SKIP (parts to skip, e.g. "2 4"), PADIM_PYTHON,
+#      NAME (camera: the results folder's suffix).
+# Raw output in bench/results/<date>-$NAME/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=bench/results/$(date -u +%Y-%m-%d)-camera
+out=bench/results/$(date -u +%Y-%m-%d)-${NAME:-camera}
 mkdir -p "$out"
 work=${1:-/tmp/padim-camera-bench}
 mkdir -p "$work"

@@ -16,8 +16,9 @@ import (
 // one 2448×2048 JPEG of quality 92 made here. go-decoder-only times the
 // decoder alone (padim's PNG and TIFF readers, Go's for the rest) on each
 // image; go-image-png and go-x-image-tiff time the go path with Go's own PNG
-// and TIFF decoders instead of padim's readers (what it was before them); a
-// PNG's go path is named go-libdeflate in a build that inflates with libdeflate.
+// and TIFF decoders instead of padim's readers (what it was before them); the
+// go path of a PNG or TIFF is named go-libdeflate in a build that inflates with
+// libdeflate (PNG pixel data, TIFF Deflate blocks).
 //
 //	PADIM_BENCH_FRAMES=DIR go test -tags 'turbojpeg libdeflate' -run NONE -bench DecodeView -cpu 1 ./detector/imageio
 func BenchmarkDecodeView(b *testing.B) {
@@ -58,7 +59,7 @@ func BenchmarkDecodeView(b *testing.B) {
 			}
 			pp := Preprocess{Resize: 224, Mean: ImageNetMean, Std: ImageNetStd, Decode: d}
 			name := d.String()
-			if d == DecodeGo && ext == ".png" && libdeflate.Available {
+			if d == DecodeGo && (ext == ".png" || ext == ".tif" || ext == ".tiff") && libdeflate.Available {
 				name = "go-libdeflate"
 			}
 			b.Run(filepath.Base(f)+"/"+name, view(pp, f))
