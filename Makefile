@@ -13,7 +13,10 @@ OPENBLAS := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include
 # JPEG decoding with libjpeg-turbo (--decode turbojpeg-full|turbojpeg-dct) when its
 # TurboJPEG headers and library are installed (apt-get install libturbojpeg0-dev).
 TURBOJPEG := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include turbojpeg.h - -lturbojpeg -o /dev/null 2>/dev/null && echo turbojpeg)
-TAGS      ?= $(strip $(OPENBLAS) $(TURBOJPEG))
+# PNG pixel data inflated by libdeflate (2.5-3x Go's compress/flate; the same pixels)
+# when its headers and library are installed (apt-get install libdeflate-dev).
+LIBDEFLATE := $(shell echo 'int main(void){return 0;}' | $${CC:-gcc} -x c -include libdeflate.h - -ldeflate -o /dev/null 2>/dev/null && echo libdeflate)
+TAGS      ?= $(strip $(OPENBLAS) $(TURBOJPEG) $(LIBDEFLATE))
 
 .PHONY: build demo test onnxruntime cuda cuda-check cuda-emu device-bundle bench clean
 
@@ -42,6 +45,11 @@ ifneq ($(TURBOJPEG),)
 	$(GO) vet -tags turbojpeg ./...
 	$(GO) test -count=1 -tags turbojpeg ./detector/imageio/... ./detector
 	$(GO) test -count=1 -tags turbojpeg -run 'Decode' ./cmd/padim
+endif
+ifneq ($(LIBDEFLATE),)
+	$(GO) vet -tags libdeflate ./detector/imageio/...
+	$(GO) test -count=1 -tags libdeflate ./detector/imageio/...
+	$(GO) test -count=1 -tags libdeflate -run 'HostileInputTable' ./cmd/padim
 endif
 	$(GO) test -count=1 -race -short ./detector/... ./cmd/...
 

@@ -5,8 +5,12 @@
 #     PIL's Image.open().convert().resize(BILINEAR, reducing_gap=None) (antialiased
 #     over the whole frame; convert("RGB") as anomalib does, and the frame's own mode),
 #     PIL with draft() for JPEG, and padim's decode stage as shipped on each decode path
-#     (go, turbojpeg-full, turbojpeg-dct): BenchmarkDecodeView in detector/imageio runs
-#     Preprocess.DecodeView, the pipeline's decode stage, on one goroutine;
+#     (go, turbojpeg-full, turbojpeg-dct; for PNG go in the default build and
+#     go-libdeflate in the libdeflate build, and go-image-png / go-x-image-tiff: the go
+#     path with Go's own PNG and TIFF decoders instead of padim's readers, as before
+#     them): BenchmarkDecodeView in detector/imageio runs Preprocess.DecodeView, the
+#     pipeline's decode stage, on one goroutine. TIFF also LZW (RGB) and Deflate (16-bit
+#     grey), as libtiff writes them through PIL;
 #  2. padim score as a process on NSCORE 5 MP JPEGs against the anomalib-style PyTorch
 #     PaDiM (bench/torch_padim.py --loader pil) with the same seeded Resnet50_CBAM at
 #     d=550 and the same images: the default build (OpenBLAS when installed) and the
@@ -19,11 +23,12 @@
 # sensor noise added, so that they compress like camera frames rather than flat colour.
 #   bench/run-camera.sh [WORK_DIR]
 # Env: NTRAIN (50), NSCORE (100), REPS (20, decode repetitions), ROUNDS (2, of part 1),
-#      DURATION (20s, serve), SKIP (parts to skip, e.g. "2 4"), PADIM_PYTHON.
-# Raw output in bench/results/<date>-camera/.
+#      DURATION (20s, serve), SKIP (parts to skip, e.g. "2 4"), PADIM_PYTHON,
+#      NAME (camera: the results folder's suffix).
+# Raw output in bench/results/<date>-$NAME/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=bench/results/$(date -u +%Y-%m-%d)-camera
+out=bench/results/$(date -u +%Y-%m-%d)-${NAME:-camera}
 mkdir -p "$out"
 work=${1:-/tmp/padim-camera-bench}
 mkdir -p "$work"
@@ -41,13 +46,14 @@ export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/libonnxruntime
 openblas=$(echo 'int main(void){return 0;}' | ${CC:-gcc} -x c -include cblas.h - -lopenblas -o /dev/null 2>/dev/null && echo openblas || true)
 go build -tags "$openblas" -o "$work/padim" ./cmd/padim
 go build -tags "$openblas turbojpeg" -o "$work/padim-turbojpeg" ./cmd/padim
-go test -c -tags turbojpeg -o "$work/imageio.test" ./detector/imageio
+go test -c -o "$work/imageio.test" ./detector/imageio
+go test -c -tags "turbojpeg libdeflate" -o "$work/imageio-tagged.test" ./detector/imageio
 def=$work/padim tj=$work/padim-turbojpeg
 
 { date -u; uname -a; grep -m1 "model name" /proc/cpuinfo; nproc; free -g | head -2; go version; uptime
   "$py" -c 'import PIL, torch; print("Pillow", PIL.__version__, "torch", torch.__version__, "threads", torch.get_num_threads())'
-  dpkg-query -W libturbojpeg0 libopenblas0 2>/dev/null || true
-  git log -1 --format="padim %h %s"; echo "builds: default tags '$openblas', turbojpeg tags '$openblas turbojpeg'"
+  dpkg-query -W libturbojpeg0 libopenblas0 libdeflate0 2>/dev/null || true
+  git log -1 --format="padim %h %s"; echo "builds: default tags '$openblas', turbojpeg tags '$openblas turbojpeg'; decode benchmark: no tags, and 'turbojpeg libdeflate'"
   echo "NTRAIN=$ntrain NSCORE=$nscore REPS=$reps ROUNDS=$rounds DURATION=$dur"; } > "$out/machine.txt" 2>&1
 
 # --- frames --------------------------------------------------------------------
@@ -80,6 +86,8 @@ grey.save(os.path.join(frames, "grey.jpg"), quality=92)
 rgb.save(os.path.join(frames, "rgb.png")); grey.save(os.path.join(frames, "grey.png")); g16.save(os.path.join(frames, "grey16.png"))
 rgb.save(os.path.join(frames, "rgb.bmp"))
 rgb.save(os.path.join(frames, "rgb.tif")); grey.save(os.path.join(frames, "grey.tif")); g16.save(os.path.join(frames, "grey16.tif"))
+rgb.save(os.path.join(frames, "rgb-lzw.tif"), compression="tiff_lzw")
+g16.save(os.path.join(frames, "grey16-deflate.tif"), compression="tiff_adobe_deflate")
 # the same frame at 224² (serve's comparison) and four 8192² frames (memory)
 rgb.resize((224, 224), Image.BILINEAR, reducing_gap=None).save(os.path.join(work, "frame-224.jpg"), quality=92)
 big = os.path.join(work, "big"); os.makedirs(big, exist_ok=True)
@@ -122,8 +130,9 @@ for p in sorted(glob.glob(os.path.join(d, "*"))):
         print("%s\t%s\t%s\t%.2f" % (os.path.basename(p), name, mode, 1e3 * statistics.median(ts)))
 EOF
 }
-padimdec() {
-  PADIM_BENCH_FRAMES=$work/frames "$work/imageio.test" -test.run NONE -test.bench DecodeView -test.benchtime "${reps}x" -test.cpu 1 |
+padimdec() {  # the default build's paths, then the tagged build's own (turbojpeg-*, go-libdeflate)
+  { PADIM_BENCH_FRAMES=$work/frames "$work/imageio.test" -test.run NONE -test.bench DecodeView -test.benchtime "${reps}x" -test.cpu 1
+    PADIM_BENCH_FRAMES=$work/frames "$work/imageio-tagged.test" -test.run NONE -test.bench 'DecodeView/.*/(turbojpeg|go-libdeflate)' -test.benchtime "${reps}x" -test.cpu 1; } |
     awk '/^BenchmarkDecodeView/ { split($1, a, "/"); sub(/-1$/, "", a[3]); printf "%s\tpadim-%s\t\t%.2f\n", a[2], a[3], $3/1e6 }'
 }
 : > "$out/decode.tsv"

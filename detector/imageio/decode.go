@@ -1,7 +1,6 @@
 package imageio
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,6 +21,10 @@ type Decoder uint8
 // The decoders.
 const (
 	// DecodeGo decodes with Go's decoders and resizes exactly (the default).
+	// PNG and TIFF files go through padim's own readers where they read them
+	// (pngread.go, tiffread.go; PNG inflated by libdeflate in a build with the
+	// libdeflate tag): the same pixels as image/png's and x/image/tiff's, bit
+	// for bit, so no other decode path is recorded for them.
 	DecodeGo Decoder = iota
 	// DecodeTurboFull decodes JPEG with libjpeg-turbo at full size, then
 	// resizes exactly (other formats: Go).
@@ -112,7 +115,7 @@ func (p Preprocess) DecodeView(e Encoded, threads int) (view *Planes, rects []Re
 	}
 	var img image.Image
 	if data != nil {
-		img, err = DecodeImage(bytes.NewReader(data))
+		img, err = decodeData(data)
 	} else {
 		img, err = decodePath(e.Path)
 	}
@@ -241,6 +244,8 @@ type layout struct {
 	goBytes float64 // Go's decoded image and working state, bytes a pixel
 	turbo   float64 // libjpeg-turbo's working state beyond its output, bytes a full-size pixel (JPEG only)
 	chans   int     // channels of libjpeg-turbo's output (1 or 3; JPEG only)
+	held    int64   // bytes held beside the image, whatever its size (a TIFF's tile)
+	whole   bool    // the file is read whole and its pixel data gathered: twice its bytes (padim's PNG reader)
 }
 
 // layoutOf reads the decoding cost from the header bytes and Go's config.
@@ -254,14 +259,19 @@ func layoutOf(peek []byte, format string, cm color.Model) layout {
 		return layout{goBytes: 4 + 4*5, turbo: 4 * 2, chans: 3}
 	case "png":
 		l := layout{goBytes: modelBytes(cm)}
-		if len(peek) > 28 && peek[28] == 1 { // Adam7: the passes, then the image
+		if _, ok := pngReads(peek); ok {
+			// padim's reader: the image (and a row), the file's bytes held
+			// whole and its pixel data gathered from the IDAT chunks (DecodeMemory)
+			l.whole = true
+		} else if len(peek) > 28 && peek[28] == 1 { // Adam7: the passes, then the image
 			l.goBytes *= 2
 		}
 		return l
 	case "tiff":
-		// the image, and a strip up to the image's size, read in growing chunks
-		// (two copies at a time) and decompressed; files and bytes are read at
-		// offsets, never buffered whole
+		// x/image's reader (headerFrom prices padim's, which holds the image
+		// and a tile, where it reads the file): the image, and a strip up to
+		// the image's size, read in growing chunks (two copies at a time) and
+		// decompressed; files and bytes are read at offsets, never buffered whole
 		return layout{goBytes: 3 * modelBytes(cm)}
 	}
 	return layout{goBytes: modelBytes(cm)}
@@ -365,8 +375,11 @@ func (p Preprocess) DecodeMemory(h Header) int64 {
 		// a refused file falls back to Go's decoder, with the bytes still held
 		n = max(n, int64(float64(px)*h.layout.goBytes)+h.Size+slack)
 	default:
-		n = int64(float64(px)*max(h.layout.goBytes, 1)) + slack
-		if h.InMemory {
+		n = int64(float64(px)*max(h.layout.goBytes, 1)) + h.layout.held + slack
+		switch {
+		case h.layout.whole:
+			n += 2 * h.Size
+		case h.InMemory:
 			n += h.Size
 		}
 	}

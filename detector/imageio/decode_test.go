@@ -2,6 +2,7 @@ package imageio
 
 import (
 	"bytes"
+	"encoding/binary"
 	"image"
 	"image/color"
 	"image/gif"
@@ -277,6 +278,10 @@ func TestDecodeMemoryCountsWhatDecodeHolds(t *testing.T) {
 		{"png grey", encodeAs(t, grayOf(img), "png"), DecodeGo},
 		{"bmp", encodeAs(t, img, "bmp"), DecodeGo},
 		{"tiff", encodeAs(t, img, "tiff"), DecodeGo},
+		{"tiff grey", encodeAs(t, grayOf(img), "tiff"), DecodeGo},
+		{"tiff grey16, tiled lzw", writeTIFF(t, 1224, 1024, 1, 16, randSamples(1224*1024, 16, 1), tiffOpts{order: binary.LittleEndian, comp: compLZW, tw: 256, th: 256}), DecodeGo},
+		{"png grey16, many chunks", writePNG(1224, 1024, 16, 0, randBytes(1224*1024*2, 1), pngOpts{idat: 1 << 15}), DecodeGo},
+		{"png rgb, interlaced (image/png)", writePNG(1224, 1024, 8, 2, randBytes(1224*1024*3, 1), pngOpts{interlace: true}), DecodeGo},
 	}
 	if turbojpeg.Available {
 		cases = append(cases, struct {

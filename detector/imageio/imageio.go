@@ -68,31 +68,55 @@ func ReadHeader(r io.Reader) (Header, error) {
 }
 
 func header(peek []byte) (Header, error) {
-	cfg, format, err := image.DecodeConfig(&byteReader{b: peek})
+	var cfg image.Config
+	format := "tiff"
+	var err error
+	if isTIFF(peek) {
+		// at offsets: from a plain reader (image.DecodeConfig gives it one)
+		// x/image buffers every byte up to the directory first
+		cfg, err = tiff.DecodeConfig(bytes.NewReader(peek))
+	} else {
+		cfg, format, err = image.DecodeConfig(bytes.NewReader(peek))
+	}
 	if err != nil {
 		return Header{}, fmt.Errorf("cannot decode image header: %v", err)
 	}
 	return checkConfig(cfg, format, peek)
 }
 
-// headerFrom is header, reading a TIFF whose directory lies beyond the first
-// bytes (Go's and libtiff's encoders write it after the pixels) from r when r
-// reads at offsets (a file, bytes).
+func isTIFF(b []byte) bool {
+	return bytes.HasPrefix(b, []byte("II*\x00")) || bytes.HasPrefix(b, []byte("MM\x00*"))
+}
+
+// withTIFFLayout prices a TIFF by the reader that will decode it: padim's
+// (the image and a tile) when it reads the file, else x/image's.
+func withTIFFLayout(h Header, r io.ReaderAt, size int64) Header {
+	if !fastTIFF {
+		return h
+	}
+	if tf, ok := parseTIFF(r, size); ok {
+		h.layout = layout{goBytes: float64(tf.destBytes()), held: int64(tf.blockBytes())}
+	}
+	return h
+}
+
+// headerFrom is header, reading a TIFF at offsets from r when r reads at
+// offsets (a file, bytes): its directory may lie beyond the first bytes (Go's
+// and libtiff's encoders write it after the pixels).
 func headerFrom(r io.Reader, peek []byte) (Header, error) {
-	h, err := header(peek)
-	isTIFF := bytes.HasPrefix(peek, []byte("II*\x00")) || bytes.HasPrefix(peek, []byte("MM\x00*"))
-	if err == nil || !isTIFF {
-		return h, err
-	}
 	sr := sectionOf(r)
-	if sr == nil {
+	if !isTIFF(peek) || sr == nil {
+		return header(peek) // a TIFF from a stream: x/image reads it (DecodeImage)
+	}
+	cfg, err := tiff.DecodeConfig(sr)
+	if err != nil {
+		return Header{}, fmt.Errorf("cannot decode image header: %v", err)
+	}
+	h, err := checkConfig(cfg, "tiff", peek)
+	if err != nil {
 		return h, err
 	}
-	cfg, err2 := tiff.DecodeConfig(sr)
-	if err2 != nil {
-		return Header{}, fmt.Errorf("cannot decode image header: %v", err2)
-	}
-	return checkConfig(cfg, "tiff", peek)
+	return withTIFFLayout(h, sr, sr.Size()), nil
 }
 
 // sectionOf returns r as a reader at offsets over all of it, nil if it is not one.
@@ -139,13 +163,40 @@ func DecodeImage(r io.Reader) (image.Image, error) {
 		return nil, err
 	}
 	var img image.Image
-	if sr := sectionOf(r); h.Format == "tiff" && sr != nil {
-		img, err = tiff.Decode(sr) // strips read at their offsets, not the whole file buffered
+	sr := sectionOf(r)
+	if kind, ok := pngReads(peek); ok && h.Format == "png" {
+		var size int64
+		if sr != nil {
+			size = sr.Size()
+		}
+		img, err = decodePNGStream(br, size, h, kind)
+	} else if h.Format == "tiff" && sr != nil {
+		img, err = decodeTIFF(sr) // strips read at their offsets, not the whole file buffered
 	} else {
 		img, _, err = image.Decode(br)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot decode %s image: %v", h.Format, err)
+	}
+	return img, nil
+}
+
+// decodeData is DecodeImage for an image held in data: a PNG that padim's
+// reader takes is read from data itself, not a copy.
+func decodeData(data []byte) (image.Image, error) {
+	if _, ok := pngReads(data); !ok {
+		return DecodeImage(bytes.NewReader(data))
+	}
+	h, err := header(data[:min(len(data), 1<<16)])
+	if err != nil {
+		return nil, err
+	}
+	if h.Format != "png" {
+		return DecodeImage(bytes.NewReader(data))
+	}
+	img, err := decodePNGData(data)
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode png image: %v", err)
 	}
 	return img, nil
 }
@@ -162,20 +213,6 @@ func DecodeFile(path string) (image.Image, error) {
 		return nil, fmt.Errorf("%s: %w (is it a readable PNG, JPEG, BMP, TIFF or GIF image?)", path, err)
 	}
 	return img, nil
-}
-
-type byteReader struct {
-	b []byte
-	i int
-}
-
-func (r *byteReader) Read(p []byte) (int, error) {
-	if r.i >= len(r.b) {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b[r.i:])
-	r.i += n
-	return n, nil
 }
 
 // FromImage converts any image to planes (see rows for the values).
