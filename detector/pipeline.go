@@ -32,6 +32,13 @@ type Extractor interface {
 	Extract(batch []float32, n int) ([]embed.Tap, error)
 }
 
+// BatchPreferrer is an Extractor that knows the batch it runs fastest at
+// (package backbone: 2 images on ONNX Runtime's CPU provider, 16 on CUDA).
+// Results do not depend on it.
+type BatchPreferrer interface {
+	PreferredBatch() int
+}
+
 // Input is one image for the pipeline: a file, encoded bytes, or decoded planes.
 type Input struct {
 	Name  string          // the file to read, or a label for in-memory inputs (messages, results)
@@ -60,7 +67,7 @@ func (e FileError) Unwrap() error { return e.Err }
 
 // Pipeline defaults.
 const (
-	DefaultBatch  = 16      // backbone inputs per ONNX Runtime run
+	DefaultBatch  = 16      // backbone inputs per ONNX Runtime run, unless the Extractor prefers another (BatchPreferrer)
 	DefaultGroup  = 32      // embeddings per Gaussian call: each patch's model is read once per group
 	DefaultMemory = 1 << 30 // bytes of decoded images, backbone inputs and maps in flight
 )
@@ -68,7 +75,7 @@ const (
 // PipelineOptions tune a pipeline; zero values take the defaults.
 type PipelineOptions struct {
 	Pool    int   // k×k average pooling of the taps (PatchCore: 3); 0: none
-	Batch   int   // backbone inputs per run (DefaultBatch)
+	Batch   int   // backbone inputs per run (0: the Extractor's preferred batch, else DefaultBatch)
 	Workers int   // decode and map workers (GOMAXPROCS)
 	Memory  int64 // bound on decoded images, backbone inputs and maps in flight (DefaultMemory)
 }
@@ -114,6 +121,9 @@ func NewPipeline(ext Extractor, channels []int, pre imageio.Preprocess, opt Pipe
 	}
 	if opt.Batch <= 0 {
 		opt.Batch = DefaultBatch
+		if b, ok := ext.(BatchPreferrer); ok && b.PreferredBatch() > 0 {
+			opt.Batch = b.PreferredBatch()
+		}
 	}
 	if opt.Workers <= 0 {
 		opt.Workers = runtime.GOMAXPROCS(0)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/padim/padim/detector/embed"
+	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/internal/fakebackbone"
 )
 
 // scoreAll scores inputs and returns the results in emission order.
@@ -265,5 +267,29 @@ func TestNonFiniteFeaturesStopScoring(t *testing.T) {
 	_, _, err = Train(ctx, &nanBackbone{Extractor: newFake(32), at: 1}, train, TrainConfig{Preprocess: testPreprocess(), Dim: 12, Seed: 3, Eps: 0.01, Sigma: 4, Calibration: CalibrateNone, Pipeline: PipelineOptions{Batch: 1}})
 	if !errors.Is(err, ErrNonFiniteFeatures) {
 		t.Fatalf("NaN features at training: %v", err)
+	}
+}
+
+// preferring is a backbone that prefers batches of 3.
+type preferring struct{ *fakebackbone.Backbone }
+
+func (preferring) PreferredBatch() int { return 3 }
+
+// Without --batch the pipeline takes the batch the backbone prefers (ONNX
+// Runtime on the CPU: 2), else DefaultBatch; a batch asked for wins.
+func TestPipelineTakesThePreferredBatch(t *testing.T) {
+	pre := imageio.Preprocess{Resize: 32, Mean: [3]float32{0.5, 0.5, 0.5}, Std: [3]float32{0.25, 0.25, 0.25}}
+	for _, c := range []struct {
+		ext  Extractor
+		opt  int
+		want int
+	}{{newFake(32), 0, DefaultBatch}, {preferring{newFake(32)}, 0, 3}, {preferring{newFake(32)}, 5, 5}} {
+		p, err := NewPipeline(c.ext, []int{0, 1}, pre, PipelineOptions{Batch: c.opt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Batch() != c.want {
+			t.Errorf("%T with Batch %d: batch %d, want %d", c.ext, c.opt, p.Batch(), c.want)
+		}
 	}
 }

@@ -130,7 +130,7 @@ func printTimings(c *cli.Context, what string, wall time.Duration, tms ...*detec
 var deviceFlag = &cli.StringFlag{Name: "device", Value: "auto", Usage: "where the Gaussian stages run: auto (CUDA when built with it and a GPU is present), cpu, cuda; " +
 	"the backbone uses ONNX Runtime's CUDA provider when its library has one, else the CPU"}
 var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "ONNX Runtime intra-op threads (0: its default)"}
-var batchFlag = &cli.IntFlag{Name: "batch", Value: detector.DefaultBatch, Usage: "backbone inputs per ONNX Runtime run (images are batched across files)"}
+var batchFlag = &cli.IntFlag{Name: "batch", Usage: "backbone inputs per ONNX Runtime run (images are batched across files; 0: 2 when ONNX Runtime runs on the CPU, 16 on its CUDA provider)"}
 
 // pipelineOptions reads the pipeline flags.
 func pipelineOptions(c *cli.Context) detector.PipelineOptions {

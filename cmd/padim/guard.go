@@ -254,7 +254,7 @@ var flagRanges = map[string][2]float64{
 	"sigma":         {0, 64},
 	"holdout":       {0, 0.99},
 	"folds":         {2, 1 << 16},
-	"batch":         {1, 256},
+	"batch":         {0, 256},
 	"threads":       {0, 256},
 	"resize":        {0, 4096},
 	"crop":          {0, 4096},
