@@ -22,10 +22,20 @@ func sharedModel(t testing.TB, name string) string {
 	}
 	p := filepath.Join(dir, name)
 	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("PADIM_REQUIRE_GPU") == "1" {
-			t.Fatalf("%s not present (PADIM_MODELS_DIR=%q)", p, os.Getenv("PADIM_MODELS_DIR"))
-		}
-		t.Skipf("%s not present", p)
+		skipOrFail(t, "%s not present (PADIM_MODELS_DIR=%q)", p, os.Getenv("PADIM_MODELS_DIR"))
 	}
 	return p
+}
+
+// requireGPU: PADIM_REQUIRE_GPU=1 (scripts/device-check.sh), where every test must
+// run on a real GPU: a skip would let the check pass without testing anything.
+func requireGPU() bool { return os.Getenv("PADIM_REQUIRE_GPU") == "1" }
+
+// skipOrFail skips the test, or fails it under PADIM_REQUIRE_GPU=1.
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if requireGPU() {
+		t.Fatalf("PADIM_REQUIRE_GPU=1, and the test would skip: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }

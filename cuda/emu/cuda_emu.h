@@ -131,6 +131,7 @@ typedef emu::Event *cudaEvent_t;
 #define cudaEventBlockingSync 0x01
 #define cudaEventDisableTiming 0x02
 #define cudaHostRegisterDefault 0x00
+#define cudaHostRegisterPortable 0x01
 
 struct cudaDeviceProp {
   char name[256];
