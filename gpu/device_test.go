@@ -182,6 +182,11 @@ func TestDeviceTimings(t *testing.T) {
 	wall(fmt.Sprintf("score %d images in calls of %d from staging memory (incl. transfers)", NS, batch), func() { scoreAll(sc, staged) })
 	wall(fmt.Sprintf("score %d images in calls of %d from Go memory (incl. transfers)", NS, batch), func() { scoreAll(sc, test) })
 	check("full, "+def.String()+" model", sc, cdist, 1e-4)
+	if dir := os.Getenv("PADIM_TIMINGS_DATA"); dir != "" { // padim's distances of the test images, for the comparator
+		if err := writeF32(filepath.Join(dir, "dist.f32"), dist); err != nil {
+			t.Fatal(err)
+		}
+	}
 	sc.Close()
 
 	// the low-rank form of the 32 distinct training images, both arithmetics

@@ -115,7 +115,7 @@ func TestParityRealFeatures(t *testing.T) {
 	if Emulated {
 		skipOrFail(t, "3136 patches are too slow for the host emulator; runs on a GPU")
 	}
-	model := sharedModel(t, "mobilenet_v2_imagenet.onnx")
+	model := modelFile(t, "mobilenet_v2_imagenet.onnx")
 	device(t)
 	if err := backbone.Init(""); err != nil {
 		skipOrFail(t, "ONNX Runtime not available: %v", err)

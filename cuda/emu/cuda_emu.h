@@ -274,8 +274,13 @@ inline Alloc *find(const void *p, size_t n) {
 
 // ---------------------------------------------------------------- counters
 
-inline std::atomic<bool> counting{getenv("PADIM_EMU_COUNTERS") != nullptr};
-inline void set_counting(bool on) { counting.store(on); }
+inline std::atomic<bool> counting{getenv("PADIM_EMU_COUNTERS") != nullptr || (getenv("PADIM_EMU_REPORT") && *getenv("PADIM_EMU_REPORT"))};
+inline bool report_wanted() {
+  const char *p = getenv("PADIM_EMU_REPORT");
+  return p && *p;
+}
+// With PADIM_EMU_REPORT set, counting stays on for the whole process.
+inline void set_counting(bool on) { counting.store(on || report_wanted()); }
 
 struct Counters {
   uint64_t launches = 0, blocks = 0, threads = 0;
@@ -296,6 +301,7 @@ struct Counters {
 };
 inline std::mutex ctr_mu;
 inline std::map<std::string, Counters> per_kernel;  // guarded by ctr_mu
+inline std::map<std::string, Counters> all_kernels;  // never reset: padim_emu_report; guarded by ctr_mu
 
 // ---------------------------------------------------------------- fibers
 
@@ -893,6 +899,8 @@ inline void dma(void *d, const void *s, size_t n) {
 
 // ---------------------------------------------------------------- launches
 
+inline std::atomic<uint64_t> kernel_ns{0};  // host time spent running kernels (the dry run's estimates)
+
 inline std::mutex func_mu;
 inline std::unordered_map<const void *, size_t> func_max_dynamic;  // cudaFuncSetAttribute
 
@@ -919,6 +927,7 @@ inline void finish_counters(Job *j) {
   }
   std::lock_guard<std::mutex> l(ctr_mu);
   per_kernel[j->name].add(c);
+  all_kernels[j->name].add(c);
 }
 
 template <class Param, class Arg>
@@ -959,7 +968,9 @@ void launch(const char *name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   submit(stream, [job] {
     if (get_sticky() != cudaSuccess) return;  // a faulted context runs nothing more
     job->count = counting.load();
+    const auto t0 = std::chrono::steady_clock::now();
     pool().run(job.get());
+    kernel_ns += (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     finish_counters(job.get());
     if (job->failed.load()) {
       const bool addr = job->fail_msg.find("not device memory") != std::string::npos || job->fail_msg.find("out of bounds") != std::string::npos;
@@ -1321,6 +1332,40 @@ inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
   std::scoped_lock l(a->st->mu, b->st->mu);
   *ms = std::chrono::duration<float, std::milli>(b->st->when - a->st->when).count();
   return cudaSuccess;
+}
+
+// ---------------------------------------------------------------- the dry run's report
+
+namespace emu {
+inline const std::chrono::steady_clock::time_point t_start = std::chrono::steady_clock::now();
+}  // namespace emu
+
+extern "C" {
+// padim_emu_report appends to $PADIM_EMU_REPORT one line per kernel (the counters'
+// format, after "K ") and one summary line "T wall_ns kernel_ns h2d_bytes d2h_bytes",
+// so that scripts/device-check.sh --dry-run can estimate each step's time on a GPU:
+// the host's own time (wall − kernel) plus the kernels' work at the card's rates. The
+// gpu tests call it at exit (TestMain); counting is on for the whole process when it is set.
+void padim_emu_report(void) {
+  const char *path = getenv("PADIM_EMU_REPORT");
+  if (!path || !*path) return;
+  FILE *f = fopen(path, "a");
+  if (!f) return;
+  {
+    std::lock_guard<std::mutex> l(emu::ctr_mu);
+    for (auto &kv : emu::all_kernels) {
+      const emu::Counters &c = kv.second;
+      fprintf(f, "K %s %llu %llu %llu %llu %llu %llu %llu %llu %llu\n", kv.first.c_str(), (unsigned long long)c.launches,
+              (unsigned long long)c.blocks, (unsigned long long)c.threads, (unsigned long long)c.read_bytes,
+              (unsigned long long)c.write_bytes, (unsigned long long)c.read_sectors * 32, (unsigned long long)c.write_sectors * 32,
+              (unsigned long long)c.flops, (unsigned long long)c.fp64);
+    }
+  }
+  const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - emu::t_start).count();
+  fprintf(f, "T %lld %llu %llu %llu\n", (long long)wall, (unsigned long long)emu::kernel_ns.load(),
+          (unsigned long long)emu::copied[cudaMemcpyHostToDevice].load(), (unsigned long long)emu::copied[cudaMemcpyDeviceToHost].load());
+  fclose(f);
+}
 }
 
 // ---------------------------------------------------------------- emulator-only API (tests)
