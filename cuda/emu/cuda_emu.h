@@ -813,6 +813,22 @@ struct Event {
   std::shared_ptr<EventState> st = std::make_shared<EventState>();
 };
 
+// The time some stream was running an operation (a kernel, copy or memset, with the
+// emulator's own bookkeeping): what a GPU would do instead, for the dry run's estimates.
+inline std::mutex busy_mu;
+inline int busy_n = 0;
+inline std::chrono::steady_clock::time_point busy_t0;
+inline uint64_t busy_ns = 0;
+inline void busy(bool begin) {
+  std::lock_guard<std::mutex> l(busy_mu);
+  const auto now = std::chrono::steady_clock::now();
+  if (begin) {
+    if (busy_n++ == 0) busy_t0 = now;
+  } else if (--busy_n == 0) {
+    busy_ns += (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(now - busy_t0).count();
+  }
+}
+
 struct Stream {
   std::mutex mu;
   std::condition_variable cv, idle;
@@ -829,7 +845,9 @@ struct Stream {
         q.pop_front();
         busy = true;
         l.unlock();
+        emu::busy(true);
         op();
+        emu::busy(false);
         l.lock();
         busy = false;
         if (q.empty()) idle.notify_all();
@@ -899,7 +917,6 @@ inline void dma(void *d, const void *s, size_t n) {
 
 // ---------------------------------------------------------------- launches
 
-inline std::atomic<uint64_t> kernel_ns{0};  // host time spent running kernels (the dry run's estimates)
 
 inline std::mutex func_mu;
 inline std::unordered_map<const void *, size_t> func_max_dynamic;  // cudaFuncSetAttribute
@@ -968,9 +985,7 @@ void launch(const char *name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   submit(stream, [job] {
     if (get_sticky() != cudaSuccess) return;  // a faulted context runs nothing more
     job->count = counting.load();
-    const auto t0 = std::chrono::steady_clock::now();
     pool().run(job.get());
-    kernel_ns += (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     finish_counters(job.get());
     if (job->failed.load()) {
       const bool addr = job->fail_msg.find("not device memory") != std::string::npos || job->fail_msg.find("out of bounds") != std::string::npos;
@@ -1342,9 +1357,10 @@ inline const std::chrono::steady_clock::time_point t_start = std::chrono::steady
 
 extern "C" {
 // padim_emu_report appends to $PADIM_EMU_REPORT one line per kernel (the counters'
-// format, after "K ") and one summary line "T wall_ns kernel_ns h2d_bytes d2h_bytes",
+// format, after "K ") and one summary line "T wall_ns device_ns h2d_bytes d2h_bytes" (device_ns: the time some stream
+// was running an operation),
 // so that scripts/device-check.sh --dry-run can estimate each step's time on a GPU:
-// the host's own time (wall − kernel) plus the kernels' work at the card's rates. The
+// the host's own time (wall − device) plus the kernels' work at the card's rates. The
 // gpu tests call it at exit (TestMain); counting is on for the whole process when it is set.
 void padim_emu_report(void) {
   const char *path = getenv("PADIM_EMU_REPORT");
@@ -1362,7 +1378,7 @@ void padim_emu_report(void) {
     }
   }
   const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - emu::t_start).count();
-  fprintf(f, "T %lld %llu %llu %llu\n", (long long)wall, (unsigned long long)emu::kernel_ns.load(),
+  fprintf(f, "T %lld %llu %llu %llu\n", (long long)wall, (unsigned long long)emu::busy_ns,
           (unsigned long long)emu::copied[cudaMemcpyHostToDevice].load(), (unsigned long long)emu::copied[cudaMemcpyDeviceToHost].load());
   fclose(f);
 }
