@@ -79,19 +79,20 @@ cuda-check: cuda
 # Everything a GPU machine with only the NVIDIA driver needs for scripts/device-check.sh,
 # in one compressed file to carry there (at most 64 MiB): the cuda-tagged test binary and
 # padim (static cudart; pure-Go CPU kernels, so no OpenBLAS needed there), ONNX Runtime,
-# the model files the tests read, the PyTorch comparator, a manifest of checksums.
+# the model files the tests read (the embedded MobileNetV2: no ../shared needed), the
+# PyTorch comparators, the script itself, a manifest of checksums.
 DEVICE := build/device
-SHARED ?= ../shared
 device-bundle: onnxruntime
 	cmake -S . -B $(CUDA_BUILD) -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(CUDA_BUILD) -j
 	rm -rf $(DEVICE) build/device-bundle.tar.xz
-	mkdir -p $(DEVICE)/models $(DEVICE)/bench
+	mkdir -p $(DEVICE)/models $(DEVICE)/bench $(DEVICE)/scripts
 	$(GO) test -c -tags cuda -o $(DEVICE)/gpu.test ./gpu
 	$(GO) build -tags cuda -o $(DEVICE)/padim ./cmd/padim
 	cp .cache/onnxruntime/libonnxruntime.so.1 $(DEVICE)/
-	cp $(SHARED)/models/mobilenet_v2_imagenet.onnx models/export.py $(DEVICE)/models/
-	cp bench/torch_padim.py $(DEVICE)/bench/
+	cp models/mobilenetv2/mobilenet_v2_imagenet.onnx models/export.py $(DEVICE)/models/
+	cp bench/torch_padim.py bench/torch_batched.py $(DEVICE)/bench/
+	cp scripts/device-check.sh $(DEVICE)/scripts/
 	{ git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/modified: /'; } > $(DEVICE)/COMMIT
 	cd $(DEVICE) && find . -type f ! -name MANIFEST.sha256 | sort | xargs sha256sum > MANIFEST.sha256
 	tar -C build -cf - device | xz -T0 -6 > build/device-bundle.tar.xz

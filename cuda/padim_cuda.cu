@@ -53,6 +53,7 @@ __host__ __device__ inline U *gptr_cast(T *p) {
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -1341,22 +1342,96 @@ void prof_end(padim_ctx *c, cudaStream_t st, ProfRec *r) {
     TRY(launched(ctx, #kernel, stream, err, errlen));                                        \
   } while (0)
 
-// ---------------------------------------------------------------- bounce buffers
+// ---------------------------------------------------------------- the bus
 
 namespace {
 
-// Bounce: two pinned host buffers through which pageable host memory is copied to and
-// from the device on a stream, the host copy of one overlapping the DMA of the other.
+// Host memory registered with padim_host_register (page-locked): the device's copy
+// engines read it directly, so uploads from it skip the bounce buffers.
+std::mutex g_reg_mu;
+std::map<uintptr_t, size_t> g_registered;  // base → bytes
+
+bool registered(const void *p, size_t n) {
+  const uintptr_t a = (uintptr_t)p;
+  std::lock_guard<std::mutex> l(g_reg_mu);
+  auto it = g_registered.upper_bound(a);
+  if (it == g_registered.begin()) return false;
+  --it;
+  return a >= it->first && a + n <= it->first + it->second;
+}
+
+// Bytes over the bus and through the host copies, process-wide (padim_bus_get).
+struct BusCounters {
+  std::atomic<unsigned long long> h2d{0}, h2d_bounced{0}, d2h{0}, d2h_bounced{0}, host_copy{0}, copies{0};
+};
+BusCounters g_bus;
+
+void count_bus(cudaMemcpyKind k, size_t n, bool bounced) {
+  g_bus.copies++;
+  if (k == cudaMemcpyHostToDevice) {
+    g_bus.h2d += n;
+    if (bounced) g_bus.h2d_bounced += n;
+  } else if (k == cudaMemcpyDeviceToHost) {
+    g_bus.d2h += n;
+    if (bounced) g_bus.d2h_bounced += n;
+  }
+}
+
+// copy_async is cudaMemcpyAsync between the device and pinned (or registered) host
+// memory, counted.
+cudaError_t copy_async(void *dst, const void *src, size_t n, cudaMemcpyKind k, cudaStream_t st) {
+  count_bus(k, n, false);
+  return cudaMemcpyAsync(dst, src, n, k, st);
+}
+
+// Host copies into and out of the bounce buffers run on up to kCopyThreads threads:
+// one core's memcpy (~5–10 GB/s) is slower than a PCIe 4/5 link.
+constexpr int kCopyThreads = 4;
+constexpr size_t kCopyPiece = (size_t)2 << 20;  // below this per thread, one thread
+
+// par_copy2d copies rows × width bytes from src (row pitch spitch) to dst (pitch dpitch).
+void par_copy2d(char *dst, size_t dpitch, const char *src, size_t spitch, size_t width, size_t rows) {
+  const size_t total = width * rows;
+  g_bus.host_copy += total;
+  int hw = (int)std::thread::hardware_concurrency();
+  int t = (int)(total / kCopyPiece);
+  if (t > kCopyThreads) t = kCopyThreads;
+  if (hw > 0 && t > hw) t = hw;
+  auto part = [&](int i, int n) {
+    if (rows == 1) {  // split the bytes, 64-byte aligned
+      const size_t lo = (width * i / n) & ~(size_t)63, hi = i + 1 == n ? width : (width * (i + 1) / n) & ~(size_t)63;
+      memcpy(dst + lo, src + lo, hi - lo);
+    } else {  // split the rows
+      for (size_t r = rows * i / n; r < rows * (i + 1) / n; r++) memcpy(dst + r * dpitch, src + r * spitch, width);
+    }
+  };
+  if (t <= 1) {
+    part(0, 1);
+    return;
+  }
+  std::vector<std::thread> th;
+  for (int i = 1; i < t; i++) th.emplace_back(part, i, t);
+  part(0, t);
+  for (std::thread &x : th) x.join();
+}
+
+// Bounce: copies between host memory and the device on a stream. Registered host
+// memory is copied directly (the copy engines read it); anything else passes
+// through two pinned buffers, the host copy of one (on several threads)
+// overlapping the DMA of the other.
 struct Bounce {
   static constexpr size_t kChunk = (size_t)16 << 20;
   char *h[2] = {nullptr, nullptr};
   cudaEvent_t ev[2] = {nullptr, nullptr};
+  cudaEvent_t evd = nullptr;  // after the last direct upload
+  bool direct = false;
   int slot = 0;
   int init(char *err, size_t errlen) {
     for (int k = 0; k < 2; k++) {
       TRY(host_alloc(&h[k], kChunk, "copy buffers", err, errlen));
       CK(cudaEventCreateWithFlags(&ev[k], cudaEventDisableTiming));
     }
+    CK(cudaEventCreateWithFlags(&evd, cudaEventDisableTiming));
     return PADIM_OK;
   }
   void destroy() {
@@ -1369,36 +1444,104 @@ struct Bounce {
       h[k] = nullptr;
       ev[k] = nullptr;
     }
+    if (evd) {
+      cudaEventSynchronize(evd);
+      cudaEventDestroy(evd);
+    }
+    evd = nullptr;
   }
-  // upload copies n bytes from host src to device dst, ordered on st. src may be reused
-  // when it returns; the copy completes in stream order.
+  // settle waits until the direct uploads made so far have read their source: the
+  // caller's memory may be reused after it.
+  int settle(char *err, size_t errlen) {
+    if (direct) CK(cudaEventSynchronize(evd));
+    direct = false;
+    return PADIM_OK;
+  }
+  // upload copies n bytes from host src to device dst, ordered on st. A bounced
+  // source may be reused when it returns; a registered one after settle.
   int upload(void *dst, const void *src, size_t n, cudaStream_t st, char *err, size_t errlen) {
-    for (size_t off = 0; off < n; off += kChunk) {
-      const size_t m = n - off < kChunk ? n - off : kChunk;
-      const int k = slot;
-      slot ^= 1;
-      CK(cudaEventSynchronize(ev[k]));  // the slot's previous copy has left it
-      memcpy(h[k], (const char *)src + off, m);
-      CK(cudaMemcpyAsync((char *)dst + off, h[k], m, cudaMemcpyHostToDevice, st));
+    return upload2d(dst, n, src, n, n, n ? 1 : 0, st, err, errlen);
+  }
+  // upload2d copies rows × width bytes from host src (pitch spitch) to device dst
+  // (pitch dpitch), ordered on st: the patches of a range of every image of a batch.
+  int upload2d(void *dstv, size_t dpitch, const void *srcv, size_t spitch, size_t width, size_t rows, cudaStream_t st, char *err,
+               size_t errlen) {
+    char *dst = (char *)dstv;
+    const char *src = (const char *)srcv;
+    if (rows == 0 || width == 0) return PADIM_OK;
+    if (registered(src, (rows - 1) * spitch + width)) {
+      count_bus(cudaMemcpyHostToDevice, width * rows, false);
+      if (rows == 1)
+        CK(cudaMemcpyAsync(dst, src, width, cudaMemcpyHostToDevice, st));
+      else
+        CK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyHostToDevice, st));
+      CK(cudaEventRecord(evd, st));
+      direct = true;
+      return PADIM_OK;
+    }
+    if (rows > 1 && width == spitch && width == dpitch) {  // contiguous: one row
+      width *= rows;
+      rows = 1;
+    }
+    if (rows == 1 || width > kChunk) {  // row by row, each cut in buffer-sized pieces
+      for (size_t r = 0; r < rows; r++)
+        for (size_t off = 0; off < width; off += kChunk) {
+          const size_t m = width - off < kChunk ? width - off : kChunk;
+          const int k = next_slot(err, errlen);
+          if (k < 0) return PADIM_ERR_CUDA;
+          par_copy2d(h[k], m, src + r * spitch + off, m, m, 1);
+          count_bus(cudaMemcpyHostToDevice, m, true);
+          CK(cudaMemcpyAsync(dst + r * dpitch + off, h[k], m, cudaMemcpyHostToDevice, st));
+          CK(cudaEventRecord(ev[k], st));
+        }
+      return PADIM_OK;
+    }
+    const size_t per = kChunk / width;  // whole rows per buffer
+    for (size_t r0 = 0; r0 < rows; r0 += per) {
+      const size_t m = rows - r0 < per ? rows - r0 : per;
+      const int k = next_slot(err, errlen);
+      if (k < 0) return PADIM_ERR_CUDA;
+      par_copy2d(h[k], width, src + r0 * spitch, spitch, width, m);
+      count_bus(cudaMemcpyHostToDevice, width * m, true);
+      CK(cudaMemcpy2DAsync(dst + r0 * dpitch, dpitch, h[k], width, width, m, cudaMemcpyHostToDevice, st));
       CK(cudaEventRecord(ev[k], st));
     }
     return PADIM_OK;
   }
+  // next_slot waits until a buffer's previous copy has left it and returns it (-1 and
+  // the message on a CUDA error).
+  int next_slot(char *err, size_t errlen) {
+    const int k = slot;
+    slot ^= 1;
+    cudaError_t e = cudaEventSynchronize(ev[k]);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      fail(err, errlen, cuda_code(e), "waiting for a copy buffer: %s", cudaGetErrorString(e));
+      return -1;
+    }
+    return k;
+  }
   // download copies n bytes from device src (ready in stream order on st) to host dst;
   // on return dst holds them.
   int download(void *dst, const void *src, size_t n, cudaStream_t st, char *err, size_t errlen) {
+    if (registered(dst, n)) {
+      count_bus(cudaMemcpyDeviceToHost, n, false);
+      CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, st));
+      CK(cudaStreamSynchronize(st));
+      return PADIM_OK;
+    }
     size_t prev_off = 0, prev_n = 0;
     int prev_k = -1;
     for (size_t off = 0; off < n; off += kChunk) {
       const size_t m = n - off < kChunk ? n - off : kChunk;
-      const int k = slot;
-      slot ^= 1;
-      CK(cudaEventSynchronize(ev[k]));
+      const int k = next_slot(err, errlen);
+      if (k < 0) return PADIM_ERR_CUDA;
+      count_bus(cudaMemcpyDeviceToHost, m, true);
       CK(cudaMemcpyAsync(h[k], (const char *)src + off, m, cudaMemcpyDeviceToHost, st));
       CK(cudaEventRecord(ev[k], st));
       if (prev_k >= 0) {
         CK(cudaEventSynchronize(ev[prev_k]));
-        memcpy((char *)dst + prev_off, h[prev_k], prev_n);
+        par_copy2d((char *)dst + prev_off, prev_n, h[prev_k], prev_n, prev_n, 1);
       }
       prev_k = k;
       prev_off = off;
@@ -1406,11 +1549,52 @@ struct Bounce {
     }
     if (prev_k >= 0) {
       CK(cudaEventSynchronize(ev[prev_k]));
-      memcpy((char *)dst + prev_off, h[prev_k], prev_n);
+      par_copy2d((char *)dst + prev_off, prev_n, h[prev_k], prev_n, prev_n, 1);
     }
     return PADIM_OK;
   }
 };
+
+// ---------------------------------------------------------------- launch sizes
+
+// Patches per launch. A launch's work is capped (g_launch_work fp32-equivalent flops:
+// 2^38 ≈ 275 GFLOP, ≲ 100 ms at a third of a 12 TFLOPS consumer card's peak), so no
+// launch runs long enough for a display watchdog; and a large patch range is cut in
+// four, so that the upload of one quarter overlaps the kernels of the previous one.
+std::atomic<double> g_launch_work{274877906944.0};
+constexpr int kOverlapMin = 256;  // patches per quarter below which a range is not cut
+
+// work_patches: the most patches of work_per_patch each that one launch may take.
+long long work_patches(double work_per_patch) {
+  long long by_work = work_per_patch > 0 ? (long long)(g_launch_work.load() / work_per_patch) : 2147483647LL;
+  return by_work < 1 ? 1 : by_work;
+}
+
+int launch_patches(int np, double work_per_patch) {
+  const long long by_work = work_patches(work_per_patch);
+  const long long by_overlap = np >= 4 * kOverlapMin ? (np + 3) / 4 : np;
+  long long n = np;
+  if (by_work < n) n = by_work;
+  if (by_overlap < n) n = by_overlap;
+  return (int)n;
+}
+
+// ensure_events grows v to n events (no timing).
+int ensure_events(std::vector<cudaEvent_t> &v, size_t n, char *err, size_t errlen) {
+  while (v.size() < n) {
+    cudaEvent_t e = nullptr;
+    CK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    v.push_back(e);
+  }
+  return PADIM_OK;
+}
+void destroy_events(std::vector<cudaEvent_t> &v) {
+  for (cudaEvent_t e : v) {
+    cudaEventSynchronize(e);
+    cudaEventDestroy(e);
+  }
+  v.clear();
+}
 
 }  // namespace
 
@@ -1448,6 +1632,12 @@ struct padim_acc {
   size_t dev_bytes = 0, pinned_bytes = 0;
   size_t b_stage = 0, b_mean = 0, b_m2 = 0, b_bmean = 0, b_delta = 0;
   Bounce bb;
+  // Uploads run on cs, the folds on st, by patch ranges [ranges[r], ranges[r+1]):
+  // ev_up[r] follows the last upload into range r, ev_fold[r] the last fold of it (the
+  // next pass's uploads into the range wait for it).
+  cudaStream_t cs = nullptr;
+  std::vector<int> ranges;
+  std::vector<cudaEvent_t> ev_up, ev_fold;
 };
 
 struct padim_scorer {
@@ -1461,6 +1651,8 @@ struct padim_scorer {
   float *lblk = nullptr;   // device [pb][per] (streamed model)
   size_t b_x = 0, b_dist = 0, b_lblk = 0;
   Bounce bb;
+  cudaStream_t cs = nullptr;     // uploads; the kernels run on st, each patch range after its upload
+  std::vector<cudaEvent_t> ev_up;  // per patch range of a call
 };
 
 extern "C" {
@@ -1468,6 +1660,39 @@ extern "C" {
 void padim_set_debug_sync(int on) { g_debug_sync = on; }
 void padim_set_profile(int on) { g_profile = on; }
 int padim_live_objects(void) { return g_live.load(); }
+
+void padim_set_launch_work(double flops) { g_launch_work = flops > 0 ? flops : 274877906944.0; }
+
+int padim_host_register(void *p, size_t n, char *err, size_t errlen) {
+  if (!p || n == 0) return fail(err, errlen, PADIM_ERR_ARG, "registering %zu bytes at %p", n, p);
+  cudaError_t e = cudaHostRegister(p, n, cudaHostRegisterPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return fail(err, errlen, PADIM_ERR_OOM, "page-locking %.1f MiB of host memory: %s", n / 1048576.0, cudaGetErrorString(e));
+  }
+  std::lock_guard<std::mutex> l(g_reg_mu);
+  g_registered[(uintptr_t)p] = n;
+  return PADIM_OK;
+}
+
+void padim_host_unregister(void *p) {
+  {
+    std::lock_guard<std::mutex> l(g_reg_mu);
+    if (!g_registered.erase((uintptr_t)p)) return;
+  }
+  cudaHostUnregister(p);
+  cudaGetLastError();
+}
+
+void padim_bus_get(padim_bus *out, int reset) {
+  auto get = [reset](std::atomic<unsigned long long> &v) { return reset ? v.exchange(0) : v.load(); };
+  out->h2d_bytes = get(g_bus.h2d);
+  out->h2d_bounced = get(g_bus.h2d_bounced);
+  out->d2h_bytes = get(g_bus.d2h);
+  out->d2h_bounced = get(g_bus.d2h_bounced);
+  out->host_copy_bytes = get(g_bus.host_copy);
+  out->copies = get(g_bus.copies);
+}
 
 int padim_device_count(int *count, char *err, size_t errlen) {
   *count = 0;
@@ -1580,8 +1805,11 @@ void padim_acc_destroy(padim_acc *a) {
   if (!a) return;
   padim_ctx *c = a->ctx;
   cudaSetDevice(c->device);
+  if (a->cs) cudaStreamSynchronize(a->cs);
   if (a->st) cudaStreamSynchronize(a->st);
   a->bb.destroy();
+  destroy_events(a->ev_up);
+  destroy_events(a->ev_fold);
   dev_free(c, a->stage, a->b_stage);
   dev_free(c, a->mean, a->b_mean);
   dev_free(c, a->m2, a->b_m2);
@@ -1590,6 +1818,7 @@ void padim_acc_destroy(padim_acc *a) {
   if (a->h_mean) cudaFreeHost(a->h_mean);
   if (a->h_m2) cudaFreeHost(a->h_m2);
   if (a->st) cudaStreamDestroy(a->st);
+  if (a->cs) cudaStreamDestroy(a->cs);
   cudaGetLastError();
   delete a;
   padim_ctx_release(c);
@@ -1659,6 +1888,7 @@ static int acc_init(padim_acc *a, int stage, char *err, size_t errlen) {
   const long long L = a->L;
   CK(cudaSetDevice(c->device));
   CK(cudaStreamCreateWithFlags(&a->st, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&a->cs, cudaStreamNonBlocking));
   TRY(a->bb.init(err, errlen));
   size_t av = 0;
   TRY(avail(c, &av, err, errlen));
@@ -1683,6 +1913,16 @@ static int acc_init(padim_acc *a, int stage, char *err, size_t errlen) {
   TRY(dev_alloc(c, &a->bmean, a->b_bmean, "the batch means", err, errlen));
   TRY(dev_alloc(c, &a->delta, a->b_delta, "the mean updates", err, errlen));
   a->dev_bytes = a->b_stage + a->b_mean + a->b_m2 + a->b_bmean + a->b_delta;
+  // fold ranges: within each patch block, launches of at most launch_patches patches
+  // (the work of a full stage)
+  const int step = launch_patches(pb, (double)a->S * D * (D + 1));
+  for (int p0 = 0; p0 < P; p0 += pb) {
+    const int end = P - p0 < pb ? P : p0 + pb;
+    for (int q0 = p0; q0 < end; q0 += step) a->ranges.push_back(q0);
+  }
+  a->ranges.push_back(P);
+  TRY(ensure_events(a->ev_up, a->ranges.size() - 1, err, errlen));
+  TRY(ensure_events(a->ev_fold, a->ranges.size() - 1, err, errlen));
   if (!a->resident) {  // (on the device the first pass writes the statistics)
     TRY(host_alloc(&a->h_mean, (size_t)P * D * sizeof(double), "the running means", err, errlen));
     TRY(host_alloc(&a->h_m2, (size_t)P * L * sizeof(double), "the second moments", err, errlen));
@@ -1724,7 +1964,9 @@ void padim_acc_plan(padim_acc *a, padim_plan *p) {
   p->pinned_bytes = a->pinned_bytes;
 }
 
-// acc_fold folds the staged images into the statistics, patch block by patch block.
+// acc_fold folds the staged images into the statistics, patch block by patch block,
+// each block range by range: the fold of a range waits for its uploads (on cs), and
+// the next pass's uploads into the range wait for its fold.
 static int acc_fold(padim_acc *a, char *err, size_t errlen) {
   if (a->staged == 0) return PADIM_OK;
   padim_ctx *c = a->ctx;
@@ -1733,24 +1975,30 @@ static int acc_fold(padim_acc *a, char *err, size_t errlen) {
   const double na = (double)a->count;
   const double f = na * nb / (na + nb);
   const int tiles = ntiles(D, ST), pairs = tiles * (tiles + 1) / 2;
+  const size_t smem = 2 * (size_t)SK * (ST + 4) * sizeof(float);
+  size_t r = 0;
   for (int p0 = 0; p0 < a->P; p0 += a->pb) {
     const int np = a->P - p0 < a->pb ? a->P - p0 : a->pb;
     double *mean = a->resident ? a->mean + (size_t)p0 * D : a->mean;
     double *m2 = a->resident ? a->m2 + (size_t)p0 * L : a->m2;
     if (!a->resident && a->count > 0) {  // the first pass reads no statistics
-      CK(cudaMemcpyAsync(mean, a->h_mean + (size_t)p0 * D, (size_t)np * D * sizeof(double), cudaMemcpyHostToDevice, a->st));
-      CK(cudaMemcpyAsync(m2, a->h_m2 + (size_t)p0 * L, (size_t)np * L * sizeof(double), cudaMemcpyHostToDevice, a->st));
+      CK(copy_async(mean, a->h_mean + (size_t)p0 * D, (size_t)np * D * sizeof(double), cudaMemcpyHostToDevice, a->st));
+      CK(copy_async(m2, a->h_m2 + (size_t)p0 * L, (size_t)np * L * sizeof(double), cudaMemcpyHostToDevice, a->st));
     }
-    const float *x = a->stage + (size_t)p0 * D;
-    long long blocks = ((long long)np * D + MTHREADS - 1) / MTHREADS;
-    if (blocks > 65535LL * 16) blocks = 65535LL * 16;
-    RUN(c, k_stage_mean, (unsigned)blocks, MTHREADS, 0, a->st, x, xstride, nb, np, D, na, mean, a->bmean, a->delta);
-    const size_t smem = 2 * (size_t)SK * (ST + 4) * sizeof(float);
-    RUN(c, k_syrk_fold, (unsigned)((long long)np * pairs), STHREADS, smem, a->st, x, xstride, nb, D, pairs, a->bmean, a->delta, f,
-        a->count == 0 ? 1 : 0, m2);
+    for (; r + 1 < a->ranges.size() && a->ranges[r] < p0 + np; r++) {
+      const int q0 = a->ranges[r], nq = a->ranges[r + 1] - q0, o = q0 - p0;
+      CK(cudaStreamWaitEvent(a->st, a->ev_up[r], 0));
+      const float *x = a->stage + (size_t)q0 * D;
+      long long blocks = ((long long)nq * D + MTHREADS - 1) / MTHREADS;
+      if (blocks > 65535LL * 16) blocks = 65535LL * 16;
+      RUN(c, k_stage_mean, (unsigned)blocks, MTHREADS, 0, a->st, x, xstride, nb, nq, D, na, mean + (size_t)o * D, a->bmean, a->delta);
+      RUN(c, k_syrk_fold, (unsigned)((long long)nq * pairs), STHREADS, smem, a->st, x, xstride, nb, D, pairs, a->bmean, a->delta, f,
+          a->count == 0 ? 1 : 0, m2 + (size_t)o * L);
+      CK(cudaEventRecord(a->ev_fold[r], a->st));
+    }
     if (!a->resident) {
-      CK(cudaMemcpyAsync(a->h_mean + (size_t)p0 * D, mean, (size_t)np * D * sizeof(double), cudaMemcpyDeviceToHost, a->st));
-      CK(cudaMemcpyAsync(a->h_m2 + (size_t)p0 * L, m2, (size_t)np * L * sizeof(double), cudaMemcpyDeviceToHost, a->st));
+      CK(copy_async(a->h_mean + (size_t)p0 * D, mean, (size_t)np * D * sizeof(double), cudaMemcpyDeviceToHost, a->st));
+      CK(copy_async(a->h_m2 + (size_t)p0 * L, m2, (size_t)np * L * sizeof(double), cudaMemcpyDeviceToHost, a->st));
     }
   }
   a->count += nb;
@@ -1758,20 +2006,28 @@ static int acc_fold(padim_acc *a, char *err, size_t errlen) {
   return PADIM_OK;
 }
 
+// padim_acc_add uploads the images by patch ranges on the copy stream into the stage
+// (each range once its previous fold has read it) and folds a full stage; it returns
+// once the uploads have read x.
 int padim_acc_add(padim_acc *a, const float *x, int n, char *err, size_t errlen) {
   if (n <= 0) return fail(err, errlen, PADIM_ERR_ARG, "batch of %d images", n);
   CK(cudaSetDevice(a->ctx->device));
-  const size_t img = (size_t)a->P * a->D;
+  const size_t img = (size_t)a->P * a->D, pitch = img * sizeof(float);
   while (n > 0) {
     const int k = a->S - a->staged < n ? a->S - a->staged : n;
-    // Stream order puts this upload after the previous pass's kernels on a->st.
-    TRY(a->bb.upload(a->stage + a->staged * img, x, (size_t)k * img * sizeof(float), a->st, err, errlen));
+    for (size_t r = 0; r + 1 < a->ranges.size(); r++) {
+      const int q0 = a->ranges[r], nq = a->ranges[r + 1] - q0;
+      CK(cudaStreamWaitEvent(a->cs, a->ev_fold[r], 0));
+      TRY(a->bb.upload2d(a->stage + a->staged * img + (size_t)q0 * a->D, pitch, x + (size_t)q0 * a->D, pitch,
+                         (size_t)nq * a->D * sizeof(float), (size_t)k, a->cs, err, errlen));
+      CK(cudaEventRecord(a->ev_up[r], a->cs));
+    }
     a->staged += k;
     x += (size_t)k * img;
     n -= k;
     if (a->staged == a->S) TRY(acc_fold(a, err, errlen));
   }
-  return PADIM_OK;
+  return a->bb.settle(err, errlen);
 }
 
 int padim_acc_flush(padim_acc *a, char *err, size_t errlen) {
@@ -1920,6 +2176,9 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
   int chunk = (int)(av / per);
   if (chunk > P) chunk = P;
   if (chunk > 65535) chunk = 65535;
+  // one launch per chunk: its work capped (D³ multiply-adds' worth, at the arithmetic's cost)
+  const double fw = (double)D * D * D * (prec == PADIM_PREC_FP64 ? (c->fp64_ratio > 1 ? c->fp64_ratio : 1) : 12);
+  if (work_patches(fw) < chunk) chunk = (int)work_patches(fw);
   if (chunk < 1)
     return fail(err, errlen, PADIM_ERR_OOM, "factorising D=%d needs %.1f MiB of device memory per patch, %.1f MiB available", D,
                 per / 1048576.0, av / 1048576.0);
@@ -1939,7 +2198,7 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
     if (!m2_dev) {
       const size_t n = (size_t)np * L * sizeof(double);
       if (host_pinned) {
-        cudaError_t e = cudaMemcpyAsync(m2c, m2_host + (size_t)p0 * L, n, cudaMemcpyHostToDevice, st);
+        cudaError_t e = copy_async(m2c, m2_host + (size_t)p0 * L, n, cudaMemcpyHostToDevice, st);
         if (e != cudaSuccess) {
           rc = fail(err, errlen, cuda_code(e), "uploading statistics: %s", cudaGetErrorString(e));
           break;
@@ -1968,7 +2227,7 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
     if (rc != PADIM_OK) break;
     const size_t nbytes = (size_t)np * L * sizeof(float);
     if (!m->resident) {
-      cudaError_t e = cudaMemcpyAsync(m->h_data + (size_t)p0 * L, outc, nbytes, cudaMemcpyDeviceToHost, st);
+      cudaError_t e = copy_async(m->h_data + (size_t)p0 * L, outc, nbytes, cudaMemcpyDeviceToHost, st);
       if (e == cudaSuccess) e = cudaStreamSynchronize(st);
       if (e != cudaSuccess) {
         rc = fail(err, errlen, cuda_code(e), "downloading the factor: %s", cudaGetErrorString(e));
@@ -2131,6 +2390,11 @@ int lr_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int N, const
   long long chunk = (long long)(av / pl.per_patch);
   if (chunk > P) chunk = P;
   if (chunk > pl.max_chunk) chunk = pl.max_chunk;
+  {  // the launches' work capped: Gram N²D, Cholesky N³/3, solve N²D multiply-adds, at the arithmetic's cost
+    const double w = (prec == PADIM_PREC_FP64 ? (c->fp64_ratio > 1 ? c->fp64_ratio : 1) : 12) *
+                     ((double)N * N * D * 2 + (double)N * N * N / 3);
+    if (work_patches(w) < chunk) chunk = work_patches(w);
+  }
   if (chunk < 1)
     return fail(err, errlen, PADIM_ERR_OOM, "the low-rank factorisation of N=%d, D=%d needs %.1f MiB of device memory per patch, %.1f MiB available",
                 N, D, pl.per_patch / 1048576.0, av / 1048576.0);
@@ -2165,7 +2429,7 @@ int lr_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int N, const
     if (rc != PADIM_OK) break;
     const size_t nbytes = (size_t)np * per * sizeof(float);
     if (!m->resident) {
-      cudaError_t e = cudaMemcpyAsync(m->h_data + (size_t)p0 * per, outc, nbytes, cudaMemcpyDeviceToHost, st);
+      cudaError_t e = copy_async(m->h_data + (size_t)p0 * per, outc, nbytes, cudaMemcpyDeviceToHost, st);
       if (e == cudaSuccess) e = cudaStreamSynchronize(st);
       if (e != cudaSuccess) {
         rc = fail(err, errlen, cuda_code(e), "downloading the low-rank factor: %s", cudaGetErrorString(e));
@@ -2228,12 +2492,15 @@ void padim_scorer_destroy(padim_scorer *s) {
   if (!s) return;
   padim_ctx *c = s->ctx;
   cudaSetDevice(c->device);
+  if (s->cs) cudaStreamSynchronize(s->cs);
   if (s->st) cudaStreamSynchronize(s->st);
   s->bb.destroy();
+  destroy_events(s->ev_up);
   dev_free(c, s->x, s->b_x);
   dev_free(c, s->dist, s->b_dist);
   dev_free(c, s->lblk, s->b_lblk);
   if (s->st) cudaStreamDestroy(s->st);
+  if (s->cs) cudaStreamDestroy(s->cs);
   cudaGetLastError();
   padim_model_release(s->m);
   delete s;
@@ -2248,6 +2515,7 @@ static int scorer_init(padim_scorer *s, int max_batch, char *err, size_t errlen)
   const long long L = m->per;
   CK(cudaSetDevice(c->device));
   CK(cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&s->cs, cudaStreamNonBlocking));
   TRY(s->bb.init(err, errlen));
   size_t av = 0;
   TRY(avail(c, &av, err, errlen));
@@ -2346,6 +2614,20 @@ static int lr_score_launch(padim_scorer *s, int np, int nb, int p0, const float 
   return PADIM_OK;
 }
 
+// score_work is a scoring launch's fp32-equivalent flops per patch for nb images.
+static double score_work(padim_scorer *s, int nb) {
+  const padim_model *m = s->m;
+  if (m->N == 0) return (double)nb * m->D * (m->D + 1);
+  // compensated dot products: ~11 float32 operations per multiply-add in double-float,
+  // float64 at the card's rate
+  const double w = s->prec == PADIM_PREC_FP64 ? (s->ctx->fp64_ratio > 1 ? s->ctx->fp64_ratio : 1) : 11;
+  return (double)nb * m->N * m->D * 2 * w;
+}
+
+// padim_scorer_score scores n images, s->maxb per pass. Per pass, patch range by patch
+// range: the images' patches of the range are uploaded on the copy stream (straight
+// from registered memory, else through the bounce buffers), and the range's kernel
+// runs on the compute stream once they are there, while the next range uploads.
 int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char *err, size_t errlen) {
   if (n <= 0) return fail(err, errlen, PADIM_ERR_ARG, "batch of %d images", n);
   padim_ctx *c = s->ctx;
@@ -2353,27 +2635,41 @@ int padim_scorer_score(padim_scorer *s, const float *x, int n, float *dist, char
   const int P = m->P, D = m->D;
   const long long L = m->per;
   CK(cudaSetDevice(c->device));
-  const size_t img = (size_t)P * D;
+  const size_t img = (size_t)P * D, pitch = img * sizeof(float);
   for (int off = 0; off < n; off += s->maxb) {
     const int nb = n - off < s->maxb ? n - off : s->maxb;
-    TRY(s->bb.upload(s->x, x + (size_t)off * img, (size_t)nb * img * sizeof(float), s->st, err, errlen));
+    const float *xb = x + (size_t)off * img;
+    const int step = launch_patches(s->pb, score_work(s, nb));
+    size_t r = 0;
     for (int p0 = 0; p0 < P; p0 += s->pb) {
       const int np = P - p0 < s->pb ? P - p0 : s->pb;
       const float *lv = m->data + (size_t)p0 * L;
-      if (!m->resident) {
-        CK(cudaMemcpyAsync(s->lblk, m->h_data + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
+      if (!m->resident) {  // after the previous block's kernels, in stream order
+        CK(copy_async(s->lblk, m->h_data + (size_t)p0 * L, (size_t)np * L * sizeof(float), cudaMemcpyHostToDevice, s->st));
         lv = s->lblk;
       }
-      if (m->N > 0)
-        TRY(lr_score_launch(s, np, nb, p0, lv, err, errlen));
-      else if (nb <= 16)
-        RUN(c, k_score<16>, (unsigned)((long long)np * ntiles(nb, 16)), QTHREADS, score_smem<16>(), s->st, s->x + (size_t)p0 * D,
-            (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
-      else
-        RUN(c, k_score<QB>, (unsigned)((long long)np * ntiles(nb, QB)), QTHREADS, score_smem<QB>(), s->st, s->x + (size_t)p0 * D,
-            (long long)img, nb, D, m->mean + (size_t)p0 * D, lv, P, p0, s->dist);
+      for (int q0 = p0; q0 < p0 + np; q0 += step, r++) {
+        const int nq = p0 + np - q0 < step ? p0 + np - q0 : step;
+        TRY(ensure_events(s->ev_up, r + 1, err, errlen));
+        TRY(s->bb.upload2d(s->x + (size_t)q0 * D, pitch, xb + (size_t)q0 * D, pitch, (size_t)nq * D * sizeof(float), (size_t)nb, s->cs,
+                           err, errlen));
+        CK(cudaEventRecord(s->ev_up[r], s->cs));
+        CK(cudaStreamWaitEvent(s->st, s->ev_up[r], 0));
+        const float *lq = lv + (size_t)(q0 - p0) * L;
+        if (m->N > 0)
+          TRY(lr_score_launch(s, nq, nb, q0, lq, err, errlen));
+        else if (nb <= 16)
+          RUN(c, k_score<16>, (unsigned)((long long)nq * ntiles(nb, 16)), QTHREADS, score_smem<16>(), s->st, s->x + (size_t)q0 * D,
+              (long long)img, nb, D, m->mean + (size_t)q0 * D, lq, P, q0, s->dist);
+        else
+          RUN(c, k_score<QB>, (unsigned)((long long)nq * ntiles(nb, QB)), QTHREADS, score_smem<QB>(), s->st, s->x + (size_t)q0 * D,
+              (long long)img, nb, D, m->mean + (size_t)q0 * D, lq, P, q0, s->dist);
+      }
     }
+    // the download follows every kernel on st, and they follow every upload: on return
+    // the images have been read and the distances are here
     TRY(s->bb.download(dist + (size_t)off * P, s->dist, (size_t)nb * P * sizeof(float), s->st, err, errlen));
+    TRY(s->bb.settle(err, errlen));
   }
   return PADIM_OK;
 }

@@ -7,7 +7,8 @@
  *
  * Every call that can fail returns PADIM_OK (0) or an error code, with a message in
  * err (errlen bytes, always NUL-terminated). Host pointers may be ordinary (pageable)
- * memory: the library copies through its own pinned buffers, on its own streams.
+ * memory: the library copies through its own pinned buffers, on its own streams; from
+ * memory registered with padim_host_register it copies directly.
  *
  * Lifetimes: a context is reference-counted. padim_ctx_create returns it with one
  * reference; every accumulator, model and scorer takes one of its own and drops it
@@ -64,6 +65,29 @@ int padim_device_props_get(int device, padim_device_props *out, char *err, size_
 void padim_set_debug_sync(int on);
 /* Profiling: when on, every kernel launch is timed with CUDA events (see padim_ctx_profile). */
 void padim_set_profile(int on);
+
+/* The most work one launch may do, in float32-equivalent flops (default 2^38, about
+ * 100 ms on a small consumer card); larger patch ranges are split across launches.
+ * 0 restores the default. Tests set it low to exercise the split. */
+void padim_set_launch_work(double flops);
+
+/* Host memory the device copies from directly: padim_host_register page-locks
+ * [p, p+n) (cudaHostRegister) and records it, so uploads from inside it skip the pinned
+ * bounce buffers (and calls return once the device has read it). The memory must stay
+ * allocated until padim_host_unregister(p). */
+int padim_host_register(void *p, size_t n, char *err, size_t errlen);
+void padim_host_unregister(void *p);
+
+/* Bytes the library moved over the bus since the last reset, process-wide. */
+typedef struct padim_bus {
+  unsigned long long h2d_bytes;       /* host to device, every copy */
+  unsigned long long h2d_bounced;     /* of which first copied by the host into a bounce buffer */
+  unsigned long long d2h_bytes;       /* device to host */
+  unsigned long long d2h_bounced;     /* of which copied out of a bounce buffer by the host */
+  unsigned long long host_copy_bytes; /* host memcpy into and out of bounce buffers */
+  unsigned long long copies;          /* copy calls */
+} padim_bus;
+void padim_bus_get(padim_bus *out, int reset);
 
 /* Objects alive now (contexts, accumulators, models, scorers): for lifetime tests. */
 int padim_live_objects(void);

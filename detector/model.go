@@ -223,7 +223,7 @@ type ScoreConfig struct {
 
 // NewScorer prepares scoring with the model on the backbone ext.
 func (m *Model) NewScorer(ext Extractor, cfg ScoreConfig) (*Scorer, error) {
-	p, err := m.NewPipeline(ext, cfg.Pipeline)
+	p, err := m.NewPipeline(ext, cfg.Pipeline.stagedBy(cfg.Backend))
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/padim/padim/detector/embed"
 	"github.com/padim/padim/detector/fileio/readfile"
+	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
 )
 
@@ -78,6 +79,18 @@ type PipelineOptions struct {
 	Batch   int   // backbone inputs per run (0: the Extractor's preferred batch, else DefaultBatch)
 	Workers int   // decode and map workers (GOMAXPROCS)
 	Memory  int64 // bound on decoded images, backbone inputs and maps in flight (DefaultMemory)
+	// Staging, when set, provides the embedding buffers (a GPU backend's page-locked
+	// memory: the embed stage writes where the device copies from).
+	Staging gauss.Stager
+}
+
+// stagedBy returns o with its embedding buffers from b when b hands out staging
+// memory (a GPU backend) and o names none.
+func (o PipelineOptions) stagedBy(b gauss.Backend) PipelineOptions {
+	if st, ok := b.(gauss.Stager); ok && o.Staging == nil {
+		o.Staging = st
+	}
+	return o
 }
 
 // Pipeline is padim's one path from image files to embeddings and, with a
@@ -621,6 +634,9 @@ func (p *Pipeline) getBuffer(n int) []float32 {
 			p.bufs = slices.Delete(p.bufs, i, i+1)
 			return b[:n]
 		}
+	}
+	if p.opt.Staging != nil {
+		return p.opt.Staging.StagingBuffer(n)
 	}
 	return make([]float32, n)
 }

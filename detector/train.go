@@ -184,7 +184,7 @@ func Train(ctx context.Context, ext Extractor, files []string, cfg TrainConfig) 
 	} else {
 		seed = 0
 	}
-	p, err := NewPipeline(ext, channels, cfg.Preprocess, cfg.Pipeline)
+	p, err := NewPipeline(ext, channels, cfg.Preprocess, cfg.Pipeline.stagedBy(cfg.Backend))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -191,5 +192,129 @@ func TestNoDeviceLeak(t *testing.T) {
 	}
 	if got := liveObjects(); got != live {
 		t.Fatalf("%d C objects alive, want %d", got, live)
+	}
+}
+
+// The bus on the scoring path: embeddings written into the backend's staging buffer
+// (what the pipeline does) cross once, straight from that memory: no bounce buffer, no
+// host copy, no pageable copy; the bytes per scored image are the embedding's own plus
+// its distances. From ordinary Go memory the same bytes cross, through the bounce
+// buffers. Both give the same bits, and so does a scorer whose patch ranges are split
+// across launches (one patch per launch).
+func TestStagedEmbeddingsCrossOnce(t *testing.T) {
+	const n, p, d, ns = 40, 6, 100, 64
+	b := device(t)
+	x := gausstest.Correlated(71, n, p, d, 1, 1)
+	acc, err := b.NewAccumulator(p, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	if err := acc.Add(x, n); err != nil {
+		t.Fatal(err)
+	}
+	g := factorizeAcc(t, acc)
+	sc, err := b.NewScorer(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	test := gausstest.Correlated(72, ns, p, d, 1, 1.2)
+	staged := b.StagingBuffer(ns * p * d)
+	copy(staged, test)
+	emb := uint64(ns * p * d * 4)
+	score := func(what string, src []float32) ([]float32, Transfers) {
+		t.Helper()
+		dist := make([]float32, ns*p)
+		BusTransfers(true)
+		pg := emuPageableCopies()
+		if err := sc.Score(src, ns, dist); err != nil {
+			t.Fatal(err)
+		}
+		tr := BusTransfers(true)
+		t.Logf("%-34s %v; %.3f× the embeddings", what, tr, float64(tr.HostToDevice+tr.DeviceToHost)/float64(emb))
+		if got := emuPageableCopies() - pg; got != 0 {
+			t.Errorf("%s: %d copies from pageable memory", what, got)
+		}
+		return dist, tr
+	}
+	plain, tp := score("from Go memory", test)
+	if tp.HostToDevice != emb || tp.HostToDeviceBounced != emb || tp.HostCopyBytes < emb {
+		t.Errorf("from Go memory: %d B up (%d bounced, %d copied by the host), want %d through the bounce buffers", tp.HostToDevice,
+			tp.HostToDeviceBounced, tp.HostCopyBytes, emb)
+	}
+	direct, td := score("from the staging buffer", staged)
+	if td.HostToDevice != emb || td.HostToDeviceBounced != 0 {
+		t.Errorf("staged: %d B up, %d of them bounced; want %d, none bounced", td.HostToDevice, td.HostToDeviceBounced, emb)
+	}
+	if per := float64(td.HostToDevice+td.DeviceToHost) / float64(emb); per > 1.1 {
+		t.Errorf("staged: %.3f× the embedding's bytes over the bus, want ≤ 1.1", per)
+	}
+	if td.DeviceToHost != uint64(ns*p*4) {
+		t.Errorf("staged: %d B down, want the %d B of distances", td.DeviceToHost, ns*p*4)
+	}
+	if !slices.Equal(plain, direct) {
+		t.Error("scoring from the staging buffer differs from scoring from Go memory")
+	}
+	emuSetCounting(true)
+	defer emuSetCounting(false)
+	emuCounters(true)
+	setLaunchWork(1) // one patch per launch
+	defer setLaunchWork(0)
+	split, _ := score("one patch per launch", staged)
+	launches := int64(0)
+	for _, k := range emuCounters(true) {
+		if strings.HasPrefix(k.Name, "k_score") {
+			launches += k.Launches
+		}
+	}
+	if launches != p {
+		t.Errorf("%d scoring launches with one patch per launch, want %d", launches, p)
+	}
+	if !slices.Equal(plain, split) {
+		t.Error("scoring split into one launch per patch differs")
+	}
+}
+
+// The fit's uploads by patch ranges on their own stream, and its folds range by range:
+// split into one patch per launch, from staging memory or Go memory, the statistics
+// have the same bits as one launch over every patch (the copies carry a latency, so a
+// fold that ran before its upload, or an upload over a range not yet folded, shows).
+func TestFitRangesAndStaging(t *testing.T) {
+	const n, p, d = 50, 5, 70
+	b := device(t)
+	b.Stage = 16 // several passes: uploads of a pass wait for the previous fold
+	emuSetCopyDelay(200)
+	defer emuSetCopyDelay(0)
+	x := gausstest.Correlated(81, n, p, d, 1, 1)
+	fitWith := func(src []float32) *gauss.Stats {
+		t.Helper()
+		acc, err := b.NewAccumulator(p, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer acc.Close()
+		for lo := 0; lo < n; lo += 10 {
+			if err := acc.Add(src[lo*p*d:(lo+10)*p*d], 10); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return mustStats(t, acc)
+	}
+	want := fitWith(x)
+	staged := b.StagingBuffer(len(x))
+	copy(staged, x)
+	BusTransfers(true)
+	got := fitWith(staged)
+	if tr := BusTransfers(true); tr.HostToDeviceBounced != 0 || tr.HostToDevice != uint64(n*p*d*4) {
+		t.Errorf("fit from staging memory: %v; want %d B up, none bounced", tr, n*p*d*4)
+	}
+	setLaunchWork(1)
+	split := fitWith(x)
+	setLaunchWork(0)
+	for name, s := range map[string]*gauss.Stats{"staged": got, "split": split} {
+		if !slices.Equal(s.M2, want.M2) || !slices.Equal(s.Mean, want.Mean) || s.N != want.N {
+			t.Errorf("%s fit: statistics differ from the plain fit", name)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,6 +192,9 @@ func (b *Backend) Close() error {
 	b.dropCachedLocked()
 	C.padim_ctx_release(b.ctx)
 	b.ctx = nil
+	if os.Getenv("PADIM_CUDA_TRANSFERS") != "" {
+		fmt.Fprintf(os.Stderr, "gpu transfers: %v\n", BusTransfers(false))
+	}
 	return nil
 }
 
@@ -492,6 +496,64 @@ func (s *scorer) Close() error {
 	}
 	return nil
 }
+
+// StagingBuffer implements gauss.Stager: n float32 values in page-locked host memory
+// (Go memory registered with the CUDA driver), which uploads read directly, with no
+// copy through the library's bounce buffers. The pipeline writes its embeddings there.
+// The buffer is ordinary Go memory: it stays valid after the backend is closed, and
+// it is unregistered when the garbage collector finds it unreachable. Where the driver
+// refuses to lock it (a locked-memory limit), it is returned unlocked and uploads from
+// it go through the bounce buffers.
+func (b *Backend) StagingBuffer(n int) []float32 {
+	if n <= 0 {
+		return nil
+	}
+	const page = 4096 / 4 // float32s per page: the locked range starts on a page
+	base := make([]float32, n+page)
+	off := (page - int(uintptr(unsafe.Pointer(&base[0]))%4096)/4) % page
+	buf := base[off : off+n : off+n]
+	p := unsafe.Pointer(&buf[0])
+	if err := call("page-lock staging buffer", func(e *C.char, l C.size_t) C.int {
+		return C.padim_host_register(p, C.size_t(n*4), e, l)
+	}); err != nil {
+		return buf
+	}
+	// The finalizer runs once no slice of base is reachable, before its memory can be
+	// reused: nothing reads the range after it is unregistered.
+	runtime.SetFinalizer(&base[0], func(*float32) { C.padim_host_unregister(p) })
+	return buf
+}
+
+var _ gauss.Stager = (*Backend)(nil)
+
+// Transfers are the bytes the CUDA library moved between host and device.
+type Transfers struct {
+	HostToDevice, HostToDeviceBounced uint64 // bounced: copied by the host into a pinned buffer first
+	DeviceToHost, DeviceToHostBounced uint64
+	HostCopyBytes                     uint64 // host memcpy into and out of the bounce buffers
+	Copies                            uint64
+}
+
+// BusTransfers returns the bytes moved over the bus since the last reset, process-wide.
+func BusTransfers(reset bool) Transfers {
+	var t C.padim_bus
+	r := 0
+	if reset {
+		r = 1
+	}
+	C.padim_bus_get(&t, C.int(r))
+	return Transfers{uint64(t.h2d_bytes), uint64(t.h2d_bounced), uint64(t.d2h_bytes), uint64(t.d2h_bounced),
+		uint64(t.host_copy_bytes), uint64(t.copies)}
+}
+
+func (t Transfers) String() string {
+	return fmt.Sprintf("host→device %d B (%d B bounced), device→host %d B (%d B bounced), host copies %d B, %d copy calls",
+		t.HostToDevice, t.HostToDeviceBounced, t.DeviceToHost, t.DeviceToHostBounced, t.HostCopyBytes, t.Copies)
+}
+
+// setLaunchWork caps one launch's work (float32-equivalent flops; 0: the default),
+// so that tests split patch ranges across launches.
+func setLaunchWork(flops float64) { C.padim_set_launch_work(C.double(flops)) }
 
 // liveObjects counts the C objects alive (contexts, accumulators, models, scorers).
 func liveObjects() int { return int(C.padim_live_objects()) }

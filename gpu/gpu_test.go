@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"os"
 	"testing"
 
 	"github.com/padim/padim/data/dataset"
@@ -24,10 +23,10 @@ func device(t testing.TB) *Backend {
 	t.Helper()
 	b, err := New(0)
 	if err != nil {
-		if os.Getenv("PADIM_REQUIRE_GPU") == "1" {
-			t.Fatalf("no CUDA device, and PADIM_REQUIRE_GPU=1: %v", err)
-		}
-		t.Skipf("no CUDA device: %v", err)
+		skipOrFail(t, "no CUDA device: %v", err)
+	}
+	if Emulated && requireGPU() {
+		t.Fatal("PADIM_REQUIRE_GPU=1 asks for a real GPU; this is the emulator build (-tags cudaemu)")
 	}
 	t.Cleanup(func() { b.(*Backend).Close() })
 	return b.(*Backend)
@@ -114,12 +113,12 @@ func TestParityRandomSPD(t *testing.T) {
 
 func TestParityRealFeatures(t *testing.T) {
 	if Emulated {
-		t.Skip("3136 patches are too slow for the host emulator; runs on a GPU")
+		skipOrFail(t, "3136 patches are too slow for the host emulator; runs on a GPU")
 	}
-	model := sharedModel(t, "mobilenet_v2_imagenet.onnx")
+	model := modelFile(t, "mobilenet_v2_imagenet.onnx")
 	device(t)
 	if err := backbone.Init(""); err != nil {
-		t.Skipf("ONNX Runtime not available: %v", err)
+		skipOrFail(t, "ONNX Runtime not available: %v", err)
 	}
 	ext, err := backbone.OpenFile(model, backbone.Options{Device: "cpu"})
 	if err != nil {

@@ -16,6 +16,7 @@ unsigned long long padim_emu_device_bytes(void);
 void padim_emu_copied(unsigned long long *h2d, unsigned long long *d2h);
 void padim_emu_set_copy_delay_us(int us);
 const char *padim_emu_sticky(int clear);
+void padim_emu_report(void);
 */
 import "C"
 
@@ -96,3 +97,7 @@ func emuCopied() (h2d, d2h uint64) {
 // emuSetCopyDelay gives every copy a latency (microseconds), so that a missing wait
 // between streams shows as a wrong result.
 func emuSetCopyDelay(us int) { C.padim_emu_set_copy_delay_us(C.int(us)) }
+
+// emuReport appends the process's counters to $PADIM_EMU_REPORT (the device check's
+// dry-run estimates), if it is set.
+func emuReport() { C.padim_emu_report() }

@@ -131,6 +131,7 @@ typedef emu::Event *cudaEvent_t;
 #define cudaEventBlockingSync 0x01
 #define cudaEventDisableTiming 0x02
 #define cudaHostRegisterDefault 0x00
+#define cudaHostRegisterPortable 0x01
 
 struct cudaDeviceProp {
   char name[256];
@@ -273,8 +274,13 @@ inline Alloc *find(const void *p, size_t n) {
 
 // ---------------------------------------------------------------- counters
 
-inline std::atomic<bool> counting{getenv("PADIM_EMU_COUNTERS") != nullptr};
-inline void set_counting(bool on) { counting.store(on); }
+inline std::atomic<bool> counting{getenv("PADIM_EMU_COUNTERS") != nullptr || (getenv("PADIM_EMU_REPORT") && *getenv("PADIM_EMU_REPORT"))};
+inline bool report_wanted() {
+  const char *p = getenv("PADIM_EMU_REPORT");
+  return p && *p;
+}
+// With PADIM_EMU_REPORT set, counting stays on for the whole process.
+inline void set_counting(bool on) { counting.store(on || report_wanted()); }
 
 struct Counters {
   uint64_t launches = 0, blocks = 0, threads = 0;
@@ -295,6 +301,7 @@ struct Counters {
 };
 inline std::mutex ctr_mu;
 inline std::map<std::string, Counters> per_kernel;  // guarded by ctr_mu
+inline std::map<std::string, Counters> all_kernels;  // never reset: padim_emu_report; guarded by ctr_mu
 
 // ---------------------------------------------------------------- fibers
 
@@ -806,6 +813,22 @@ struct Event {
   std::shared_ptr<EventState> st = std::make_shared<EventState>();
 };
 
+// The time some stream was running an operation (a kernel, copy or memset, with the
+// emulator's own bookkeeping): what a GPU would do instead, for the dry run's estimates.
+inline std::mutex busy_mu;
+inline int busy_n = 0;
+inline std::chrono::steady_clock::time_point busy_t0;
+inline uint64_t busy_ns = 0;
+inline void busy(bool begin) {
+  std::lock_guard<std::mutex> l(busy_mu);
+  const auto now = std::chrono::steady_clock::now();
+  if (begin) {
+    if (busy_n++ == 0) busy_t0 = now;
+  } else if (--busy_n == 0) {
+    busy_ns += (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(now - busy_t0).count();
+  }
+}
+
 struct Stream {
   std::mutex mu;
   std::condition_variable cv, idle;
@@ -822,7 +845,9 @@ struct Stream {
         q.pop_front();
         busy = true;
         l.unlock();
+        emu::busy(true);
         op();
+        emu::busy(false);
         l.lock();
         busy = false;
         if (q.empty()) idle.notify_all();
@@ -892,6 +917,7 @@ inline void dma(void *d, const void *s, size_t n) {
 
 // ---------------------------------------------------------------- launches
 
+
 inline std::mutex func_mu;
 inline std::unordered_map<const void *, size_t> func_max_dynamic;  // cudaFuncSetAttribute
 
@@ -918,6 +944,7 @@ inline void finish_counters(Job *j) {
   }
   std::lock_guard<std::mutex> l(ctr_mu);
   per_kernel[j->name].add(c);
+  all_kernels[j->name].add(c);
 }
 
 template <class Param, class Arg>
@@ -1320,6 +1347,41 @@ inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
   std::scoped_lock l(a->st->mu, b->st->mu);
   *ms = std::chrono::duration<float, std::milli>(b->st->when - a->st->when).count();
   return cudaSuccess;
+}
+
+// ---------------------------------------------------------------- the dry run's report
+
+namespace emu {
+inline const std::chrono::steady_clock::time_point t_start = std::chrono::steady_clock::now();
+}  // namespace emu
+
+extern "C" {
+// padim_emu_report appends to $PADIM_EMU_REPORT one line per kernel (the counters'
+// format, after "K ") and one summary line "T wall_ns device_ns h2d_bytes d2h_bytes" (device_ns: the time some stream
+// was running an operation),
+// so that scripts/device-check.sh --dry-run can estimate each step's time on a GPU:
+// the host's own time (wall − device) plus the kernels' work at the card's rates. The
+// gpu tests call it at exit (TestMain); counting is on for the whole process when it is set.
+void padim_emu_report(void) {
+  const char *path = getenv("PADIM_EMU_REPORT");
+  if (!path || !*path) return;
+  FILE *f = fopen(path, "a");
+  if (!f) return;
+  {
+    std::lock_guard<std::mutex> l(emu::ctr_mu);
+    for (auto &kv : emu::all_kernels) {
+      const emu::Counters &c = kv.second;
+      fprintf(f, "K %s %llu %llu %llu %llu %llu %llu %llu %llu %llu\n", kv.first.c_str(), (unsigned long long)c.launches,
+              (unsigned long long)c.blocks, (unsigned long long)c.threads, (unsigned long long)c.read_bytes,
+              (unsigned long long)c.write_bytes, (unsigned long long)c.read_sectors * 32, (unsigned long long)c.write_sectors * 32,
+              (unsigned long long)c.flops, (unsigned long long)c.fp64);
+    }
+  }
+  const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - emu::t_start).count();
+  fprintf(f, "T %lld %llu %llu %llu\n", (long long)wall, (unsigned long long)emu::busy_ns,
+          (unsigned long long)emu::copied[cudaMemcpyHostToDevice].load(), (unsigned long long)emu::copied[cudaMemcpyDeviceToHost].load());
+  fclose(f);
+}
 }
 
 // ---------------------------------------------------------------- emulator-only API (tests)

@@ -276,6 +276,15 @@ type Backend interface {
 	Close() error
 }
 
+// Stager is a Backend whose device reads host memory directly from buffers it
+// hands out (page-locked memory on a GPU). The pipeline writes its embeddings into
+// them, so that nothing is copied again on the way to the device.
+type Stager interface {
+	// StagingBuffer returns a buffer of n values, ordinary Go memory as far as the
+	// caller is concerned (valid after the backend is closed, freed by the GC).
+	StagingBuffer(n int) []float32
+}
+
 // Accumulator adds batches of embeddings to streaming statistics.
 type Accumulator interface {
 	// Add adds n embeddings, x = [n][P][D]. Non-finite values are an error wrapping ErrNonFinite.
