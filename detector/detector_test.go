@@ -399,3 +399,33 @@ func TestNonFiniteModelRefused(t *testing.T) {
 		}
 	}
 }
+
+// The low-rank form's CPU scorer asks for larger groups (it widens the whole
+// model once per group); the full form keeps the default, and an explicit
+// group wins over both.
+func TestScorerTakesTheGaussiansPreferredGroup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	files := writeImages(t, filepath.Join(dir, "imgs"), 7, 10, false)
+	for _, c := range []struct {
+		n, dim, want int
+		form         string
+	}{{7, 0, gauss.LowRankGroup, FormLowRank}, {7, 4, DefaultGroup, FormFull}} {
+		cfg := TrainConfig{Preprocess: testPreprocess(), Dim: c.dim, Seed: 2, Eps: 0.01, Sigma: 4, Calibration: CalibrateNone, BackboneONNX: []byte("bb")}
+		m, _, err := Train(ctx, newFake(32), files[:c.n], cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Gaussian.Form() != c.form {
+			t.Fatalf("form %s, want %s", m.Gaussian.Form(), c.form)
+		}
+		sc, err := m.NewScorer(newFake(32), ScoreConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sc.set.Group != c.want {
+			t.Errorf("%s form: group %d, want %d", c.form, sc.set.Group, c.want)
+		}
+		sc.Close()
+	}
+}

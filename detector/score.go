@@ -81,8 +81,9 @@ type Scorer struct {
 	set  ScoreSettings
 }
 
-// GroupHinter is a gauss.Backend that wants at least this many embeddings per
-// call (a GPU amortises its model reads over larger batches).
+// GroupHinter is a gauss.Backend or gauss.Scorer that wants at least this
+// many embeddings per call: a GPU, or the CPU's low-rank scorer, amortises its
+// read of the model over larger batches.
 type GroupHinter interface{ PreferredGroup() int }
 
 // NewScorer prepares scoring of the pipeline's embeddings with the Gaussian g
@@ -127,6 +128,9 @@ func newScorer(p *Pipeline, gs gauss.Scorer, set ScoreSettings) (*Scorer, error)
 	if set.Group <= 0 {
 		set.Group = DefaultGroup
 		if h, ok := set.Backend.(GroupHinter); ok {
+			set.Group = max(set.Group, h.PreferredGroup())
+		}
+		if h, ok := gs.(GroupHinter); ok {
 			set.Group = max(set.Group, h.PreferredGroup())
 		}
 	}

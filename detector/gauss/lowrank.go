@@ -228,3 +228,14 @@ func (s *lowRankScorer) Score(x []float32, n int, dist []float32) error {
 }
 
 func (s *lowRankScorer) Close() error { s.m = nil; return nil }
+
+// LowRankGroup is how many embeddings the CPU's low-rank scorer wants per
+// call: each call widens every patch's M to float64 once (a pass over the
+// whole model, 1.4 GB at N = 200, d = 550, P = 3136, bound by memory), so a
+// larger group pays it for more images. 64 instead of 32 took padim score on
+// 101 boards from 15.7 to 14.2 CPU-s (BENCHMARKS.md); the embedding buffers
+// grow to 2 × 64 × P × d float32 (880 MB there).
+const LowRankGroup = 64
+
+// PreferredGroup asks the pipeline for LowRankGroup embeddings per call.
+func (s *lowRankScorer) PreferredGroup() int { return LowRankGroup }
