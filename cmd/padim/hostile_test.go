@@ -147,6 +147,16 @@ func resign(t *testing.T, src, dst string, edit func(md map[string]string, ts []
 	}
 }
 
+// jsonWith checks that stdout is one JSON object with the key.
+func jsonWith(key string) func(t *testing.T, d, stdout string, _ int64) {
+	return func(t *testing.T, d, stdout string, _ int64) {
+		var doc map[string]any
+		if err := json.Unmarshal([]byte(stdout), &doc); err != nil || doc[key] == nil {
+			t.Errorf("not a JSON document with %q (%v): %.300s", key, err, stdout)
+		}
+	}
+}
+
 func TestHostileInputTable(t *testing.T) {
 	fx := setup(t)
 	testdata := filepath.Join("..", "..", "testdata", "hostile")
@@ -396,6 +406,64 @@ func TestHostileInputTable(t *testing.T) {
 				t.Errorf("hold-out: %s", stdout)
 			}
 		}},
+
+		// flags anywhere (issue 23): a flag after an argument is read as a
+		// flag, for every command; urfave/cli alone stopped at the first
+		// argument (the range messages below come only from parsing the flag)
+		{name: "flags after the arguments: collect DIR --json", prep: func(t *testing.T, d string) []string {
+			if _, errs, code, _ := runBin(t, nil, "-q", "score", "--model", fx.mdl, "--device", "cpu", "--shard", "0/1", "--out", filepath.Join(d, "r"), good); code != 0 {
+				t.Fatal(errs)
+			}
+			return []string{"collect", filepath.Join(d, "r"), "--json"}
+		}, code: exitOK, check: jsonWith("n_images")},
+		{name: "flags after the arguments: score --model M DIR --json", prep: func(t *testing.T, d string) []string {
+			return []string{"score", "--model", fx.mdl, filepath.Join(fx.data, "test", "good"), "--json", "--device", "cpu"}
+		}, code: exitOK, check: jsonWith("n_images")},
+		{name: "flags after the arguments: info", prep: func(t *testing.T, d string) []string {
+			return []string{"info", "stray", "--model", fx.mdl, "--json"}
+		}, code: exitOK, check: jsonWith("n_train")},
+		{name: "flags after the arguments: train", prep: func(t *testing.T, d string) []string {
+			return []string{"train", "stray", "--data", fx.data, "--out", filepath.Join(d, "m"), "--dim", "-5"}
+		}, code: exitUsage, msg: "--dim -5"},
+		{name: "flags after the arguments: eval", prep: func(t *testing.T, d string) []string {
+			return []string{"eval", "stray", "--model", fx.mdl, "--data", fx.data, "--open-radius", "100000"}
+		}, code: exitUsage, msg: "--open-radius 100000"},
+		{name: "flags after the arguments: synth", prep: func(t *testing.T, d string) []string {
+			return []string{"synth", "stray", "--out", filepath.Join(d, "s"), "--size", "100000"}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: backbone", prep: func(t *testing.T, d string) []string {
+			return []string{"backbone", "stray", "--arch", "resnet18", "--size", "100000", "--out", filepath.Join(d, "b.onnx")}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: demo", prep: func(t *testing.T, d string) []string {
+			return []string{"demo", "stray", "--out", filepath.Join(d, "demo"), "--size", "100000"}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: bench", prep: func(t *testing.T, d string) []string {
+			return []string{"bench", "stray", "--size", "100000"}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: merge", prep: func(t *testing.T, d string) []string {
+			return []string{"merge", fx.mdl, "--out", filepath.Join(d, "m"), "--eps", "-5"}
+		}, code: exitUsage, msg: "--eps -5"},
+		{name: "flags after the arguments: experiment", prep: func(t *testing.T, d string) []string {
+			return []string{"experiment", "samples", "stray", "--data", fx.data, "--repeats", "1000"}
+		}, code: exitUsage, msg: "--repeats 1000"},
+		{name: "flags before the sub-command: experiment", prep: func(t *testing.T, d string) []string {
+			return []string{"experiment", "--data", fx.data, "samples", "--repeats", "1000"}
+		}, code: exitUsage, msg: "--repeats 1000"},
+		{name: "flags after the arguments: calibrate", prep: func(t *testing.T, d string) []string {
+			return []string{"calibrate", fx.mdl, "--data", fx.data, "--out", filepath.Join(d, "c.calib"), "--batch", "100000"}
+		}, code: exitUsage, msg: "--batch 100000"},
+		{name: "flags after the arguments: serve", prep: func(t *testing.T, d string) []string {
+			return []string{"serve", "stray", "--model", fx.mdl, "--queue", "100000000"}
+		}, code: exitUsage, msg: "--queue"},
+		{name: "flags after the arguments: loadtest", prep: func(t *testing.T, d string) []string {
+			return []string{"loadtest", good, "--model", "m", "--api", "bogus"}
+		}, code: exitUsage, msg: `--api "bogus"`},
+		{name: "padim's own flags after the command", prep: func(t *testing.T, d string) []string {
+			return []string{"train", "stray", "--data", fx.data, "--out", filepath.Join(d, "m"), "--max-memory", "1K"}
+		}, code: exitUsage, msg: `--max-memory "1K"`},
+		{name: "-- ends the flags: what follows is an argument", prep: func(t *testing.T, d string) []string {
+			return []string{"score", "--model", fx.mdl, "--device", "cpu", "--", good, "--json"}
+		}, code: exitError, msg: "--json: no such file"},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
