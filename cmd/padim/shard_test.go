@@ -192,7 +192,7 @@ func TestShardedScoreSimulation(t *testing.T) {
 	}
 	keys := map[string]bool{}
 	for _, l := range bytes.Split(bytes.TrimSpace(ra), []byte("\n")) {
-		var r scoreRecord
+		var r shard.ScoreRecord
 		if err := json.Unmarshal(l, &r); err != nil {
 			t.Fatal(err)
 		}
@@ -212,13 +212,13 @@ func TestShardedScoreSimulation(t *testing.T) {
 		t.Fatalf("summaries differ:\n%s\n%s", sa, sb)
 	}
 	// and the plain score of the same list gives the same scores
-	var doc struct{ Images []scoredImage }
+	var doc struct{ Images []shard.ScoredImage }
 	plain := mustRunIn(t, b, nil, "-q", "score", "--model", fx.mdl, "--device", "cpu", "--json", "--manifest", manifest)
 	if err := json.Unmarshal([]byte(plain), &doc); err != nil || len(doc.Images) != n {
 		t.Fatalf("plain score: %v", err)
 	}
 	for i, l := range bytes.Split(bytes.TrimSpace(ra), []byte("\n")) {
-		var r scoreRecord
+		var r shard.ScoreRecord
 		json.Unmarshal(l, &r)
 		if r.Path != doc.Images[i].Path || *r.Score != *doc.Images[i].Score || *r.Defect != *doc.Images[i].Defect {
 			t.Fatalf("%s: sharded %v/%v, plain %s %v/%v", r.Path, *r.Score, *r.Defect, doc.Images[i].Path, *doc.Images[i].Score, *doc.Images[i].Defect)
@@ -467,7 +467,7 @@ func TestShardedTrainMergeEqualsOneFit(t *testing.T) {
 				rel(a.Calibration.PixelQuantiles[i], b.Calibration.PixelQuantiles[i])
 			}
 			// the models score the same
-			var sa, sb struct{ Images []scoredImage }
+			var sa, sb struct{ Images []shard.ScoredImage }
 			json.Unmarshal([]byte(mustRunIn(t, dir, nil, "-q", "score", "--model", "single.padim", "--json", "--device", "cpu", test)), &sa)
 			json.Unmarshal([]byte(mustRunIn(t, dir, nil, "-q", "score", "--model", "merged.padim", "--json", "--device", "cpu", test)), &sb)
 			if len(sa.Images) == 0 || len(sa.Images) != len(sb.Images) {
