@@ -76,10 +76,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Skipf("ONNX Runtime not available (make onnxruntime): %v", err)
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "padim")
-	if b, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
+	bin := testBinary(t)
 	data := filepath.Join(dir, "wood")
 	bb := filepath.Join(dir, "r18.onnx")
 	model := filepath.Join(dir, "m.padim")

@@ -43,7 +43,8 @@ var (
 	fixErr  error
 )
 
-// setup builds the binary, a tiny data set, a backbone and a model once.
+// setup makes a tiny data set, a backbone and a model once (with the
+// binary of testBinary).
 func setup(t *testing.T) fixture {
 	t.Helper()
 	if err := backbone.Init(""); err != nil {
@@ -55,18 +56,7 @@ func setup(t *testing.T) fixture {
 			fixErr = err
 			return
 		}
-		fix = fixture{dir: dir, bin: filepath.Join(dir, "padim"), data: filepath.Join(dir, "wood"), bb: filepath.Join(dir, "r18.onnx"), mdl: filepath.Join(dir, "m.padim")}
-		if bin := os.Getenv("PADIM_TEST_BIN"); bin != "" {
-			// another build of padim (an older one: to check that a test
-			// fails without the fix it is for)
-			if b, err := exec.Command("cp", bin, fix.bin).CombinedOutput(); err != nil {
-				fixErr = errors.New(string(b))
-				return
-			}
-		} else if b, err := exec.Command("go", "build", "-o", fix.bin, ".").CombinedOutput(); err != nil {
-			fixErr = errors.New(string(b))
-			return
-		}
+		fix = fixture{dir: dir, bin: testBinary(t), data: filepath.Join(dir, "wood"), bb: filepath.Join(dir, "r18.onnx"), mdl: filepath.Join(dir, "m.padim")}
 		for _, args := range [][]string{
 			{"synth", "--out", fix.data, "--seed", "3", "--train", "8", "--test-good", "2", "--test-defect", "2", "--size", "80"},
 			{"backbone", "--arch", "resnet18", "--seed", "3", "--size", "64", "--out", fix.bb},
@@ -497,16 +487,14 @@ func TestHostileInputTable(t *testing.T) {
 // output is either absent or a whole model.
 func TestInterruptLeavesNothingHalfWritten(t *testing.T) {
 	fx := setup(t)
-	for _, delay := range []time.Duration{300 * time.Millisecond, 900 * time.Millisecond, 1500 * time.Millisecond} {
+	// at known points (the test hook holds the run there) instead of after
+	// guessed delays: reading and fitting, cross-fitting, about to save
+	for _, delay := range []string{"fit:2", "crossfit", "save"} {
 		dir := t.TempDir()
 		out := filepath.Join(dir, "m.padim")
-		cmd := exec.Command(fx.bin, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--out", out, "--dim", "40", "--device", "cpu")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(delay)
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
+		h := startAt(t, delay, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--out", out, "--dim", "40", "--device", "cpu")
+		h.signal(os.Interrupt)
+		h.exit()
 		ents, _ := os.ReadDir(dir)
 		for _, e := range ents {
 			if strings.Contains(e.Name(), ".tmp-") {

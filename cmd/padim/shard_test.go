@@ -354,15 +354,11 @@ func TestShardedEvalSimulation(t *testing.T) {
 	ref := mustRunIn(t, dir, nil, "-q", "eval", "--model", fx.mdl, "--data", data, "--json", "--device", "cpu")
 	args = []string{"-q", "eval", "--model", fx.mdl, "--data", data, "--device", "cpu", "--shard", "auto/2", "--out", "w2", "--flush-every", "1"}
 	mustRunIn(t, dir, env(0), args...)
-	cmd := exec.Command(fx.bin, args...)
-	cmd.Dir, cmd.Env = dir, append(libEnv(), env(1)...)
-	cmd.Start()
-	deadline := time.Now().Add(60 * time.Second)
-	for countLines(filepath.Join(dir, "w2", "results-1-of-2.jsonl")) == 0 && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
+	// killed once its first record is on file (flushed at once: --flush-every 1)
+	killAt(t, dir, append(append(libEnv(), env(1)...), testWaitEnv+"=evaluate:2"), "evaluate:2", args...)
+	if countLines(filepath.Join(dir, "w2", "results-1-of-2.jsonl")) == 0 {
+		t.Fatal("the killed shard left no record to resume from")
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
 	mustRunIn(t, dir, env(1), args...)
 	if coll := mustRunIn(t, dir, nil, "collect", "--json", "w2"); coll != ref {
 		t.Fatalf("collect of 2 eval shards of the folder differs from one eval:\n%s", firstDiff([]byte(coll), []byte(ref)))
