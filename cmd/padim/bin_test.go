@@ -1,14 +1,37 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"testing"
 )
+
+// runCmd runs a prepared command of the binary and returns its stdout,
+// stderr, exit code and peak RSS; a command that could not run fails the test.
+func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int, int64) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var rss int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss << 10
+	}
+	return out.String(), errb.String(), code, rss
+}
 
 // The padim binary the tests run, built once per test binary.
 var (

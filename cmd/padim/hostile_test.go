@@ -74,26 +74,12 @@ func setup(t *testing.T) fixture {
 	return fix
 }
 
-// run runs the binary and returns stdout, stderr, exit code and the peak RSS.
+// runBin runs the binary and returns stdout, stderr, exit code and the peak RSS.
 func runBin(t *testing.T, env []string, args ...string) (string, string, int, int64) {
 	t.Helper()
 	cmd := exec.Command(fix.bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss << 10
-	}
-	return out.String(), errb.String(), code, rss
+	return runCmd(t, cmd)
 }
 
 // snapshot hashes every file under the given paths.
@@ -541,24 +527,11 @@ func runGuarded(t *testing.T, o runOpts, args ...string) (string, string, int, i
 	if o.nobody && os.Getuid() == 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	stdout, stderr, code, rss := runCmd(t, cmd)
 	if ctx.Err() != nil {
-		return out.String(), errb.String() + "\n(killed by the hang guard)", -1, 0
+		return stdout, stderr + "\n(killed by the hang guard)", -1, 0
 	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss << 10
-	}
-	return out.String(), errb.String(), code, rss
+	return stdout, stderr, code, rss
 }
 
 // runPeak runs the binary and returns its exit code, its own peak RSS and

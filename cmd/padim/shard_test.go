@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -26,17 +25,8 @@ func runIn(t *testing.T, dir string, env []string, args ...string) (string, stri
 	cmd := exec.Command(fix.bin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(libEnv(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return out.String(), errb.String(), code
+	out, errs, code, _ := runCmd(t, cmd)
+	return out, errs, code
 }
 
 // libEnv is the environment with ONNX Runtime's library named absolutely
