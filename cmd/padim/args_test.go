@@ -1,9 +1,15 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/padim/padim/shard"
 )
 
 // flagsFirst puts every command's flags (with their values) before its
@@ -42,5 +48,23 @@ func TestFlagsFirst(t *testing.T) {
 		if c.in == c.want && !slices.Equal(flagsFirst(app, in), in) {
 			t.Errorf("%q changed", c.in)
 		}
+	}
+}
+
+// shardError adds the flag that changes a sharded run's refusal: results of
+// another run are a usage error naming --out and --restart; a damaged file
+// names --restart (the library's errors name no flag).
+func TestShardErrorAdvice(t *testing.T) {
+	mm := shardError(fmt.Errorf("%w: r.jsonl holds results of another model", shard.ErrMismatch))
+	var ec cli.ExitCoder
+	if !errors.As(mm, &ec) || ec.ExitCode() != exitUsage || !strings.Contains(mm.Error(), "give another --out, or --restart") {
+		t.Errorf("mismatch: %v", mm)
+	}
+	dm := shardError(fmt.Errorf("%w: r.jsonl is cut short in line 3", shard.ErrDamaged))
+	if !errors.Is(dm, shard.ErrDamaged) || !strings.Contains(dm.Error(), "give --restart to score the shard again") {
+		t.Errorf("damaged: %v", dm)
+	}
+	if other := errors.New("locked"); shardError(other) != other {
+		t.Error("other errors pass unchanged")
 	}
 }

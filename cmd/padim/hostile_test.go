@@ -475,7 +475,7 @@ func TestInterruptLeavesNothingHalfWritten(t *testing.T) {
 	fx := setup(t)
 	// at known points (the test hook holds the run there) instead of after
 	// guessed delays: reading and fitting, cross-fitting, about to save
-	for _, delay := range []string{"fit:2", "crossfit", "save"} {
+	for _, delay := range []string{"fit", "crossfit", "save"} {
 		dir := t.TempDir()
 		out := filepath.Join(dir, "m.padim")
 		h := startAt(t, delay, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--out", out, "--dim", "40", "--device", "cpu")
