@@ -541,6 +541,13 @@ func runGuarded(t *testing.T, o runOpts, args ...string) (string, string, int, i
 // process holds the large inputs.
 func runPeak(t *testing.T, stdin io.Reader, args ...string) (int, int64, string) {
 	t.Helper()
+	code, rss, _, stderr := runPeakOut(t, stdin, args...)
+	return code, rss, stderr
+}
+
+// runPeakOut is runPeak with the command's stdout too.
+func runPeakOut(t *testing.T, stdin io.Reader, args ...string) (int, int64, string, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	enc, _ := json.Marshal(append([]string{fix.bin}, args...))
@@ -557,15 +564,16 @@ func runPeak(t *testing.T, stdin io.Reader, args ...string) (int, int64, string)
 	var res struct {
 		Code   int
 		MaxRSS int64
+		Stdout string
 	}
 	if err := json.Unmarshal(bytes.TrimSpace(out), &res); err != nil {
 		t.Fatalf("helper: %v: %s %s", err, out, errb.String())
 	}
-	return res.Code, res.MaxRSS, errb.String()
+	return res.Code, res.MaxRSS, res.Stdout, errb.String()
 }
 
 // TestHelperPeak is runPeak's helper process: it runs the command in
-// $PADIM_PEAK_HELPER (stdout discarded) and prints its exit code and peak RSS.
+// $PADIM_PEAK_HELPER and prints its exit code, peak RSS and stdout as JSON.
 func TestHelperPeak(t *testing.T) {
 	spec := os.Getenv("PADIM_PEAK_HELPER")
 	if spec == "" {
@@ -574,13 +582,15 @@ func TestHelperPeak(t *testing.T) {
 	var argv []string
 	json.Unmarshal([]byte(spec), &argv)
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stderr = os.Stdin, os.Stderr
+	var out bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, &out, os.Stderr
 	cmd.Run()
 	var rss int64
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rss = ru.Maxrss << 10
 	}
-	fmt.Printf("{\"Code\": %d, \"MaxRSS\": %d}\n", cmd.ProcessState.ExitCode(), rss)
+	b, _ := json.Marshal(map[string]any{"Code": cmd.ProcessState.ExitCode(), "MaxRSS": rss, "Stdout": out.String()})
+	fmt.Printf("%s\n", b)
 	os.Exit(0)
 }
 
