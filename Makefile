@@ -29,29 +29,38 @@ onnxruntime:
 demo: build
 	$(BIN) demo
 
+# step runs one test step ($(2)) under a name ($(1)) and prints its wall time, also
+# appended to $(TEST_TIMES) (.ci/run prints the list at the end).
+TEST_TIMES := build/test-times.txt
+define step
+	@echo "==> $(1)"
+	@t0=$$(date +%s%N); $(2) || exit $$?; \
+	  printf 'make test: %-44s %7.1f s\n' '$(1)' "$$(( ($$(date +%s%N) - t0) / 1000000 ))e-3" | tee -a $(TEST_TIMES)
+endef
+
 test: onnxruntime cuda-emu
-	@unformatted=$$(gofmt -l .); \
-	  if [ -n "$$unformatted" ]; then echo "gofmt needed on: $$unformatted" >&2; exit 1; fi
-	$(GO) vet ./...
-	$(GO) test -count=1 ./...
-	$(GO) vet -tags cudaemu ./gpu
-	$(GO) test -count=1 -tags cudaemu ./gpu
-	$(GO) test -count=1 -race -tags cudaemu -run 'Close|GC|Concurrent' ./gpu
+	@mkdir -p build && : > $(TEST_TIMES)
+	$(call step,gofmt,unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt needed on: $$unformatted" >&2; exit 1; fi)
+	$(call step,go vet,$(GO) vet ./...)
+	$(call step,go test ./...,$(GO) test -count=1 ./...)
+	$(call step,go vet -tags cudaemu ./gpu,$(GO) vet -tags cudaemu ./gpu)
+	$(call step,go test -tags cudaemu ./gpu,$(GO) test -count=1 -tags cudaemu ./gpu)
+	$(call step,go test -race -tags cudaemu ./gpu,$(GO) test -count=1 -race -tags cudaemu -run 'Close|GC|Concurrent' ./gpu)
 ifneq ($(OPENBLAS),)
-	$(GO) vet -tags openblas ./...
-	$(GO) test -count=1 -tags openblas ./detector/...
+	$(call step,go vet -tags openblas ./...,$(GO) vet -tags openblas ./...)
+	$(call step,go test -tags openblas ./detector/...,$(GO) test -count=1 -tags openblas ./detector/...)
 endif
 ifneq ($(TURBOJPEG),)
-	$(GO) vet -tags turbojpeg ./...
-	$(GO) test -count=1 -tags turbojpeg ./detector/imageio/... ./detector
-	$(GO) test -count=1 -tags turbojpeg -run 'Decode' ./cmd/padim
+	$(call step,go vet -tags turbojpeg ./...,$(GO) vet -tags turbojpeg ./...)
+	$(call step,go test -tags turbojpeg imageio detector,$(GO) test -count=1 -tags turbojpeg ./detector/imageio/... ./detector)
+	$(call step,go test -tags turbojpeg -run Decode ./cmd/padim,$(GO) test -count=1 -tags turbojpeg -run 'Decode' ./cmd/padim)
 endif
 ifneq ($(LIBDEFLATE),)
-	$(GO) vet -tags libdeflate ./detector/imageio/...
-	$(GO) test -count=1 -tags libdeflate ./detector/imageio/...
-	$(GO) test -count=1 -tags libdeflate -run 'HostileInputTable' ./cmd/padim
+	$(call step,go vet -tags libdeflate imageio,$(GO) vet -tags libdeflate ./detector/imageio/...)
+	$(call step,go test -tags libdeflate imageio,$(GO) test -count=1 -tags libdeflate ./detector/imageio/...)
+	$(call step,go test -tags libdeflate -run HostileInputTable cmd,$(GO) test -count=1 -tags libdeflate -run 'HostileInputTable' ./cmd/padim)
 endif
-	$(GO) test -count=1 -race -short ./detector/... ./cmd/...
+	$(call step,go test -race -short detector cmd,$(GO) test -count=1 -race -short ./detector/... ./cmd/...)
 
 # CUDA: the static kernel library (cmake) and the cuda-tagged binary.
 CUDA_BUILD := build/cuda

@@ -165,51 +165,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	scoreSec := time.Since(t).Seconds()
 
 	P, D := m.Gaussian.Shape()
-	L := float64(gauss.PackedLen(D))
-	nScore := float64(len(cfg.Score))
-	fP, fD := float64(P), float64(D)
-	perPatch := L + fD // model numbers a patch
-	flops := map[string]float64{
-		"fit":       float64(len(cfg.Train)) * fP * fD * (fD + 1),
-		"factorize": fP * 2 * fD * fD * fD / 3,
-		"score":     nScore * fP * fD * (fD + 1),
-	}
-	if _, ok := m.Gaussian.(*gauss.Gaussian); !ok {
-		flops = map[string]float64{} // the baselines: no Gaussian flops to count
-	}
-	if lr, ok := m.Gaussian.(*gauss.LowRank); ok {
-		fN := float64(lr.N)
-		perPatch = fN*fD + fD
-		flops = map[string]float64{ // the fit keeps the samples; the work is the factorisation
-			"factorize": fP * (2*fN*fN*fD + fN*fN*fN/3),
-			"score":     nScore * fP * 2 * fN * fD,
-		}
-	}
-	group := float64(detector.DefaultGroup)
-	bytesMoved := map[string]float64{
-		// the model is read once per Gaussian call of up to a group of images
-		"score": float64(int((nScore+group-1)/group)) * fP * perPatch * 4,
-	}
-	stages := func(tm *detector.Timings) []Stage {
-		var out []Stage
-		for _, s := range tm.Stages() {
-			st := Stage{Name: s.Name, Seconds: s.Busy.Seconds(), Images: s.Items}
-			if st.Seconds > 0 {
-				st.ImagesPS = float64(st.Images) / st.Seconds
-				if f := flops[s.Name]; f > 0 {
-					st.GFLOPS = f / st.Seconds / 1e9
-					if cfg.PeakGFLOPS > 0 {
-						st.PeakRatio = st.GFLOPS / cfg.PeakGFLOPS
-					}
-				}
-				if b := bytesMoved[s.Name]; b > 0 {
-					st.GBPS = b / st.Seconds / 1e9
-				}
-			}
-			out = append(out, st)
-		}
-		return out
-	}
+	flops, bytesMoved, perPatch := work(m.Gaussian, len(cfg.Train), len(cfg.Score))
+	stages := func(tm *detector.Timings) []Stage { return stageRates(tm, flops, bytesMoved, cfg.PeakGFLOPS) }
+	fP, nScore := float64(P), float64(len(cfg.Score))
 	rep := &Report{
 		Date: time.Now().UTC().Format("2006-01-02"), Machine: cpuModel(), Cores: runtime.GOMAXPROCS(0),
 		Device: cfg.Backend.Name(), Kernels: gauss.KernelLibrary, Backbone: cfg.Backbone, InputSize: cfg.Extractor.InputSize(),
@@ -230,6 +188,61 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.PeakRSSBytes = PeakRSS()
 	return rep, nil
+}
+
+// work counts the Gaussian stages' floating-point operations and the model
+// bytes scoring reads, by stage, for a model g fitted on nTrain images and
+// scoring nScore; perPatch is the model's numbers per patch.
+func work(g detector.Fitted, nTrain, nScore int) (flops, bytesMoved map[string]float64, perPatch float64) {
+	P, D := g.Shape()
+	fP, fD, fS := float64(P), float64(D), float64(nScore)
+	perPatch = float64(gauss.PackedLen(D)) + fD
+	flops = map[string]float64{
+		"fit":       float64(nTrain) * fP * fD * (fD + 1),
+		"factorize": fP * 2 * fD * fD * fD / 3,
+		"score":     fS * fP * fD * (fD + 1),
+	}
+	if _, ok := g.(*gauss.Gaussian); !ok {
+		flops = map[string]float64{} // the baselines: no Gaussian flops to count
+	}
+	if lr, ok := g.(*gauss.LowRank); ok {
+		fN := float64(lr.N)
+		perPatch = fN*fD + fD
+		flops = map[string]float64{ // the fit keeps the samples; the work is the factorisation
+			"factorize": fP * (2*fN*fN*fD + fN*fN*fN/3),
+			"score":     fS * fP * 2 * fN * fD,
+		}
+	}
+	group := float64(detector.DefaultGroup)
+	bytesMoved = map[string]float64{
+		// the model is read once per Gaussian call of up to a group of images
+		"score": float64(int((fS+group-1)/group)) * fP * perPatch * 4,
+	}
+	return flops, bytesMoved, perPatch
+}
+
+// stageRates turns a pipeline's busy times into rates: images/s per stage,
+// GFLOP/s and the fraction of the machine's peak where flops are counted,
+// GB/s where bytes are.
+func stageRates(tm *detector.Timings, flops, bytesMoved map[string]float64, peakGFLOPS float64) []Stage {
+	var out []Stage
+	for _, s := range tm.Stages() {
+		st := Stage{Name: s.Name, Seconds: s.Busy.Seconds(), Images: s.Items}
+		if st.Seconds > 0 {
+			st.ImagesPS = float64(st.Images) / st.Seconds
+			if f := flops[s.Name]; f > 0 {
+				st.GFLOPS = f / st.Seconds / 1e9
+				if peakGFLOPS > 0 {
+					st.PeakRatio = st.GFLOPS / peakGFLOPS
+				}
+			}
+			if b := bytesMoved[s.Name]; b > 0 {
+				st.GBPS = b / st.Seconds / 1e9
+			}
+		}
+		out = append(out, st)
+	}
+	return out
 }
 
 // PeakRSS is the process's peak resident memory (VmHWM), 0 where unknown.

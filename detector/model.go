@@ -185,6 +185,16 @@ func (m *Model) NewPipeline(ext Extractor, opt PipelineOptions) (*Pipeline, erro
 	return NewPipeline(ext, m.Channels, pre, opt)
 }
 
+// TapNames are the names of the backbone outputs the model was fitted on,
+// the taps to open its backbone with.
+func (m *Model) TapNames() []string {
+	names := make([]string, len(m.Taps))
+	for i, t := range m.Taps {
+		names[i] = t.Name
+	}
+	return names
+}
+
 // DecodeFor returns the decoder to score with, override when given (a name,
 // "" for the model's), and a one-line warning when it is not the one the model
 // was trained with: its inputs differ from training's by up to a few grey

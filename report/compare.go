@@ -2,10 +2,8 @@ package report
 
 import (
 	"bytes"
-	"fmt"
 	"html/template"
 	"io"
-	"math"
 	"path/filepath"
 
 	"github.com/padim/padim/detector/fileio/atomicfile"
@@ -39,12 +37,7 @@ var CompareRows = []struct {
 // Compare writes dir/index.html: the metrics of several evaluations side by
 // side, each column linking to its own report. It returns the page's path.
 func Compare(dir, title, intro string, cols []Column) (string, error) {
-	f := func(m evaluate.Metric) string {
-		if math.IsNaN(float64(m)) {
-			return "n/a"
-		}
-		return fmt.Sprintf("%.4f", float64(m))
-	}
+	f := evaluate.Metric.Format
 	var rows [][]string
 	for _, r := range CompareRows {
 		row := []string{r.Name}

@@ -128,12 +128,7 @@ func (b *Builder) Finish(ev *evaluate.Evaluation, info Info) (string, error) {
 	if err := savePlot(filepath.Join(b.Dir, "hist.png"), hp); err != nil {
 		return "", err
 	}
-	f := func(m evaluate.Metric) string {
-		if math.IsNaN(float64(m)) {
-			return "n/a"
-		}
-		return fmt.Sprintf("%.4f", float64(m))
-	}
+	f := evaluate.Metric.Format
 	table := [][2]string{
 		{"image AUROC", f(ev.ImageAUROC)}, {"pixel AUROC", f(ev.PixelAUROC)}, {"AUPRO (FPR ≤ 0.3)", f(ev.AUPRO)},
 		{"image F1 (best threshold)", f(ev.ImageF1)}, {"pixel F1 (best threshold)", f(ev.PixelF1)},

@@ -115,7 +115,7 @@ func Collect(dir string) (*Collected, error) {
 			case m.Command != f.Command:
 				return nil, fmt.Errorf("shard %d holds %s results, shard 0 %s results", i, m.Command, f.Command)
 			case m.ModelSHA256 != f.ModelSHA256:
-				return nil, fmt.Errorf("shard %d was scored with the model %.12s…, shard 0 with %.12s…: rerun one of them with the other's model (--restart)", i, m.ModelSHA256, f.ModelSHA256)
+				return nil, &MixedModelsError{Shard: i, Model: m.ModelSHA256, First: f.ModelSHA256}
 			case m.Settings != f.Settings:
 				return nil, fmt.Errorf("shard %d was scored with other settings than shard 0 (%s vs %s)", i, m.Settings, f.Settings)
 			case m.ListHash != f.ListHash || m.Total != f.Total:
@@ -178,10 +178,17 @@ func readRecords(path string) ([]Record, error) {
 		recs = append(recs, r)
 		return nil
 	})
-	if errors.Is(err, ErrDamaged) {
-		err = fmt.Errorf("%w; rerun that shard with --restart", err)
-	}
 	return recs, err
+}
+
+// MixedModelsError is a shard scored with another model than shard 0's.
+type MixedModelsError struct {
+	Shard        int
+	Model, First string // sha256 of the shard's model, of shard 0's
+}
+
+func (e *MixedModelsError) Error() string {
+	return fmt.Sprintf("shard %d was scored with the model %.12s…, shard 0 with %.12s…", e.Shard, e.Model, e.First)
 }
 
 // Outputs are the files collect writes into the results folder.

@@ -302,11 +302,11 @@ func (r *Results) load(keys map[string]int) (kept []loaded, dropped int, note st
 		}
 		switch idx, ok := keys[rec.Key]; {
 		case rec.ModelSHA256 != r.id.ModelSHA256:
-			return fmt.Errorf("%w: %s holds results of the model with sha256 %.12s…, this run's model is %.12s…; give another --out, or --restart to score this shard again", ErrMismatch, r.Path, rec.ModelSHA256, r.id.ModelSHA256)
+			return fmt.Errorf("%w: %s holds results of the model with sha256 %.12s…, this run's model is %.12s…", ErrMismatch, r.Path, rec.ModelSHA256, r.id.ModelSHA256)
 		case rec.Settings != r.id.Settings:
-			return fmt.Errorf("%w: %s holds results scored with other settings (thresholds, opening or maps: %s, now %s); give another --out, or --restart", ErrMismatch, r.Path, rec.Settings, r.id.Settings)
+			return fmt.Errorf("%w: %s holds results scored with other settings (thresholds, opening or maps: %s, now %s)", ErrMismatch, r.Path, rec.Settings, r.id.Settings)
 		case !ok || idx != rec.Index:
-			return fmt.Errorf("%w: %s holds %s at position %d, which this run's input list does not have there (the inputs changed); give another --out, or --restart", ErrMismatch, r.Path, rec.Key, rec.Index)
+			return fmt.Errorf("%w: %s holds %s at position %d, which this run's input list does not have there (the inputs changed)", ErrMismatch, r.Path, rec.Key, rec.Index)
 		case seen[rec.Key]:
 			return fmt.Errorf("%w: %s holds %s twice", ErrDamaged, r.Path, rec.Key)
 		}
@@ -323,9 +323,6 @@ func (r *Results) load(keys map[string]int) (kept []loaded, dropped int, note st
 		kept = append(kept, rec)
 		return nil
 	})
-	if errors.Is(err, ErrDamaged) {
-		return nil, 0, "", fmt.Errorf("%w; give --restart to score the shard again (its good records cannot be told from the rest)", err)
-	}
 	if err != nil {
 		return nil, 0, "", err
 	}

@@ -34,7 +34,8 @@ func (s Spec) String() string { return fmt.Sprintf("%d/%d", s.Index, s.Count) }
 // Name is "I-of-N", the shard's part of file names.
 func (s Spec) Name() string { return fmt.Sprintf("%d-of-%d", s.Index, s.Count) }
 
-// UsageError is a bad --shard value or environment (exit code 2).
+// UsageError is a bad shard value ("I/N", "auto/N") or index environment:
+// the caller's input is wrong, not the machine.
 type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg }
@@ -46,11 +47,11 @@ func usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(form
 func Parse(s string, getenv func(string) string) (Spec, error) {
 	i, n, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {
-		return Spec{}, usagef("--shard %q: want I/N (0 ≤ I < N) or auto/N", s)
+		return Spec{}, usagef("%q: want I/N (0 ≤ I < N) or auto/N", s)
 	}
 	count, err := strconv.Atoi(n)
 	if err != nil || count < 1 || count > MaxCount {
-		return Spec{}, usagef("--shard %q: the shard count N must be a whole number in [1, %d]", s, MaxCount)
+		return Spec{}, usagef("%q: the shard count N must be a whole number in [1, %d]", s, MaxCount)
 	}
 	if i == "auto" {
 		for _, name := range IndexEnv {
@@ -60,22 +61,22 @@ func Parse(s string, getenv func(string) string) (Spec, error) {
 			}
 			idx, err := strconv.Atoi(v)
 			if err != nil {
-				return Spec{}, usagef("--shard auto/%d: $%s=%q is not a whole number", count, name, v)
+				return Spec{}, usagef("auto/%d: $%s=%q is not a whole number", count, name, v)
 			}
 			if idx < 0 || idx >= count {
 				hint := ""
 				if name == "SLURM_ARRAY_TASK_ID" {
 					hint = fmt.Sprintf(" (submit the array as --array=0-%d)", count-1)
 				}
-				return Spec{}, usagef("--shard auto/%d: $%s=%d is outside [0, %d]: the job's index range and N disagree%s", count, name, idx, count-1, hint)
+				return Spec{}, usagef("auto/%d: $%s=%d is outside [0, %d]: the job's index range and N disagree%s", count, name, idx, count-1, hint)
 			}
 			return Spec{Index: idx, Count: count, From: name}, nil
 		}
-		return Spec{}, usagef("--shard auto/%d: none of $%s is set (run it as an indexed job, or give --shard I/%d)", count, strings.Join(IndexEnv, ", $"), count)
+		return Spec{}, usagef("auto/%d: none of $%s is set (run it as an indexed job, or give the index: I/%d)", count, strings.Join(IndexEnv, ", $"), count)
 	}
 	idx, err := strconv.Atoi(i)
 	if err != nil || idx < 0 || idx >= count {
-		return Spec{}, usagef("--shard %q: the index I must be a whole number in [0, %d]", s, count-1)
+		return Spec{}, usagef("%q: the index I must be a whole number in [0, %d]", s, count-1)
 	}
 	return Spec{Index: idx, Count: count, From: "flag"}, nil
 }

@@ -1,14 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/detector"
+	"github.com/padim/padim/job"
 	"github.com/padim/padim/shard"
 )
 
@@ -40,11 +41,14 @@ func calibrateAction(c *cli.Context) error {
 	if sh == nil {
 		sh = &shard.Spec{Index: 0, Count: 1}
 	}
-	files, keys, err := trainFiles(c)
+	set, err := trainInputs(c)
 	if err != nil {
 		return err
 	}
-	if err := checkOutputs(append(append([]string{c.String("manifest")}, c.Args().Slice()...), files...), []string{c.String("out")}, c.String("data")); err != nil {
+	for _, s := range set.Skipped {
+		notef(c, "skipped %s: %v", s.Path, s.Err)
+	}
+	if err := checkOutputs(append(append([]string{c.String("manifest")}, c.Args().Slice()...), set.Files...), []string{c.String("out")}, c.String("data")); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -59,58 +63,35 @@ func calibrateAction(c *cli.Context) error {
 	if !(m.Eps > 0) {
 		return fmt.Errorf("the statistics were fitted with --eps %g: leaving one out needs a regularisation > 0 (a fit on one machine cross-fits folds then, which shards cannot reproduce): train the shards with --eps > 0, or merge without thresholds and give score --threshold", m.Eps)
 	}
-	taps := make([]string, len(m.Taps))
-	for i, tp := range m.Taps {
-		taps[i] = tp.Name
-	}
-	ext, err := openBackbone(c, m.BackboneName+" (from the statistics)", m.BackboneONNX, taps)
+	ext, be, err := openScoring(c, m.BackboneName+" (from the statistics)", m.BackboneONNX, m.TapNames())
 	if err != nil {
 		return err
 	}
 	defer ext.Close()
+	defer be.Close()
 	p, err := m.NewPipeline(ext, pipelineOptions(c))
 	if err != nil {
 		return err
 	}
-	be, err := gaussBackend(c)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	sel := sh.Select(keys)
-	inputs := make([]detector.Input, len(sel))
-	for k, i := range sel {
-		inputs[k] = detector.Input{Name: files[i]}
-	}
-	notef(c, "calibrate shard %s: %d of the %d images, leave-one-out under the statistics of %d", sh, len(sel), len(files), t.N)
-	recs := make([]shard.CalibRecord, len(sel))
+	notef(c, "calibrate shard %s: %d of the %d images, leave-one-out under the statistics of %d", sh, len(sh.Select(set.Keys)), len(set.Files), t.N)
 	prog := newProgress(c)
-	done := 0
-	n := t.N
-	stride, err := detector.CalibrateShard(c.Context, p, t, inputs, detector.ScoreSettings{Backend: be}, func(im detector.ShardImage) error {
-		r := shard.CalibRecord{Index: sel[im.Index], Key: keys[sel[im.Index]]}
-		if im.Err != nil {
-			r.Error = im.Err.Error()
-		} else if math.IsNaN(float64(im.Score)) || math.IsInf(float64(im.Score), 0) { // removing an image the statistics never held
-			return fmt.Errorf("%s has no leave-one-out score under %s: it is not one of the images those statistics were fitted on (give calibrate the --data or --manifest that train --shard was given)", im.Name, strings.Join(c.Args().Slice(), ", "))
-		} else {
-			r.Score, r.Pixels = im.Score, shard.EncodeFloats(im.Pixels)
-		}
-		recs[im.Index] = r
-		done++
-		prog.update("calibrate", done, len(inputs))
-		return nil
-	})
+	h, recs, err := job.Calibrate(c.Context, job.CalibrateConfig{Pipeline: p, Total: t, Set: set, Spec: *sh, Settings: detector.ScoreSettings{Backend: be}, Progress: prog.update})
 	prog.done()
-	if err != nil {
+	var nf *job.NotFittedError
+	if errors.As(err, &nf) {
+		return fmt.Errorf("%s has no leave-one-out score under %s: it is not one of the images those statistics were fitted on (give calibrate the --data or --manifest that train --shard was given)", nf.Name, strings.Join(c.Args().Slice(), ", "))
+	} else if err != nil {
 		return err
 	}
-	S := m.Preprocess.InputSize()
-	h := shard.CalibHeader{Shard: sh.String(), TotalID: t.ID, N: n, Stride: stride, MapW: S, MapH: S, Inputs: len(sel)}
 	if err := shard.WriteCalib(c.String("out"), h, recs); err != nil {
 		return err
 	}
 	printTimings(c, "calibrate", time.Since(start), p.Timings)
+	return calibrated(c, sh, recs)
+}
+
+// calibrated says what calibrate wrote; unreadable images exit 4 without --shard.
+func calibrated(c *cli.Context, sh *shard.Spec, recs []shard.CalibRecord) error {
 	nBad := 0
 	for _, r := range recs {
 		if r.Error != "" {
@@ -118,7 +99,7 @@ func calibrateAction(c *cli.Context) error {
 			notef(c, "unreadable: %s", r.Error)
 		}
 	}
-	fmt.Printf("wrote %s: shard %s, %d images scored leave-one-out (padim merge --out M.padim STATS... C-*.calib sets the thresholds)\n", c.String("out"), sh, len(sel)-nBad)
+	fmt.Printf("wrote %s: shard %s, %d images scored leave-one-out (padim merge --out M.padim STATS... C-*.calib sets the thresholds)\n", c.String("out"), sh, len(recs)-nBad)
 	if nBad > 0 && !c.IsSet("shard") {
 		return cli.Exit(fmt.Sprintf("%d unreadable image(s) skipped (the merge checks that the calibration covers every image of the fit)", nBad), exitSkipped)
 	} else if nBad > 0 {

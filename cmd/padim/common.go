@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -187,6 +189,21 @@ func openBackbone(c *cli.Context, path string, data []byte, taps []string) (*bac
 	return backbone.OpenFile(path, o)
 }
 
+// openScoring opens a backbone (a model's: its graph and taps) and the
+// backend of --device, in that order.
+func openScoring(c *cli.Context, name string, data []byte, taps []string) (*backbone.Extractor, gauss.Backend, error) {
+	ext, err := openBackbone(c, name, data, taps)
+	if err != nil {
+		return nil, nil, err
+	}
+	be, err := gaussBackend(c)
+	if err != nil {
+		ext.Close()
+		return nil, nil, err
+	}
+	return ext, be, nil
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -197,41 +214,8 @@ func splitList(s string) []string {
 	return out
 }
 
-// firstOfEachFile returns the positions of paths that name a file not named
-// before (by identity: links, hard links and other spellings of one path
-// count once), calling dup for each one left out. Paths that cannot be
-// stat'ed are kept (reading them reports why).
-func firstOfEachFile(paths []string, dup func(path, same string)) []int {
-	keep := make([]int, 0, len(paths))
-	type seen struct {
-		st   os.FileInfo
-		path string
-	}
-	bySize := map[int64][]seen{}
-	for i, p := range paths {
-		st, err := os.Stat(p)
-		if err != nil || !st.Mode().IsRegular() {
-			keep = append(keep, i)
-			continue
-		}
-		same := ""
-		for _, s := range bySize[st.Size()] {
-			if os.SameFile(st, s.st) {
-				same = s.path
-				break
-			}
-		}
-		if same != "" {
-			dup(p, same)
-			continue
-		}
-		bySize[st.Size()] = append(bySize[st.Size()], seen{st, p})
-		keep = append(keep, i)
-	}
-	return keep
-}
-
-// readChannels reads comma- or whitespace-separated 0-based channel indices.
+// readChannels reads comma- or whitespace-separated 0-based channel
+// indices, sorted; one given twice is an error.
 func readChannels(path string) ([]int, error) {
 	b, err := readfile.ReadFile(path)
 	if err != nil {
@@ -249,5 +233,16 @@ func readChannels(path string) ([]int, error) {
 	if len(ch) == 0 {
 		return nil, fmt.Errorf("%s: no channel indices", path)
 	}
+	slices.Sort(ch)
+	if len(slices.Compact(slices.Clone(ch))) != len(ch) {
+		return nil, fmt.Errorf("%s: repeated channel index", path)
+	}
 	return ch, nil
+}
+
+// printJSON prints an indented JSON document on stdout.
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

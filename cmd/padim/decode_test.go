@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,13 +15,7 @@ import (
 func TestDecodePathCommands(t *testing.T) {
 	fx := setup(t)
 	dir := t.TempDir()
-	bin := fx.bin // built without tags
-	if turbojpeg.Available {
-		bin = filepath.Join(dir, "padim-turbojpeg")
-		if b, err := exec.Command("go", "build", "-tags", "turbojpeg", "-o", bin, ".").CombinedOutput(); err != nil {
-			t.Fatal(string(b))
-		}
-	}
+	bin := fx.bin // built with this test's tags: with libjpeg-turbo when turbojpeg.Available
 	run := func(args ...string) (string, string, int) {
 		t.Helper()
 		saved := fix.bin

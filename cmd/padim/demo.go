@@ -16,6 +16,7 @@ import (
 	"github.com/padim/padim/detector/fileio/atomicfile"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/evaluate"
+	"github.com/padim/padim/job"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/report"
 )
@@ -63,28 +64,9 @@ func demoAction(c *cli.Context) error {
 	}
 
 	// 1. backbones
-	var bbs []demoBackbone
-	for _, b := range splitList(c.String("backbones")) {
-		switch b {
-		case "seeded":
-			graph, err := seededBackbone(c.String("arch"), c.Uint64("backbone-seed"), 224)
-			if err != nil {
-				return err
-			}
-			path := filepath.Join(out, fmt.Sprintf("%s_seed%d.onnx", c.String("arch"), c.Uint64("backbone-seed")))
-			if err := atomicfile.Write(path, func(w io.Writer) error { _, err := w.Write(graph); return err }); err != nil {
-				return err
-			}
-			bbs = append(bbs, demoBackbone{c.String("arch"), fmt.Sprintf("seeded random weights (seed %d), the paper's architecture", c.Uint64("backbone-seed")), graph})
-			step("backbone %s with seeded random weights → %s", c.String("arch"), path)
-		case mobilenetv2.Arch:
-			if err := mobilenetv2.Verify(); err != nil {
-				return err
-			}
-			bbs = append(bbs, demoBackbone{mobilenetv2.Arch, "ImageNet-pretrained, shipped inside padim", mobilenetv2.ONNX()})
-		default:
-			return usageError("--backbones: %q is neither seeded nor %s", b, mobilenetv2.Arch)
-		}
+	bbs, err := demoBackbones(c, out, step)
+	if err != nil {
+		return err
 	}
 	if len(bbs) == 0 {
 		return usageError("--backbones: name at least one")
@@ -141,13 +123,41 @@ func demoAction(c *cli.Context) error {
 	for _, r := range report.CompareRows {
 		fmt.Printf("%-26s", r.Name)
 		for _, col := range cols {
-			fmt.Printf(" %16s", fmtMetric(r.Get(col.Eval)))
+			fmt.Printf(" %16s", r.Get(col.Eval).Format())
 		}
 		fmt.Println()
 	}
 	fmt.Printf("\nreport: %s\n", page)
 	fmt.Println("note: the seeded backbone has random weights: fine on these synthetic boards, close to chance on real parts; the shipped MobileNetV2 is ImageNet-pretrained.")
 	return nil
+}
+
+// demoBackbones builds (or takes) the backbones of --backbones, writing the seeded one.
+func demoBackbones(c *cli.Context, out string, step func(string, ...any)) ([]demoBackbone, error) {
+	var bbs []demoBackbone
+	for _, b := range splitList(c.String("backbones")) {
+		switch b {
+		case "seeded":
+			graph, err := seededBackbone(c.String("arch"), c.Uint64("backbone-seed"), 224)
+			if err != nil {
+				return nil, err
+			}
+			path := filepath.Join(out, fmt.Sprintf("%s_seed%d.onnx", c.String("arch"), c.Uint64("backbone-seed")))
+			if err := atomicfile.Write(path, func(w io.Writer) error { _, err := w.Write(graph); return err }); err != nil {
+				return nil, err
+			}
+			bbs = append(bbs, demoBackbone{c.String("arch"), fmt.Sprintf("seeded random weights (seed %d), the paper's architecture", c.Uint64("backbone-seed")), graph})
+			step("backbone %s with seeded random weights → %s", c.String("arch"), path)
+		case mobilenetv2.Arch:
+			if err := mobilenetv2.Verify(); err != nil {
+				return nil, err
+			}
+			bbs = append(bbs, demoBackbone{mobilenetv2.Arch, "ImageNet-pretrained, shipped inside padim", mobilenetv2.ONNX()})
+		default:
+			return nil, usageError("--backbones: %q is neither seeded nor %s", b, mobilenetv2.Arch)
+		}
+	}
+	return bbs, nil
 }
 
 // demoOne trains and evaluates one backbone, writing its model and report.
@@ -178,11 +188,14 @@ func demoOne(c *cli.Context, bb demoBackbone, files []string, items []dataset.It
 		return nil, err
 	}
 	defer sc.Close()
-	ev, _, err := evaluateWithReport(c, m, sc, items, modelPath, data, filepath.Join(out, "report", bb.name))
+	prog = newProgress(c)
+	ev, _, err := job.Eval(c.Context, job.EvalConfig{Model: m, ModelPath: modelPath, Scorer: sc, Items: items, Data: data,
+		Report: filepath.Join(out, "report", bb.name), Progress: prog.update})
+	prog.done()
 	if err != nil {
 		return nil, err
 	}
 	step("%s: evaluated %d test images: image AUROC %s, pixel AUROC %s, image F1 calibrated %s (best %s)", bb.name, ev.NImages,
-		fmtMetric(ev.ImageAUROC), fmtMetric(ev.PixelAUROC), fmtMetric(ev.ImageF1Calibrated), fmtMetric(ev.ImageF1))
+		ev.ImageAUROC.Format(), ev.PixelAUROC.Format(), ev.ImageF1Calibrated.Format(), ev.ImageF1.Format())
 	return ev, nil
 }

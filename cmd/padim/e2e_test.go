@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"math"
 	"os"
 	"os/exec"
@@ -19,21 +18,11 @@ import (
 // padim runs the built binary and returns stdout and the exit code.
 func padim(t *testing.T, bin string, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	out, errs, code, _ := runCmd(t, exec.Command(bin, args...))
 	if testing.Verbose() {
-		t.Logf("padim %s → %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
+		t.Logf("padim %s → %d\n%s%s", strings.Join(args, " "), code, out, errs)
 	}
-	return out.String(), code
+	return out, code
 }
 
 func mustOK(t *testing.T, bin string, args ...string) string {
@@ -76,10 +65,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Skipf("ONNX Runtime not available (make onnxruntime): %v", err)
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "padim")
-	if b, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
+	bin := testBinary(t)
 	data := filepath.Join(dir, "wood")
 	bb := filepath.Join(dir, "r18.onnx")
 	model := filepath.Join(dir, "m.padim")

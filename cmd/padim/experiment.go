@@ -1,23 +1,17 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
-	"github.com/padim/padim/detector/backbone"
-	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/fileio/readfile"
 	"github.com/padim/padim/experiment"
-	"github.com/padim/padim/models/mobilenetv2"
-	"github.com/padim/padim/models/resnet"
 )
 
 func experimentCommand() *cli.Command {
@@ -36,18 +30,11 @@ func experimentCommand() *cli.Command {
 			batchFlag, deviceFlag, threadsFlag,
 		}
 	}
-	usage := map[string]string{
-		"layers":    "Table 1: taps 1, 2, 3, 4, 1+2, 1+2+3, 1+2+3+4 (d=550, or all channels when fewer)",
-		"dim":       "Table 2: d = 250, 350, 450, 550, 650 on layer1+2+3",
-		"backbones": "Table 3: resnet50, resnet50_cbam, resnet101_cbam, resnet152_cbam (seeded random weights unless --weights-dir has <arch>.safetensors), and the shipped mobilenet_v2",
-		"samples":   "Table 4: 5, 10, 20, 30, 50 training images (seeded subsets)",
-		"methods":   "Table 5: SPADE, PatchCore and PaDiM on the same backbone and pipeline",
-	}
 	var subs []*cli.Command
 	for _, sw := range experiment.Sweeps {
 		subs = append(subs, &cli.Command{
 			Name:      sw,
-			Usage:     usage[sw],
+			Usage:     experiment.SweepUsage[sw],
 			UsageText: "padim experiment " + sw + " --data CATEGORY [--backbone F.onnx] [--repeats K] [--json] [--csv F] [--report DIR]",
 			Flags:     flags(),
 			Action:    func(c *cli.Context) error { return experimentAction(c, sw) },
@@ -89,95 +76,25 @@ func experimentAction(c *cli.Context, sweep string) error {
 		return err
 	}
 	defer be.Close()
-	var bbs []experiment.Backbone
-	var exts []*backbone.Extractor
-	defer func() {
-		for _, e := range exts {
-			e.Close()
-		}
-	}()
-	add := func(name string, data []byte) error {
-		ext, err := openBackbone(c, name, data, nil)
-		if err != nil {
-			return err
-		}
-		exts = append(exts, ext)
-		bbs = append(bbs, experiment.Backbone{Name: name, Ext: ext, ONNX: ext.Data, Pre: ext.DefaultPreprocess()})
-		return nil
-	}
-	seeded := func(arch string) ([]byte, error) {
-		o := resnet.Options{Arch: arch, InputSize: 224, Seed: c.Uint64("backbone-seed"), Taps: resnet.Layers,
-			Source: fmt.Sprintf("random (seed %d)", c.Uint64("backbone-seed"))}
-		var p resnet.Params = resnet.Random{Seed: o.Seed}
-		if d := c.String("weights-dir"); d != "" {
-			if ck, err := resnet.OpenCheckpoint(filepath.Join(d, arch+".safetensors")); err == nil {
-				p, o.Source, o.Seed = ck, filepath.Join(d, arch+".safetensors"), 0
-			}
-		}
-		return resnet.Build(o, p)
-	}
-	main := "resnet50_cbam"
+	plan := experiment.PlanConfig{Sweep: sweep, BackboneSeed: c.Uint64("backbone-seed"), WeightsDir: c.String("weights-dir"), Dim: c.Int("dim"), NTrain: len(train)}
 	if p := c.String("backbone"); p != "" {
-		data, err := readfile.ReadFile(p)
-		if err != nil {
+		if plan.Backbone.ONNX, err = readfile.ReadFile(p); err != nil {
 			return err
 		}
-		main = filepath.Base(p)
-		if err := add(main, data); err != nil {
-			return err
-		}
-	} else if sweep != "backbones" {
-		data, err := seeded(main)
-		if err != nil {
-			return err
-		}
-		if err := add(main, data); err != nil {
-			return err
-		}
+		plan.Backbone.Name = filepath.Base(p)
 	}
-	dim := c.Int("dim")
-	var pts []experiment.Point
-	switch sweep {
-	case "layers":
-		for _, l := range []string{"1", "2", "3", "4", "1+2", "1+2+3", "1+2+3+4"} {
-			var taps []string
-			for _, d := range strings.Split(l, "+") {
-				taps = append(taps, "layer"+d)
-			}
-			pts = append(pts, experiment.Point{Label: l, Backbone: main, Taps: taps, Dim: dim, Method: detector.MethodPaDiM})
-		}
-	case "dim":
-		for _, d := range []int{250, 350, 450, 550, 650} {
-			pts = append(pts, experiment.Point{Label: "d=" + strconv.Itoa(d), Backbone: main, Taps: resnet.DefaultTaps, Dim: d, Method: detector.MethodPaDiM})
-		}
-	case "samples":
-		for _, n := range []int{5, 10, 20, 30, 50} {
-			if n > len(train) {
-				break
-			}
-			pts = append(pts, experiment.Point{Label: "N=" + strconv.Itoa(n), Backbone: main, Taps: resnet.DefaultTaps, Dim: dim, N: n, Method: detector.MethodPaDiM})
-		}
-	case "methods":
-		pts = []experiment.Point{
-			{Label: "spade", Backbone: main, Taps: resnet.DefaultTaps, Dim: dim, Method: baseline.MethodSPADE},
-			{Label: "patchcore", Backbone: main, Taps: detector.DefaultLayers(baseline.MethodPatchCore), Dim: dim, Method: baseline.MethodPatchCore},
-			{Label: "padim", Backbone: main, Taps: resnet.DefaultTaps, Dim: dim, Method: detector.MethodPaDiM},
-		}
-	case "backbones":
-		for _, arch := range []string{"resnet50", "resnet50_cbam", "resnet101_cbam", "resnet152_cbam"} {
-			data, err := seeded(arch)
-			if err != nil {
-				return err
-			}
-			if err := add(arch, data); err != nil {
-				return err
-			}
-			pts = append(pts, experiment.Point{Label: arch, Backbone: arch, Taps: resnet.DefaultTaps, Dim: dim, Method: detector.MethodPaDiM})
-		}
-		if err := add(mobilenetv2.Arch, mobilenetv2.ONNX()); err != nil {
+	graphs, pts, err := experiment.Plan(plan)
+	if err != nil {
+		return err
+	}
+	var bbs []experiment.Backbone
+	for _, g := range graphs {
+		ext, err := openBackbone(c, g.Name, g.ONNX, nil)
+		if err != nil {
 			return err
 		}
-		pts = append(pts, experiment.Point{Label: mobilenetv2.Arch, Backbone: mobilenetv2.Arch, Dim: dim, Method: detector.MethodPaDiM})
+		defer ext.Close()
+		bbs = append(bbs, experiment.Backbone{Name: g.Name, Ext: ext, ONNX: ext.Data, Pre: ext.DefaultPreprocess()})
 	}
 	notef(c, "experiment %s on %s: %d training and %d test images, %d points × %d repeats", sweep, c.String("data"), len(train), len(test), len(pts), c.Int("repeats"))
 	rs, err := experiment.Execute(c.Context, experiment.Config{
@@ -188,6 +105,11 @@ func experimentAction(c *cli.Context, sweep string) error {
 	if err != nil {
 		return err
 	}
+	return experimentOutputs(c, sweep, rs)
+}
+
+// experimentOutputs writes --csv and --report and prints the results.
+func experimentOutputs(c *cli.Context, sweep string, rs []experiment.Result) error {
 	if f := c.String("csv"); f != "" {
 		if err := experiment.WriteCSV(f, sweep, rs); err != nil {
 			return err
@@ -201,9 +123,7 @@ func experimentAction(c *cli.Context, sweep string) error {
 		notef(c, "report: %s", page)
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"sweep": sweep, "data": c.String("data"), "results": rs, "paper": experiment.Paper[sweep]})
+		return printJSON(map[string]any{"sweep": sweep, "data": c.String("data"), "results": rs, "paper": experiment.Paper[sweep]})
 	}
 	experiment.Print(os.Stdout, sweep, rs)
 	return nil

@@ -6,210 +6,45 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector/fileio/atomicfile"
+	"github.com/padim/padim/detector/fileio/outputs"
 )
 
-// The one rule on outputs, applied by every command that writes, before any
-// work (checkOutputs, checkOutputTree, checkOutputFolder; serve and loadtest
-// call them too):
-//
-//  1. no output is an input (links resolved, hard links too), nor another
-//     output of the run, nor an existing folder;
-//  2. nothing is written inside a data folder (--data, a folder given to
-//     score), and no output folder overlaps one: a later run would take what
-//     landed there for data;
-//  3. no image is written into a folder that holds images padim did not
-//     write (a folder of data given file by file): the same reason;
-//  4. every output can be written: its folder exists (or, for trees the
-//     command creates, its nearest existing ancestor) and is writable, so
-//     that a run does not find out after its work.
-//
-// Every refusal names both paths and is a usage error (exit 2).
-
-// canonical resolves a path's links (its folder's, when the file does not exist yet).
-func canonical(p string) string {
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		abs = filepath.Clean(p)
-	}
-	if r, err := filepath.EvalSymlinks(abs); err == nil {
-		return r
-	}
-	if r, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
-		return filepath.Join(r, filepath.Base(abs))
-	}
-	return abs
-}
-
-// sameFile reports whether two paths name one file (links and hard links included).
-func sameFile(a, b string) bool {
-	if canonical(a) == canonical(b) {
-		return true
-	}
-	sa, err1 := os.Stat(a)
-	sb, err2 := os.Stat(b)
-	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
-}
-
-// within reports whether the canonical path p is dir or below it.
-func within(p, dir string) bool {
-	return p == dir || dir == string(filepath.Separator) || strings.HasPrefix(p, dir+string(filepath.Separator))
-}
+// The one rule on outputs (detector/fileio/outputs), applied by every
+// command that writes, before any work; a refusal is a usage error (exit 2).
 
 // checkOutputs applies the output rule to files whose folders must exist:
 // inputs are the files read, data the data folders.
-func checkOutputs(inputs, outputs []string, data ...string) error {
-	return outputRule{inputs: inputs, files: outputs, data: data}.check()
+func checkOutputs(inputs, files []string, data ...string) error {
+	return usageOf(outputs.Rule{Inputs: inputs, Files: files, Data: data}.Check())
 }
 
 // checkOutputTree applies the output rule to files the command writes into
 // folders it creates (score's maps, a shard's results).
-func checkOutputTree(inputs, outputs []string, data ...string) error {
-	return outputRule{inputs: inputs, files: outputs, data: data, mkdir: true}.check()
+func checkOutputTree(inputs, files []string, data ...string) error {
+	return usageOf(outputs.Rule{Inputs: inputs, Files: files, Data: data, Mkdir: true}.Check())
 }
 
-// outputRule is one command's outputs and what they must stay clear of.
-type outputRule struct {
-	inputs, files, data []string
-	mkdir               bool // the command creates the outputs' folders
-}
-
-func (r outputRule) check() error {
-	in := map[string]string{}
-	for _, p := range r.inputs {
-		if p != "" {
-			in[canonical(p)] = p
-		}
-	}
-	out := map[string]string{}
-	var outs []string
-	for _, o := range r.files {
-		if o == "" {
-			continue
-		}
-		c := canonical(o)
-		if p, ok := in[c]; ok {
-			return cli.Exit(fmt.Sprintf("output %s would overwrite the input %s: choose another output path", o, p), exitUsage)
-		}
-		if p, ok := out[c]; ok {
-			return cli.Exit(fmt.Sprintf("outputs %s and %s are the same file: give them different paths", p, o), exitUsage)
-		}
-		out[c] = o
-		outs = append(outs, o)
-		if st, err := os.Stat(o); err == nil {
-			if st.IsDir() {
-				return cli.Exit(fmt.Sprintf("output %s is a folder: give a file path", o), exitUsage)
-			}
-			for c, p := range in { // hard links
-				if ist, err := os.Stat(p); err == nil && os.SameFile(st, ist) {
-					return cli.Exit(fmt.Sprintf("output %s is the same file as the input %s (%s): choose another output path", o, p, c), exitUsage)
-				}
-			}
-		}
-	}
-	data := map[string]string{}
-	for _, d := range r.data {
-		if d != "" {
-			data[canonical(d)] = d
-		}
-	}
-	type folder struct{ any, image string } // an output in the folder, an image output in it
-	folders := map[string]*folder{}         // by canonical path
-	var order []string
-	for _, o := range outs {
-		c := canonical(o)
-		for cd, d := range data {
-			if within(c, cd) {
-				return cli.Exit(fmt.Sprintf("output %s is inside the data folder %s: padim writes nothing into its data (a later run would take it for input); give a path outside %s", o, d, d), exitUsage)
-			}
-		}
-		dir := filepath.Dir(c)
-		f := folders[dir]
-		if f == nil {
-			f = &folder{any: o}
-			folders[dir] = f
-			order = append(order, dir)
-		}
-		if f.image == "" && dataset.IsImage(o) {
-			f.image = o
-		}
-	}
-	for _, dir := range order {
-		f := folders[dir]
-		if f.image != "" {
-			if err := imagesOfOthers(dir, f.image); err != nil {
-				return err
-			}
-		}
-		if err := atomicfile.CheckWritable(f.any, r.mkdir); err != nil {
-			return cli.Exit(err.Error(), exitUsage)
-		}
-	}
-	return nil
-}
-
-// padimImageSuffixes name the images padim writes beside each other (score
-// --maps png); a folder holding only these holds no data.
-var padimImageSuffixes = []string{"_heatmap.png", "_overlay.png", "_mask.png", "_boxes.png"}
-
-// imagesOfOthers refuses to write the image output example into dir when
-// dir holds images padim did not write.
-func imagesOfOthers(dir, example string) error {
-	ents, err := os.ReadDir(dir)
+func usageOf(err error) error {
 	if err != nil {
-		return nil // made by the command, or reported by the write check
-	}
-	for _, e := range ents {
-		name := e.Name()
-		if e.IsDir() || strings.HasPrefix(name, ".") || !dataset.IsImage(name) || slices.ContainsFunc(padimImageSuffixes, func(s string) bool { return strings.HasSuffix(name, s) }) {
-			continue
-		}
-		return cli.Exit(fmt.Sprintf("output %s would go into %s, which holds images padim did not write (%s): it looks like a data folder, and the next train or score there would take the pictures for data; give a new or empty folder", example, filepath.Dir(example), name), exitUsage)
+		return cli.Exit(err.Error(), exitUsage)
 	}
 	return nil
 }
 
-// checkOutputFolder applies the output rule to a folder a command fills
-// (a report): not a file, not overlapping a data folder either way, not a
-// folder of images that is no report, and writable.
+// checkOutputFolder applies the output rule to the folder of --flag (a
+// report), and checks that it can be written.
 func checkOutputFolder(flag, dir string, data ...string) error {
 	if dir == "" {
 		return nil
 	}
-	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
-		return usageError("--%s %s is a file: give a folder", flag, dir)
-	}
-	c := canonical(dir)
-	for _, d := range data {
-		if d == "" {
-			continue
-		}
-		cd := canonical(d)
-		if within(c, cd) || within(cd, c) {
-			return usageError("--%s %s and the data folder %s overlap: the %s's files would mix with the data (and be taken for it by a later run); give a folder outside the data", flag, dir, d, flag)
-		}
-	}
-	if ents, err := os.ReadDir(dir); err == nil {
-		report := false
-		var image string
-		for _, e := range ents {
-			switch {
-			case e.Name() == "index.html":
-				report = true
-			case image == "" && !e.IsDir() && dataset.IsImage(e.Name()):
-				image = e.Name()
-			}
-		}
-		if image != "" && !report {
-			return usageError("--%s %s holds images (%s) but no report (index.html): it looks like a data folder; give a new or empty folder", flag, dir, image)
-		}
+	if err := outputs.CheckFolder(flag, dir, data...); err != nil {
+		return usageError("--%s %v", flag, err)
 	}
 	if err := atomicfile.CheckWritable(filepath.Join(dir, "index.html"), true); err != nil {
 		return usageError("--%s: %v", flag, err)

@@ -43,7 +43,8 @@ var (
 	fixErr  error
 )
 
-// setup builds the binary, a tiny data set, a backbone and a model once.
+// setup makes a tiny data set, a backbone and a model once (with the
+// binary of testBinary).
 func setup(t *testing.T) fixture {
 	t.Helper()
 	if err := backbone.Init(""); err != nil {
@@ -55,18 +56,7 @@ func setup(t *testing.T) fixture {
 			fixErr = err
 			return
 		}
-		fix = fixture{dir: dir, bin: filepath.Join(dir, "padim"), data: filepath.Join(dir, "wood"), bb: filepath.Join(dir, "r18.onnx"), mdl: filepath.Join(dir, "m.padim")}
-		if bin := os.Getenv("PADIM_TEST_BIN"); bin != "" {
-			// another build of padim (an older one: to check that a test
-			// fails without the fix it is for)
-			if b, err := exec.Command("cp", bin, fix.bin).CombinedOutput(); err != nil {
-				fixErr = errors.New(string(b))
-				return
-			}
-		} else if b, err := exec.Command("go", "build", "-o", fix.bin, ".").CombinedOutput(); err != nil {
-			fixErr = errors.New(string(b))
-			return
-		}
+		fix = fixture{dir: dir, bin: testBinary(t), data: filepath.Join(dir, "wood"), bb: filepath.Join(dir, "r18.onnx"), mdl: filepath.Join(dir, "m.padim")}
 		for _, args := range [][]string{
 			{"synth", "--out", fix.data, "--seed", "3", "--train", "8", "--test-good", "2", "--test-defect", "2", "--size", "80"},
 			{"backbone", "--arch", "resnet18", "--seed", "3", "--size", "64", "--out", fix.bb},
@@ -89,10 +79,9 @@ func setup(t *testing.T) fixture {
 // so that the RSS is the binary's own and not the test process's.
 func runBin(t *testing.T, env []string, args ...string) (string, string, int, int64) {
 	t.Helper()
-	outFile := filepath.Join(t.TempDir(), "stdout")
 	enc, _ := json.Marshal(append([]string{fix.bin}, args...))
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPeak$")
-	cmd.Env = append(append(os.Environ(), env...), "PADIM_PEAK_HELPER="+string(enc), "PADIM_PEAK_STDOUT="+outFile)
+	cmd.Env = append(append(os.Environ(), env...), "PADIM_PEAK_HELPER="+string(enc))
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	res, err := cmd.Output()
@@ -103,12 +92,12 @@ func runBin(t *testing.T, env []string, args ...string) (string, string, int, in
 	var r struct {
 		Code   int
 		MaxRSS int64
+		Stdout string
 	}
 	if err := json.Unmarshal(bytes.TrimSpace(res), &r); err != nil {
 		t.Fatalf("helper: %v: %s %s", err, res, errb.String())
 	}
-	out, _ := os.ReadFile(outFile)
-	return string(out), errb.String(), r.Code, r.MaxRSS
+	return r.Stdout, errb.String(), r.Code, r.MaxRSS
 }
 
 // snapshot hashes every file under the given paths.
@@ -149,6 +138,16 @@ func resign(t *testing.T, src, dst string, edit func(md map[string]string, ts []
 	edit(f.Metadata, f.Tensors)
 	if err := safetensors.Write(dst, f.Metadata, f.Tensors); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// jsonWith checks that stdout is one JSON object with the key.
+func jsonWith(key string) func(t *testing.T, d, stdout string, _ int64) {
+	return func(t *testing.T, d, stdout string, _ int64) {
+		var doc map[string]any
+		if err := json.Unmarshal([]byte(stdout), &doc); err != nil || doc[key] == nil {
+			t.Errorf("not a JSON document with %q (%v): %.300s", key, err, stdout)
+		}
 	}
 }
 
@@ -401,6 +400,64 @@ func TestHostileInputTable(t *testing.T) {
 				t.Errorf("hold-out: %s", stdout)
 			}
 		}},
+
+		// flags anywhere (issue 23): a flag after an argument is read as a
+		// flag, for every command; urfave/cli alone stopped at the first
+		// argument (the range messages below come only from parsing the flag)
+		{name: "flags after the arguments: collect DIR --json", prep: func(t *testing.T, d string) []string {
+			if _, errs, code, _ := runBin(t, nil, "-q", "score", "--model", fx.mdl, "--device", "cpu", "--shard", "0/1", "--out", filepath.Join(d, "r"), good); code != 0 {
+				t.Fatal(errs)
+			}
+			return []string{"collect", filepath.Join(d, "r"), "--json"}
+		}, code: exitOK, check: jsonWith("n_images")},
+		{name: "flags after the arguments: score --model M DIR --json", prep: func(t *testing.T, d string) []string {
+			return []string{"score", "--model", fx.mdl, filepath.Join(fx.data, "test", "good"), "--json", "--device", "cpu"}
+		}, code: exitOK, check: jsonWith("n_images")},
+		{name: "flags after the arguments: info", prep: func(t *testing.T, d string) []string {
+			return []string{"info", "stray", "--model", fx.mdl, "--json"}
+		}, code: exitOK, check: jsonWith("n_train")},
+		{name: "flags after the arguments: train", prep: func(t *testing.T, d string) []string {
+			return []string{"train", "stray", "--data", fx.data, "--out", filepath.Join(d, "m"), "--dim", "-5"}
+		}, code: exitUsage, msg: "--dim -5"},
+		{name: "flags after the arguments: eval", prep: func(t *testing.T, d string) []string {
+			return []string{"eval", "stray", "--model", fx.mdl, "--data", fx.data, "--open-radius", "100000"}
+		}, code: exitUsage, msg: "--open-radius 100000"},
+		{name: "flags after the arguments: synth", prep: func(t *testing.T, d string) []string {
+			return []string{"synth", "stray", "--out", filepath.Join(d, "s"), "--size", "100000"}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: backbone", prep: func(t *testing.T, d string) []string {
+			return []string{"backbone", "stray", "--arch", "resnet18", "--size", "100000", "--out", filepath.Join(d, "b.onnx")}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: demo", prep: func(t *testing.T, d string) []string {
+			return []string{"demo", "stray", "--out", filepath.Join(d, "demo"), "--size", "100000"}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: bench", prep: func(t *testing.T, d string) []string {
+			return []string{"bench", "stray", "--size", "100000"}
+		}, code: exitUsage, msg: "--size 100000"},
+		{name: "flags after the arguments: merge", prep: func(t *testing.T, d string) []string {
+			return []string{"merge", fx.mdl, "--out", filepath.Join(d, "m"), "--eps", "-5"}
+		}, code: exitUsage, msg: "--eps -5"},
+		{name: "flags after the arguments: experiment", prep: func(t *testing.T, d string) []string {
+			return []string{"experiment", "samples", "stray", "--data", fx.data, "--repeats", "1000"}
+		}, code: exitUsage, msg: "--repeats 1000"},
+		{name: "flags before the sub-command: experiment", prep: func(t *testing.T, d string) []string {
+			return []string{"experiment", "--data", fx.data, "samples", "--repeats", "1000"}
+		}, code: exitUsage, msg: "--repeats 1000"},
+		{name: "flags after the arguments: calibrate", prep: func(t *testing.T, d string) []string {
+			return []string{"calibrate", fx.mdl, "--data", fx.data, "--out", filepath.Join(d, "c.calib"), "--batch", "100000"}
+		}, code: exitUsage, msg: "--batch 100000"},
+		{name: "flags after the arguments: serve", prep: func(t *testing.T, d string) []string {
+			return []string{"serve", "stray", "--model", fx.mdl, "--queue", "100000000"}
+		}, code: exitUsage, msg: "--queue"},
+		{name: "flags after the arguments: loadtest", prep: func(t *testing.T, d string) []string {
+			return []string{"loadtest", good, "--model", "m", "--api", "bogus"}
+		}, code: exitUsage, msg: `--api "bogus"`},
+		{name: "padim's own flags after the command", prep: func(t *testing.T, d string) []string {
+			return []string{"train", "stray", "--data", fx.data, "--out", filepath.Join(d, "m"), "--max-memory", "1K"}
+		}, code: exitUsage, msg: `--max-memory "1K"`},
+		{name: "-- ends the flags: what follows is an argument", prep: func(t *testing.T, d string) []string {
+			return []string{"score", "--model", fx.mdl, "--device", "cpu", "--", good, "--json"}
+		}, code: exitError, msg: "--json: no such file"},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -434,16 +491,14 @@ func TestHostileInputTable(t *testing.T) {
 // output is either absent or a whole model.
 func TestInterruptLeavesNothingHalfWritten(t *testing.T) {
 	fx := setup(t)
-	for _, delay := range []time.Duration{300 * time.Millisecond, 900 * time.Millisecond, 1500 * time.Millisecond} {
+	// at known points (the test hook holds the run there) instead of after
+	// guessed delays: reading and fitting, cross-fitting, about to save
+	for _, delay := range []string{"fit", "crossfit", "save"} {
 		dir := t.TempDir()
 		out := filepath.Join(dir, "m.padim")
-		cmd := exec.Command(fx.bin, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--out", out, "--dim", "40", "--device", "cpu")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(delay)
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
+		h := startAt(t, delay, "-q", "train", "--backbone", fx.bb, "--data", fx.data, "--out", out, "--dim", "40", "--device", "cpu")
+		h.signal(os.Interrupt)
+		h.exit()
 		ents, _ := os.ReadDir(dir)
 		for _, e := range ents {
 			if strings.Contains(e.Name(), ".tmp-") {
@@ -490,24 +545,11 @@ func runGuarded(t *testing.T, o runOpts, args ...string) (string, string, int, i
 	if o.nobody && os.Getuid() == 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	stdout, stderr, code, rss := runCmd(t, cmd)
 	if ctx.Err() != nil {
-		return out.String(), errb.String() + "\n(killed by the hang guard)", -1, 0
+		return stdout, stderr + "\n(killed by the hang guard)", -1, 0
 	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss << 10
-	}
-	return out.String(), errb.String(), code, rss
+	return stdout, stderr, code, rss
 }
 
 // runPeak runs the binary and returns its exit code, its own peak RSS and
@@ -516,6 +558,13 @@ func runGuarded(t *testing.T, o runOpts, args ...string) (string, string, int, i
 // peak RSS of the process that execs over to the new program, and the test
 // process holds the large inputs.
 func runPeak(t *testing.T, stdin io.Reader, args ...string) (int, int64, string) {
+	t.Helper()
+	code, rss, _, stderr := runPeakOut(t, stdin, args...)
+	return code, rss, stderr
+}
+
+// runPeakOut is runPeak with the command's stdout too.
+func runPeakOut(t *testing.T, stdin io.Reader, args ...string) (int, int64, string, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
@@ -533,16 +582,17 @@ func runPeak(t *testing.T, stdin io.Reader, args ...string) (int, int64, string)
 	var res struct {
 		Code   int
 		MaxRSS int64
+		Stdout string
 	}
 	if err := json.Unmarshal(bytes.TrimSpace(out), &res); err != nil {
 		t.Fatalf("helper: %v: %s %s", err, out, errb.String())
 	}
-	return res.Code, res.MaxRSS, errb.String()
+	return res.Code, res.MaxRSS, res.Stdout, errb.String()
 }
 
 // TestHelperPeak is runPeak's and runBin's helper process: it runs the
-// command in $PADIM_PEAK_HELPER (its stdout into $PADIM_PEAK_STDOUT, else
-// discarded) and prints its exit code and peak RSS.
+// command in $PADIM_PEAK_HELPER and prints its exit code, peak RSS and stdout
+// as JSON.
 func TestHelperPeak(t *testing.T) {
 	spec := os.Getenv("PADIM_PEAK_HELPER")
 	if spec == "" {
@@ -551,22 +601,15 @@ func TestHelperPeak(t *testing.T) {
 	var argv []string
 	json.Unmarshal([]byte(spec), &argv)
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stderr = os.Stdin, os.Stderr
-	if p := os.Getenv("PADIM_PEAK_STDOUT"); p != "" {
-		f, err := os.Create(p)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		defer f.Close()
-		cmd.Stdout = f
-	}
+	var out bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, &out, os.Stderr
 	cmd.Run()
 	var rss int64
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rss = ru.Maxrss << 10
 	}
-	fmt.Printf("{\"Code\": %d, \"MaxRSS\": %d}\n", cmd.ProcessState.ExitCode(), rss)
+	b, _ := json.Marshal(map[string]any{"Code": cmd.ProcessState.ExitCode(), "MaxRSS": rss, "Stdout": out.String()})
+	fmt.Printf("%s\n", b)
 	os.Exit(0)
 }
 

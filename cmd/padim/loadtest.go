@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/padim/padim/job"
 	"github.com/padim/padim/serve/loadgen"
 )
 
@@ -83,7 +84,7 @@ func loadtestAction(c *cli.Context) error {
 		}
 		cfg.Token = strings.TrimSpace(string(b))
 	}
-	ts, err := targets(c.Args().Slice())
+	ts, err := job.Targets(c.Args().Slice())
 	if err != nil {
 		return err
 	}
@@ -95,12 +96,12 @@ func loadtestAction(c *cli.Context) error {
 	}
 	checked := 0
 	for _, t := range ts {
-		b, err := os.ReadFile(t.path)
+		b, err := os.ReadFile(t.Path)
 		if err != nil {
 			return err
 		}
-		im := loadgen.Image{Name: t.path, Data: b}
-		abs, _ := filepath.Abs(t.path)
+		im := loadgen.Image{Name: t.Path, Data: b}
+		abs, _ := filepath.Abs(t.Path)
 		if im.Expect, im.Has = expect[abs]; im.Has {
 			checked++
 		}

@@ -84,7 +84,7 @@ func signalCode(s os.Signal) int {
 
 func run(ctx context.Context, args []string) int {
 	app := newApp()
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	atomicfile.RemoveTemps()
 	if err == nil {
 		// Finished, a signal notwithstanding (a server that drained, a

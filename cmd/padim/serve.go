@@ -281,18 +281,9 @@ func serveLoader(c *cli.Context, batch int, pipeMem int64) serve.Loader {
 		if _, warn, _ := m.DecodeFor(""); warn != "" { // a libjpeg-turbo model on a build without it
 			fmt.Fprintf(os.Stderr, "warning: %s: %s\n", path, warn)
 		}
-		taps := make([]string, len(m.Taps))
-		for i, t := range m.Taps {
-			taps[i] = t.Name
-		}
-		ext, err := openBackbone(c, m.BackboneName+" (embedded)", m.BackboneONNX, taps)
+		ext, be, err := openScoring(c, m.BackboneName+" (embedded)", m.BackboneONNX, m.TapNames())
 		if err != nil {
 			return nil, withHint(err)
-		}
-		be, err := gaussBackend(c)
-		if err != nil {
-			ext.Close()
-			return nil, err
 		}
 		sc, err := m.NewScorer(serve.Guard(ext), detector.ScoreConfig{Backend: be, Pipeline: detector.PipelineOptions{Batch: batch, Memory: pipeMem},
 			Thresholds: thresholdFlag(c), OpenRadius: c.Int("open-radius")})

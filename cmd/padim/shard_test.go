@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -26,17 +25,8 @@ func runIn(t *testing.T, dir string, env []string, args ...string) (string, stri
 	cmd := exec.Command(fix.bin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(libEnv(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return out.String(), errb.String(), code
+	out, errs, code, _ := runCmd(t, cmd)
+	return out, errs, code
 }
 
 // libEnv is the environment with ONNX Runtime's library named absolutely
@@ -192,7 +182,7 @@ func TestShardedScoreSimulation(t *testing.T) {
 	}
 	keys := map[string]bool{}
 	for _, l := range bytes.Split(bytes.TrimSpace(ra), []byte("\n")) {
-		var r scoreRecord
+		var r shard.ScoreRecord
 		if err := json.Unmarshal(l, &r); err != nil {
 			t.Fatal(err)
 		}
@@ -212,13 +202,13 @@ func TestShardedScoreSimulation(t *testing.T) {
 		t.Fatalf("summaries differ:\n%s\n%s", sa, sb)
 	}
 	// and the plain score of the same list gives the same scores
-	var doc struct{ Images []scoredImage }
+	var doc struct{ Images []shard.ScoredImage }
 	plain := mustRunIn(t, b, nil, "-q", "score", "--model", fx.mdl, "--device", "cpu", "--json", "--manifest", manifest)
 	if err := json.Unmarshal([]byte(plain), &doc); err != nil || len(doc.Images) != n {
 		t.Fatalf("plain score: %v", err)
 	}
 	for i, l := range bytes.Split(bytes.TrimSpace(ra), []byte("\n")) {
-		var r scoreRecord
+		var r shard.ScoreRecord
 		json.Unmarshal(l, &r)
 		if r.Path != doc.Images[i].Path || *r.Score != *doc.Images[i].Score || *r.Defect != *doc.Images[i].Defect {
 			t.Fatalf("%s: sharded %v/%v, plain %s %v/%v", r.Path, *r.Score, *r.Defect, doc.Images[i].Path, *doc.Images[i].Score, *doc.Images[i].Defect)
@@ -354,15 +344,11 @@ func TestShardedEvalSimulation(t *testing.T) {
 	ref := mustRunIn(t, dir, nil, "-q", "eval", "--model", fx.mdl, "--data", data, "--json", "--device", "cpu")
 	args = []string{"-q", "eval", "--model", fx.mdl, "--data", data, "--device", "cpu", "--shard", "auto/2", "--out", "w2", "--flush-every", "1"}
 	mustRunIn(t, dir, env(0), args...)
-	cmd := exec.Command(fx.bin, args...)
-	cmd.Dir, cmd.Env = dir, append(libEnv(), env(1)...)
-	cmd.Start()
-	deadline := time.Now().Add(60 * time.Second)
-	for countLines(filepath.Join(dir, "w2", "results-1-of-2.jsonl")) == 0 && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
+	// killed once its first record is on file (flushed at once: --flush-every 1)
+	killAt(t, dir, append(append(libEnv(), env(1)...), testWaitEnv+"=evaluate:2"), "evaluate:2", args...)
+	if countLines(filepath.Join(dir, "w2", "results-1-of-2.jsonl")) == 0 {
+		t.Fatal("the killed shard left no record to resume from")
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
 	mustRunIn(t, dir, env(1), args...)
 	if coll := mustRunIn(t, dir, nil, "collect", "--json", "w2"); coll != ref {
 		t.Fatalf("collect of 2 eval shards of the folder differs from one eval:\n%s", firstDiff([]byte(coll), []byte(ref)))
@@ -467,7 +453,7 @@ func TestShardedTrainMergeEqualsOneFit(t *testing.T) {
 				rel(a.Calibration.PixelQuantiles[i], b.Calibration.PixelQuantiles[i])
 			}
 			// the models score the same
-			var sa, sb struct{ Images []scoredImage }
+			var sa, sb struct{ Images []shard.ScoredImage }
 			json.Unmarshal([]byte(mustRunIn(t, dir, nil, "-q", "score", "--model", "single.padim", "--json", "--device", "cpu", test)), &sa)
 			json.Unmarshal([]byte(mustRunIn(t, dir, nil, "-q", "score", "--model", "merged.padim", "--json", "--device", "cpu", test)), &sb)
 			if len(sa.Images) == 0 || len(sa.Images) != len(sb.Images) {

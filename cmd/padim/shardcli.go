@@ -1,16 +1,13 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/detector/fileio/readfile"
+	"github.com/padim/padim/job"
 	"github.com/padim/padim/shard"
 )
 
@@ -42,7 +39,7 @@ func shardSpec(c *cli.Context) (*shard.Spec, error) {
 	if err != nil {
 		var ue *shard.UsageError
 		if errors.As(err, &ue) {
-			return nil, usageError("%v", err)
+			return nil, usageError("--shard %v", err)
 		}
 		return nil, err
 	}
@@ -52,57 +49,29 @@ func shardSpec(c *cli.Context) (*shard.Spec, error) {
 	return &s, nil
 }
 
-// openShard opens (or resumes) the shard's results file under --out. Its
-// identity is id with the model file's sha256: results from another model,
-// list or settings are a usage error, and what --restart discards is said even
-// with -q.
-func openShard(c *cli.Context, sh *shard.Spec, id shard.Identity, keys []string, sel []int) (*shard.Results, shard.Identity, error) {
-	sum, err := fileSHA256(c.String("model"))
-	if err != nil {
-		return nil, id, err
-	}
-	id.ModelSHA256 = sum
-	res, note, err := shard.OpenResults(c.String("out"), *sh, id, shardKeys(keys, sel), c.Bool("restart"))
-	if err != nil {
-		if errors.Is(err, shard.ErrMismatch) {
-			return nil, id, cli.Exit(err.Error(), exitUsage)
-		}
-		return nil, id, err // running (locked), damaged: exit 1
-	}
-	res.FlushEvery = c.Int("flush-every") // in range: checkFlags
-	if note != "" && c.Bool("restart") {
-		fmt.Fprintln(os.Stderr, "padim:", note)
-	} else if note != "" {
-		notef(c, "%s", note)
-	}
-	return res, id, nil
+// shardConfig reads where a sharded run keeps its results: --out,
+// --restart, --flush-every (in range: checkFlags). What --restart discards
+// is said even with -q.
+func shardConfig(c *cli.Context, sh *shard.Spec, prog *progress) job.ShardConfig {
+	return job.ShardConfig{Spec: *sh, Out: c.String("out"), ModelPath: c.String("model"), Restart: c.Bool("restart"), FlushEvery: c.Int("flush-every"),
+		Progress: prog.update, Note: func(s string) { notef(c, "%s", s) },
+		Opened: func(s string) {
+			if c.Bool("restart") {
+				fmt.Fprintln(os.Stderr, "padim:", s)
+			} else {
+				notef(c, "%s", s)
+			}
+		}}
 }
 
-// fileSHA256 is the hex sha256 of a file's bytes.
-func fileSHA256(path string) (string, error) {
-	f, err := readfile.Open(path)
-	if err != nil {
-		return "", err
+// shardError adds to a sharded run's error the flag that changes it:
+// results of another run on file are a usage error.
+func shardError(err error) error {
+	switch {
+	case errors.Is(err, shard.ErrMismatch):
+		return cli.Exit(fmt.Sprintf("%v; give another --out, or --restart to score this shard again", err), exitUsage)
+	case errors.Is(err, shard.ErrDamaged):
+		return fmt.Errorf("%w; give --restart to score the shard again (its good records cannot be told from the rest)", err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// settingsHash names the settings that change a result record besides the model.
-func settingsHash(a ...any) string {
-	h := sha256.Sum256([]byte(fmt.Sprint(a...)))
-	return hex.EncodeToString(h[:8])
-}
-
-// shardKeys maps the keys of the shard's inputs (positions sel in keys) to their positions.
-func shardKeys(keys []string, sel []int) map[string]int {
-	m := make(map[string]int, len(sel))
-	for _, i := range sel {
-		m[keys[i]] = i
-	}
-	return m
+	return err // running (locked): exit 1
 }

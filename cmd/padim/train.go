@@ -10,13 +10,13 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/padim/padim/data/dataset"
 	"github.com/padim/padim/detector"
 	"github.com/padim/padim/detector/anomalymap"
 	"github.com/padim/padim/detector/backbone"
 	"github.com/padim/padim/detector/baseline"
 	"github.com/padim/padim/detector/gauss"
 	"github.com/padim/padim/detector/imageio"
+	"github.com/padim/padim/job"
 	"github.com/padim/padim/models/mobilenetv2"
 	"github.com/padim/padim/shard"
 )
@@ -118,44 +118,61 @@ func trainCommand() *cli.Command {
 	}
 }
 
-func trainAction(c *cli.Context) error {
-	calib, holdout := c.String("calibrate"), c.Float64("holdout")
+// trainRun is what train's flags ask for.
+type trainRun struct {
+	sh      *shard.Spec
+	calib   string
+	holdout float64
+	rule    detector.Rule
+	set     *job.TrainSet
+	files   []string // the images to fit (the shard's part)
+	budget  int64
+}
+
+// trainSetup reads train's flags and inputs, and applies the output rule.
+func trainSetup(c *cli.Context) (*trainRun, error) {
+	r := &trainRun{calib: c.String("calibrate"), holdout: c.Float64("holdout")}
 	if c.IsSet("holdout") {
-		if !(holdout >= 0 && holdout < 1) {
-			return usageError("--holdout %v: want a fraction in [0,1)", holdout)
+		if !(r.holdout >= 0 && r.holdout < 1) {
+			return nil, usageError("--holdout %v: want a fraction in [0,1)", r.holdout)
 		}
-		if c.IsSet("calibrate") && calib != detector.CalibrateHoldout {
-			return usageError("--holdout goes with --calibrate holdout, not %s", calib)
+		if c.IsSet("calibrate") && r.calib != detector.CalibrateHoldout {
+			return nil, usageError("--holdout goes with --calibrate holdout, not %s", r.calib)
 		}
-		calib = detector.CalibrateHoldout
-		if holdout == 0 {
-			calib = detector.CalibrateNone
+		r.calib = detector.CalibrateHoldout
+		if r.holdout == 0 {
+			r.calib = detector.CalibrateNone
 		}
 	}
-	sh, err := shardSpec(c)
-	if err != nil {
-		return err
+	var err error
+	if r.sh, err = shardSpec(c); err != nil {
+		return nil, err
 	}
-	if sh != nil {
+	if r.sh != nil {
 		switch {
 		case c.String("stats-out") == "":
-			return usageError("--shard needs --stats-out: a shard's statistics, to merge with the others (padim merge)")
-		case c.IsSet("holdout") || c.IsSet("target-fpr") || c.IsSet("calibrate") && calib != detector.CalibrateNone:
-			return usageError("a shard sets no thresholds: they come from every shard's images together (padim calibrate after padim merge; see padim calibrate --help)")
+			return nil, usageError("--shard needs --stats-out: a shard's statistics, to merge with the others (padim merge)")
+		case c.IsSet("holdout") || c.IsSet("target-fpr") || c.IsSet("calibrate") && r.calib != detector.CalibrateNone:
+			return nil, usageError("a shard sets no thresholds: they come from every shard's images together (padim calibrate after padim merge; see padim calibrate --help)")
 		}
-		calib = detector.CalibrateNone
+		r.calib = detector.CalibrateNone
 	} else if !c.IsSet("out") {
-		return usageError("--out is required (see padim train --help)")
+		return nil, usageError("--out is required (see padim train --help)")
 	}
-	rule, err := thresholdRule(c, calib)
+	if r.rule, err = thresholdRule(c, r.calib); err != nil {
+		return nil, err
+	}
+	if r.set, err = trainInputs(c); err != nil {
+		return nil, err
+	}
+	r.files = r.set.Files
+	err = checkOutputs(append([]string{c.String("backbone"), c.String("channels"), c.String("manifest")}, r.files...), []string{c.String("out"), c.String("stats-out")}, c.String("data"))
+	return r, err
+}
+
+func trainAction(c *cli.Context) error {
+	r, err := trainSetup(c)
 	if err != nil {
-		return err
-	}
-	files, keys, skippedDirs, err := trainInputs(c)
-	if err != nil {
-		return err
-	}
-	if err := checkOutputs(append([]string{c.String("backbone"), c.String("channels"), c.String("manifest")}, files...), []string{c.String("out"), c.String("stats-out")}, c.String("data")); err != nil {
 		return err
 	}
 	// one run per output: a second training into the same --out refuses
@@ -165,31 +182,50 @@ func trainAction(c *cli.Context) error {
 		return err
 	}
 	defer unlock()
-	if sh != nil {
-		all := len(files)
-		var mine []string
-		for _, i := range sh.Select(keys) {
-			mine = append(mine, files[i])
-		}
-		files = mine
-		if len(files) == 0 {
-			notef(c, "shard %s holds none of the %d images: nothing to fit, no statistics written", sh, all)
+	if r.sh != nil {
+		all := len(r.files)
+		if r.files = r.set.Select(*r.sh); len(r.files) == 0 {
+			notef(c, "shard %s holds none of the %d images: nothing to fit, no statistics written", r.sh, all)
 			return nil
 		}
-		notef(c, "shard %s: %d of the %d images", sh, len(files), all)
+		notef(c, "shard %s: %d of the %d images", r.sh, len(r.files), all)
 	}
 	if layers := splitList(c.String("layers")); len(slices.Compact(slices.Sorted(slices.Values(layers)))) != len(layers) {
 		return usageError("--layers %q names a layer twice", c.String("layers"))
 	}
-	budget, err := memoryBudget(c)
+	if r.budget, err = memoryBudget(c); err != nil {
+		return err
+	}
+	cfg, closeAll, err := trainConfig(c, r)
 	if err != nil {
 		return err
 	}
+	defer closeAll()
+	prog := newProgress(c)
+	cfg.Progress = prog.update
+	notef(c, "training on %d images from %s (backbone %s on %s)", len(r.files), c.String("data"), cfg.BackboneName, cfg.ext.Provider)
+	start := time.Now()
+	m, rep, err := detector.Train(c.Context, cfg.ext, r.files, cfg.TrainConfig)
+	prog.done()
+	if err != nil {
+		return err
+	}
+	return trainSave(c, r, m, rep, start)
+}
+
+// trainConfigured is detector.Train's configuration and the backbone it runs.
+type trainConfigured struct {
+	detector.TrainConfig
+	ext *backbone.Extractor
+}
+
+// trainConfig opens the backbone and the backend and reads the fit's flags.
+func trainConfig(c *cli.Context, r *trainRun) (*trainConfigured, func(), error) {
 	bbName := c.String("backbone")
 	var bbData []byte
 	if bbName == "" {
 		if err := mobilenetv2.Verify(); err != nil {
-			return err
+			return nil, nil, err
 		}
 		bbName, bbData = mobilenetv2.Arch+" (shipped, ImageNet-pretrained)", mobilenetv2.ONNX()
 		notef(c, "backbone: %s, the ImageNet MobileNetV2 shipped inside padim (Apache-2.0, padim backbone --license); give --backbone for another", mobilenetv2.Arch)
@@ -200,49 +236,39 @@ func trainAction(c *cli.Context) error {
 	}
 	ext, err := openBackbone(c, bbName, bbData, layers)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer ext.Close()
 	pp, err := preprocessFor(c, ext)
-	if err != nil {
-		return err
-	}
 	var channels []int
-	if f := c.String("channels"); f != "" {
-		if channels, err = readChannels(f); err != nil {
-			return err
-		}
-		slices.Sort(channels)
-		if len(slices.Compact(slices.Clone(channels))) != len(channels) {
-			return fmt.Errorf("%s: repeated channel index", f)
-		}
+	if f := c.String("channels"); f != "" && err == nil {
+		channels, err = readChannels(f)
 	}
-	be, err := gaussBackend(c)
+	var be gauss.Backend
+	if err == nil {
+		be, err = gaussBackend(c)
+	}
 	if err != nil {
-		return err
+		ext.Close()
+		return nil, nil, err
 	}
-	defer be.Close()
 	form := c.String("gaussian")
-	if _, lowRank := be.(gauss.LowRankBackend); sh != nil && lowRank && !c.IsSet("gaussian") && detector.ShardKeepsSamples(ext.Taps(), channels, c.Int("dim"), c.Uint64("seed"), len(files), c.Float64("eps"), budget) {
+	if _, lowRank := be.(gauss.LowRankBackend); r.sh != nil && lowRank && !c.IsSet("gaussian") && detector.ShardKeepsSamples(ext.Taps(), channels, c.Int("dim"), c.Uint64("seed"), len(r.files), c.Float64("eps"), r.budget) {
 		// a shard no larger than its statistics keeps its samples: the
 		// calibration pass then computes exact (float64) statistics from them
 		form = detector.FormLowRank
 	}
-	prog := newProgress(c)
-	notef(c, "training on %d images from %s (backbone %s on %s)", len(files), c.String("data"), bbName, ext.Provider)
-	start := time.Now()
-	m, rep, err := detector.Train(c.Context, ext, files, detector.TrainConfig{
+	return &trainConfigured{ext: ext, TrainConfig: detector.TrainConfig{
 		Preprocess: pp, Pipeline: pipelineOptions(c), Dim: c.Int("dim"), Seed: c.Uint64("seed"), Channels: channels, Eps: c.Float64("eps"),
-		Gaussian: form, Calibration: calib, Folds: c.Int("folds"), Holdout: holdout, Rule: &rule,
+		Gaussian: form, Calibration: r.calib, Folds: c.Int("folds"), Holdout: r.holdout, Rule: &r.rule,
 		Method: c.String("method"), K: c.Int("k"), Coreset: c.Float64("coreset"),
 		Sigma: c.Float64("sigma"), Backend: be,
 		BackboneName: bbName, BackboneONNX: ext.Data, SkipBadFiles: !c.Bool("strict"),
-		Progress: prog.update, KeepStats: c.String("stats-out") != "", MaxMemory: budget,
-	})
-	prog.done()
-	if err != nil {
-		return err
-	}
+		KeepStats: c.String("stats-out") != "", MaxMemory: r.budget,
+	}}, func() { be.Close(); ext.Close() }, nil
+}
+
+// trainSave writes the statistics and the model and says what was written.
+func trainSave(c *cli.Context, r *trainRun, m *detector.Model, rep *detector.TrainReport, start time.Time) error {
 	// a signal from here on leaves the outputs as they were (the writes
 	// refuse to commit once it came: atomicfile.Stop)
 	testWait(c.Context, "save", 0)
@@ -257,16 +283,25 @@ func trainAction(c *cli.Context) error {
 		rep.Timings.Since("save-stats", t, 1)
 		rep.Shard = nil
 	}
-	if c.String("out") == "" { // a shard's statistics only
+	if c.String("out") != "" {
+		t := time.Now()
+		if err := m.Save(c.String("out")); err != nil {
+			return err
+		}
 		testWait(c.Context, "saved", 0)
-		printTimings(c, "train", time.Since(start), rep.Timings)
-		for _, s := range skippedDirs {
-			fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
-		}
-		for _, s := range rep.Skipped {
-			fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
-		}
-		fmt.Printf("wrote %s: shard %s, %d samples (padim merge combines the shards)\n", c.String("stats-out"), sh, m.NTrain)
+		rep.Timings.Since("save", t, 1)
+	} else { // a shard's statistics only
+		testWait(c.Context, "saved", 0)
+	}
+	printTimings(c, "train", time.Since(start), rep.Timings)
+	for _, s := range r.set.Skipped {
+		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
+	}
+	if c.String("out") == "" {
+		fmt.Printf("wrote %s: shard %s, %d samples (padim merge combines the shards)\n", c.String("stats-out"), r.sh, m.NTrain)
 		if len(rep.Skipped) > 0 {
 			// a shard that wrote its statistics has done its part: exit 0, so
 			// that a batch system does not retry it over a bad file
@@ -274,24 +309,20 @@ func trainAction(c *cli.Context) error {
 		}
 		return nil
 	}
-	t := time.Now()
-	if err := m.Save(c.String("out")); err != nil {
-		return err
-	}
-	testWait(c.Context, "saved", 0)
-	rep.Timings.Since("save", t, 1)
-	printTimings(c, "train", time.Since(start), rep.Timings)
-	for _, s := range skippedDirs {
-		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
-	}
-	for _, s := range rep.Skipped {
-		fmt.Fprintf(os.Stderr, "skipped %s: %v\n", s.Path, s.Err)
-	}
 	for _, n := range rep.Notes {
 		notef(c, "note: %s", n)
 	}
+	printTrained(c.String("out"), m, rep)
+	if n := len(rep.Skipped) + len(r.set.Skipped); n > 0 {
+		return cli.Exit(fmt.Sprintf("%d unreadable image(s) or folder(s) skipped", n), exitSkipped)
+	}
+	return nil
+}
+
+// printTrained says what model was written and how its thresholds were set.
+func printTrained(out string, m *detector.Model, rep *detector.TrainReport) {
 	P, D := m.Gaussian.Shape()
-	fmt.Printf("wrote %s: %d samples, %d patches × %d channels, %s form (%s)", c.String("out"), m.NTrain, P, D, rep.Form, rep.FormReason)
+	fmt.Printf("wrote %s: %d samples, %d patches × %d channels, %s form (%s)", out, m.NTrain, P, D, rep.Form, rep.FormReason)
 	if cal := m.Calibration; cal != nil {
 		how := fmt.Sprintf("%d-fold cross-fitting", rep.Folds)
 		switch {
@@ -305,69 +336,28 @@ func trainAction(c *cli.Context) error {
 		fmt.Printf(", no thresholds (give score --threshold)")
 	}
 	fmt.Println()
-	if n := len(rep.Skipped) + len(skippedDirs); n > 0 {
-		return cli.Exit(fmt.Sprintf("%d unreadable image(s) or folder(s) skipped", n), exitSkipped)
-	}
-	return nil
 }
 
-// trainFiles lists the training images and their split keys: --data's
-// (relative to --data), or --manifest's. Folders that could not be read
-// are skipped with a note (trainInputs returns them).
-func trainFiles(c *cli.Context) ([]string, []string, error) {
-	files, keys, skipped, err := trainInputs(c)
-	for _, s := range skipped {
-		notef(c, "skipped %s: %v", s.Path, s.Err)
-	}
-	return files, keys, err
-}
-
-// trainInputs lists the training images and their split keys, each file
-// once (the same file under two names, by a link or twice in a list, is
-// used once, with a note), and the folders that could not be read.
-func trainInputs(c *cli.Context) ([]string, []string, []dataset.FileError, error) {
-	var files, keys []string
-	var skipped []dataset.FileError
+// trainInputs lists the training images of --data or --manifest, each file
+// once (with a note for each left out).
+func trainInputs(c *cli.Context) (*job.TrainSet, error) {
+	var set *job.TrainSet
+	var err error
 	switch {
 	case c.IsSet("manifest") && c.IsSet("data"):
-		return nil, nil, nil, usageError("give --data or --manifest, not both")
+		return nil, usageError("give --data or --manifest, not both")
 	case c.IsSet("manifest"):
-		es, err := shard.ReadManifest(c.String("manifest"))
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		files, keys = make([]string, len(es)), make([]string, len(es))
-		for i, e := range es {
-			files[i], keys[i] = e.Path, e.Key
-		}
+		set, err = job.TrainManifest(c.String("manifest"))
 	case c.IsSet("data"):
-		l, err := dataset.TrainListing(c.String("data"))
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		for _, d := range l.Duplicates {
-			notef(c, "note: %s is the same file as %s: trained on once", d.Path, d.Same)
-		}
-		files, skipped = l.Files, l.Skipped
-		keys = make([]string, len(files))
-		for i, f := range files {
-			keys[i] = shard.Key(c.String("data"), f)
-		}
+		set, err = job.TrainFolder(c.String("data"))
 	default:
-		return nil, nil, nil, usageError("--data is required (or --manifest) (see padim train --help)")
+		return nil, usageError("--data is required (or --manifest) (see padim train --help)")
 	}
-	keep := firstOfEachFile(files, func(path, same string) {
-		notef(c, "note: %s is the same file as %s: trained on once", path, same)
-	})
-	if len(keep) < len(files) {
-		var f2, k2 []string
-		for _, i := range keep {
-			f2, k2 = append(f2, files[i]), append(k2, keys[i])
-		}
-		files, keys = f2, k2
+	if err != nil {
+		return nil, err
 	}
-	if len(files) == 0 && len(skipped) > 0 {
-		return nil, nil, nil, fmt.Errorf("no readable training image: %v", skipped[0])
+	for _, n := range set.Notes {
+		notef(c, "note: %s", n)
 	}
-	return files, keys, skipped, nil
+	return set, nil
 }

@@ -522,7 +522,7 @@ type grpcSender struct {
 
 func dialGRPC(cfg Config) (*grpcSender, error) {
 	if cfg.GRPCAddr == "" {
-		return nil, errors.New("API grpc needs the gRPC address (padim serve --grpc-addr)")
+		return nil, errors.New("API grpc needs the server's gRPC address (Config.GRPCAddr)")
 	}
 	creds := insecure.NewCredentials()
 	if cfg.TLS {
