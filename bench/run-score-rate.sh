@@ -3,7 +3,7 @@
 # number of scored images grows (issue 9's 90 % target): the process pays the
 # model's open (sha256, first touch of its pages) and ONNX Runtime's start once,
 # which bench times apart. Seeded Resnet50_CBAM at 224², d=550, default form,
-# 200 training boards; 101 test boards, and the same linked 4 times (404).
+# 200 training boards; 101 test boards, and the same copied 4 times (404).
 #   bench/run-score-rate.sh [DATA_DIR]
 # Raw output in bench/results/<date>-score-rate/.
 set -euo pipefail
@@ -18,7 +18,8 @@ trap 'rm -rf "$tmp"' EXIT
 bin/padim backbone --arch resnet50_cbam --seed 7 --out "$tmp/r50.onnx" >/dev/null
 { uname -a; grep -m1 "model name" /proc/cpuinfo; nproc; uptime; git rev-parse HEAD; } > "$out/machine.txt"
 mkdir -p "$tmp/x4"
-for k in 1 2 3 4; do for f in "$data"/test/*/*.png; do ln -s "$(realpath "$f")" "$tmp/x4/$k-$(basename "$(dirname "$f")")-$(basename "$f")"; done; done
+# copies, not links: padim scores a file given twice (a link, another path) once
+for k in 1 2 3 4; do for f in "$data"/test/*/*.png; do cp "$f" "$tmp/x4/$k-$(basename "$(dirname "$f")")-$(basename "$f")"; done; done
 run() { local name=$1; shift; echo "== $name: $*"; /usr/bin/time -v "$@" > "$out/$name.out" 2> "$out/$name.err"
         grep -E "Elapsed" "$out/$name.err" | sed 's/^\s*/   /'; }
 run train bin/padim -v train --backbone "$tmp/r50.onnx" --data "$data" --out "$tmp/m.padim" --calibrate none --device cpu

@@ -49,15 +49,18 @@ else
 fi
 images=$data/test   # 50 images, 512², resized to 224 by the models
 one=$(ls "$images"/good/*.png | head -1)
-# the same 50 images four times over (links), so that padim score's model load
-# is small beside its scoring time
-x4=$work/test-x4
+# the same 50 images four times over, so that padim score's model load is small
+# beside its scoring time: copies, not links (padim scores a file given twice,
+# through a link or another path, once)
+x4=$work/test-x4-copies
 if [ ! -d "$x4" ]; then
-  mkdir -p "$x4"
+  mkdir -p "$x4.tmp"
   for k in 1 2 3 4; do for f in "$images"/*/*.png; do
-    ln -s "$f" "$x4/$k-$(basename "$(dirname "$f")")-$(basename "$f")"
+    cp "$f" "$x4.tmp/$k-$(basename "$(dirname "$f")")-$(basename "$f")"
   done; done
+  mv "$x4.tmp" "$x4"
 fi
+[ "$(ls "$x4" | wc -l)" = 200 ] || { echo "$x4: want 200 images" >&2; exit 1; }
 
 # timed CMD...: runs CMD; sets wall (s) and other (cores used meanwhile by
 # processes other than CMD, from /proc/stat and CMD's own CPU time)
@@ -72,7 +75,7 @@ timed() {
   other=$(echo "scale=3; ($ticks / 100 - $own) / $wall" | bc)
 }
 
-# cli_rate MODEL: padim score's images/s on the 200 links: 199 images over the
+# cli_rate MODEL: padim score's images/s on the 200 copies: 199 images over the
 # difference between scoring 200 and scoring 1 (the model load cancels out);
 # measured again (at most 5 times) when other processes used over 0.15 cores
 cli_rate() {

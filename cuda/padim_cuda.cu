@@ -683,7 +683,15 @@ __global__ void __launch_bounds__(FTHREADS)
 
 // ---------------------------------------------------------------- scoring
 
-constexpr int QLD = QJ + 1;  // sL row stride
+constexpr int QLD = QJ + 1;  // k_lr_score's sM row stride
+// k_score's row strides, multiples of 4 floats so that every thread reads its operands
+// as 64- and 128-bit shared loads: L⁻¹ rows of QJ columns (+4), image columns of G
+// images (+4).
+constexpr int QLD4 = QJ + 4;
+template <int G>
+constexpr int score_yld() {
+  return G + 4;
+}
 // Shared memory of k_score<G> (G images per block): L⁻¹ rows × 32 columns, and the
 // images' 32 columns; each thread holds 4 rows × 4 images.
 template <int G>
@@ -692,24 +700,33 @@ constexpr int score_rows() {
 }
 template <int G>
 constexpr size_t score_smem() {
-  return ((size_t)score_rows<G>() * QLD + (size_t)QJ * (G + 1)) * sizeof(float);
+  return ((size_t)score_rows<G>() * QLD4 + (size_t)QJ * score_yld<G>()) * sizeof(float);
 }
 
 // k_score<G>: block (patch of the block, group of G images), groups fastest. For each
 // tile of rows of L⁻¹: z = L⁻¹_rows · (x − μ) over column chunks of 32, in 4×4 register
-// tiles (4 rows × 4 images per thread); then Σ z² per image. L⁻¹ is read once per
-// block; the images once per row tile (from L2). G = 64 for batches, 16 for small calls.
+// tiles (4 rows × 4 adjacent images per thread); then Σ z² per image. Per 2 columns a
+// thread reads its 4 rows' 2 columns as 64-bit and each column's 4 images as 128-bit
+// shared loads: 6 loads per 32 FMA (16 with one float a load), conflict-free; the
+// images' stores into shared memory (8 a thread per chunk) are 4-way bank conflicted
+// by the padded stride, a cost paid once per chunk. Each (row, image) sums its
+// products in column order as before, so the distances keep their bits. L⁻¹ is read
+// once per block; the images once per row tile (from L2). G = 64 for batches, 16 for
+// small calls. 4 blocks a multiprocessor: 64 registers a thread (128-bit loads of L⁻¹
+// as well took 65, or spilled at 64).
 template <int G>
-__global__ void __launch_bounds__(QTHREADS)
+__global__ void __launch_bounds__(QTHREADS, 4)
     k_score(gptr<const float> x, long long xstride, int nb, int D, gptr<const float> mean, gptr<const float> linv,
             int P, int p0, gptr<float> dist) {
-  constexpr int IL = G / 4;         // image lanes
+  constexpr int IL = G / 4;          // image lanes: thread tx holds images 4·tx … 4·tx+3
   constexpr int RL = QTHREADS / IL;  // row lanes
   constexpr int QIT = RL * 4;        // rows per tile
+  constexpr int YLD = score_yld<G>();
   static_assert(RL == 16 || RL == 64, "the row classes (i mod 64) assume 16 or 64 row lanes");
+  static_assert(QJ % 2 == 0 && QLD4 % 4 == 0 && YLD % 4 == 0 && (QIT * QLD4) % 4 == 0, "64- and 128-bit shared loads");
   DYNAMIC_SHARED(float, sm);
-  float *sL = sm;              // [QIT][QLD]
-  float *sY = sm + QIT * QLD;  // [QJ][G + 1]: column-major images
+  float *sL = sm;              // [QIT][QLD4]
+  float *sY = sm + QIT * QLD4;  // [QJ][YLD]: column-major images
   // the image groups of a patch are adjacent blocks: they run together and share its L⁻¹ in L2
   const int groups = (nb + G - 1) / G;
   const int p = (int)(blockIdx.x / groups);
@@ -737,23 +754,28 @@ __global__ void __launch_bounds__(QTHREADS)
     for (int j0 = 0; j0 < jend; j0 += QJ) {
       for (int e = tid; e < QIT * QJ; e += QTHREADS) {
         const int r = e / QJ, c = e % QJ, i = i0 + r, j = j0 + c;
-        sL[r * QLD + c] = (i < D && j <= i) ? (float)lp[(long long)i * (i + 1) / 2 + j] : 0.f;
+        sL[r * QLD4 + c] = (i < D && j <= i) ? (float)lp[(long long)i * (i + 1) / 2 + j] : 0.f;
       }
       for (int e = tid; e < G * QJ; e += QTHREADS) {
         const int b = e / QJ, c = e % QJ, j = j0 + c;
-        sY[c * (G + 1) + b] = (g0 + b < nb && j < D) ? (float)xp[b * xstride + j] - (float)mu[j] : 0.f;
+        sY[c * YLD + b] = (g0 + b < nb && j < D) ? (float)xp[b * xstride + j] - (float)mu[j] : 0.f;
       }
       __syncthreads();
-      for (int k = 0; k < QJ; k++) {
-        float lv[4], yv[4];
+      for (int k = 0; k < QJ; k += 2) {
+        float2 lv[4];
 #pragma unroll
-        for (int a = 0; a < 4; a++) lv[a] = sL[(ty + RL * a) * QLD + k];
+        for (int a = 0; a < 4; a++) lv[a] = *reinterpret_cast<const float2 *>(sL + (ty + RL * a) * QLD4 + k);
 #pragma unroll
-        for (int b = 0; b < 4; b++) yv[b] = sY[k * (G + 1) + tx + IL * b];
+        for (int kk = 0; kk < 2; kk++) {
+          const float4 y4 = *reinterpret_cast<const float4 *>(sY + (k + kk) * YLD + 4 * tx);
+          const float yv[4] = {y4.x, y4.y, y4.z, y4.w};
 #pragma unroll
-        for (int a = 0; a < 4; a++)
+          for (int a = 0; a < 4; a++) {
+            const float l = kk == 0 ? lv[a].x : lv[a].y;
 #pragma unroll
-          for (int b = 0; b < 4; b++) acc[a][b] = fmaf(lv[a], yv[b], acc[a][b]);
+            for (int b = 0; b < 4; b++) acc[a][b] = fmaf(l, yv[b], acc[a][b]);
+          }
+        }
       }
       FLOPS(2 * 16 * QJ);
       __syncthreads();
@@ -770,17 +792,17 @@ __global__ void __launch_bounds__(QTHREADS)
   }
   // Σ over the 64 row classes of each image, through shared memory.
   float *red = sm;  // [64][G]
-  static_assert(64 * G <= QIT * QLD + QJ * (G + 1), "reduction fits the shared memory");
+  static_assert(64 * G <= QIT * QLD4 + QJ * YLD, "reduction fits the shared memory");
   __syncthreads();
   if (RL >= 64) {
     if (ty < 64)
 #pragma unroll
-      for (int b = 0; b < 4; b++) red[ty * G + tx + IL * b] = sq[0][b];
+      for (int b = 0; b < 4; b++) red[ty * G + 4 * tx + b] = sq[0][b];
   } else {
 #pragma unroll
     for (int a = 0; a < 4; a++)
 #pragma unroll
-      for (int b = 0; b < 4; b++) red[(ty + RL * a) * G + tx + IL * b] = sq[a][b];
+      for (int b = 0; b < 4; b++) red[(ty + RL * a) * G + 4 * tx + b] = sq[a][b];
   }
   __syncthreads();
   if (tid < G && g0 + tid < nb) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 )
 
 // TapShape is the shape of one backbone output for a single image: C channels on an H×W grid.
@@ -65,6 +66,19 @@ func pool(plane []float32, h, w, k int, dst []float32) {
 }
 
 type srcChannel struct{ tap, ch int }
+
+// scratch is Embed's working memory: a tap's transposed run of channels, and
+// pooled planes; reused across calls (Embed runs on several goroutines at once).
+type scratch struct{ rows, pooled []float32 }
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func grow(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
+}
 
 // TotalChannels is the number of concatenated channels of the taps.
 func TotalChannels(taps []TapShape) int {
@@ -175,42 +189,66 @@ func (l *Layout) Embed(taps []Tap, dst []float32) (n int, err error) {
 	if len(dst) < n*P*D {
 		return 0, fmt.Errorf("embed: destination holds %d values, need %d", len(dst), n*P*D)
 	}
-	// Channels go in blocks of 16, so that each patch's 16 outputs fill one
-	// cache line while 16 planes are read in order.
-	const block = 16
-	var planes [block][]float32
-	var index [block][]int32
-	var pooled [block][]float32
-	if l.Pool > 1 {
-		maxPlane := 0
-		for _, t := range taps {
-			maxPlane = max(maxPlane, t.H*t.W)
+	// The kept channels of one tap are a contiguous run of the embedding (the
+	// indices increase, taps in order). Each run is transposed once at its tap's
+	// resolution, [tap position][run], in blocks of 16 channels (16 planes read in
+	// order, one cache line written per position); a patch then copies its tap
+	// position's row, so the gather is contiguous copies whatever the upsampling.
+	// On the finest grid the transposition writes the embedding directly.
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	lo := 0
+	for t, shape := range l.Taps {
+		hi := lo
+		for hi < D && l.src[hi].tap == t {
+			hi++
 		}
-		for i := range pooled {
-			pooled[i] = make([]float32, maxPlane)
+		m := hi - lo
+		if m == 0 {
+			continue
 		}
-	}
-	for b := 0; b < n; b++ {
-		out := dst[b*P*D : (b+1)*P*D]
-		for k0 := 0; k0 < D; k0 += block {
-			k1 := min(k0+block, D)
-			for k := k0; k < k1; k++ {
-				s := l.src[k]
-				t := &taps[s.tap]
-				planes[k-k0] = t.Data[(b*t.C+s.ch)*t.H*t.W : (b*t.C+s.ch+1)*t.H*t.W]
-				if l.Pool > 1 {
-					pool(planes[k-k0], t.H, t.W, l.Pool, pooled[k-k0])
-					planes[k-k0] = pooled[k-k0][:t.H*t.W]
-				}
-				index[k-k0] = l.index[s.tap]
+		hw := shape.H * shape.W
+		direct := hw == P
+		if !direct {
+			sc.rows = grow(sc.rows, hw*m)
+		}
+		if l.Pool > 1 {
+			sc.pooled = grow(sc.pooled, 16*hw)
+		}
+		for b := 0; b < n; b++ {
+			out := dst[b*P*D : (b+1)*P*D]
+			// the transposition's target: row q of the run at rows[q*stride+off:]
+			rows, stride, off := sc.rows, m, 0
+			if direct {
+				rows, stride, off = out, D, lo
 			}
-			for p := 0; p < P; p++ {
-				row := out[p*D+k0 : p*D+k1]
-				for i := range row {
-					row[i] = planes[i][index[i][p]]
+			for j0 := 0; j0 < m; j0 += 16 {
+				j1 := min(j0+16, m)
+				var planes [16][]float32
+				for j := j0; j < j1; j++ {
+					ch := l.src[lo+j].ch
+					planes[j-j0] = taps[t].Data[(b*shape.C+ch)*hw : (b*shape.C+ch+1)*hw]
+					if l.Pool > 1 {
+						pp := sc.pooled[(j-j0)*hw : (j-j0+1)*hw]
+						pool(planes[j-j0], shape.H, shape.W, l.Pool, pp)
+						planes[j-j0] = pp
+					}
+				}
+				ps := planes[:j1-j0]
+				for q := 0; q < hw; q++ {
+					row := rows[q*stride+off+j0 : q*stride+off+j1]
+					for i := range row {
+						row[i] = ps[i][q]
+					}
+				}
+			}
+			if !direct {
+				for p, q := range l.index[t] {
+					copy(out[p*D+lo:p*D+hi], sc.rows[int(q)*m:int(q+1)*m])
 				}
 			}
 		}
+		lo = hi
 	}
 	return n, nil
 }

@@ -2,6 +2,7 @@ package embed
 
 import (
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 )
@@ -134,5 +135,70 @@ func TestPooledLayout(t *testing.T) {
 	// patch (1,1): the centre of a: (0+1+2+4+5+6+8+9+10)/9 = 5
 	if got := dst[(1*4+1)*2]; math.Abs(float64(got)-5) > 1e-6 {
 		t.Fatalf("pooled centre %v", got)
+	}
+}
+
+// Embed equals the definition element by element (nearest upsampling of every
+// tap to the finest grid, the kept channels in order) on Resnet-like taps with a
+// random subset, a batch of 3, with and without pooling; dst's tail is untouched.
+func TestEmbedEqualsDefinition(t *testing.T) {
+	shapes := []TapShape{{"l1", 40, 12, 12}, {"l2", 36, 6, 6}, {"l3", 70, 3, 3}}
+	r := rand.New(rand.NewPCG(3, 4))
+	const n = 3
+	taps := make([]Tap, len(shapes))
+	for i, s := range shapes {
+		taps[i] = Tap{TapShape: s, N: n, Data: make([]float32, n*s.C*s.H*s.W)}
+		for k := range taps[i].Data {
+			taps[i].Data[k] = r.Float32()
+		}
+	}
+	for _, channels := range [][]int{RandomChannels(146, 57, 9), RandomChannels(146, 0, 0), {0}, {145}, {40, 41, 145}} {
+		for _, k := range []int{0, 3} {
+			l, err := NewLayout(shapes, channels)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l, err = l.WithPool(k); err != nil {
+				t.Fatal(err)
+			}
+			P, D := l.P(), l.D()
+			dst := make([]float32, n*P*D+5)
+			for i := range dst {
+				dst[i] = -7
+			}
+			if _, err := l.Embed(taps, dst); err != nil {
+				t.Fatal(err)
+			}
+			for b := 0; b < n; b++ {
+				for y := 0; y < l.H; y++ {
+					for x := 0; x < l.W; x++ {
+						for d, c := range channels {
+							ti := 0
+							for c >= shapes[ti].C {
+								c -= shapes[ti].C
+								ti++
+							}
+							s := shapes[ti]
+							plane := taps[ti].Data[(b*s.C+c)*s.H*s.W : (b*s.C+c+1)*s.H*s.W]
+							if k > 1 {
+								pp := make([]float32, len(plane))
+								pool(plane, s.H, s.W, k, pp)
+								plane = pp
+							}
+							sc := l.H / s.H
+							want := plane[(y/sc)*s.W+x/sc]
+							if got := dst[(b*P+y*l.W+x)*D+d]; got != want {
+								t.Fatalf("channels %v pool %d: image %d (%d,%d) channel %d: got %v, want %v", channels, k, b, y, x, d, got, want)
+							}
+						}
+					}
+				}
+			}
+			for _, v := range dst[n*P*D:] {
+				if v != -7 {
+					t.Fatal("wrote past the embeddings")
+				}
+			}
+		}
 	}
 }
