@@ -2183,6 +2183,29 @@ int padim_lowrank_upload(padim_ctx *c, int P, int D, int N, double eps, const fl
 
 namespace {
 
+// finish_chunk ends the factorisation of np patches from p0 (both forms): the first
+// patch whose status flag is set fails the call (*bad_patch; what names its matrix);
+// else the chunk's factors, per floats a patch at dst on the device (outc when the
+// model is not resident), go to the model's host copy and, if out is set, to out.
+int finish_chunk(Bounce &bb, cudaStream_t st, std::vector<int> &hstatus, const int *status, int np, int p0, const char *what,
+                 const char *factor, padim_model *m, const float *outc, const float *dst, size_t per, float *out, int *bad_patch,
+                 char *err, size_t errlen) {
+  int rc = bb.download(hstatus.data(), status, (size_t)np * sizeof(int), st, err, errlen);
+  if (rc != PADIM_OK) return rc;
+  for (int i = 0; i < np; i++)
+    if (hstatus[i]) {
+      *bad_patch = p0 + i;
+      return fail(err, errlen, PADIM_ERR_NOT_PD, "%s of patch %d is not positive definite", what, p0 + i);
+    }
+  const size_t nbytes = (size_t)np * per * sizeof(float);
+  if (m->resident) return out ? bb.download(out + (size_t)p0 * per, dst, nbytes, st, err, errlen) : PADIM_OK;
+  cudaError_t e = copy_async(m->h_data + (size_t)p0 * per, outc, nbytes, cudaMemcpyDeviceToHost, st);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+  if (e != cudaSuccess) return fail(err, errlen, cuda_code(e), "downloading the %s: %s", factor, cudaGetErrorString(e));
+  if (out) memcpy(out + (size_t)p0 * per, m->h_data + (size_t)p0 * per, nbytes);
+  return PADIM_OK;
+}
+
 // factor_run factorises P patches whose packed M2 comes, chunk by chunk, from
 // m2_dev (device, already there) or m2_host (pinned or pageable host memory). The
 // result goes to the model m (device or pinned host) and, if linv_out is set, to host.
@@ -2239,26 +2262,8 @@ int factor_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int64_t 
       return PADIM_OK;
     };
     if ((rc = body()) != PADIM_OK) break;
-    if ((rc = bb.download(hstatus.data(), status, (size_t)np * sizeof(int), st, err, errlen)) != PADIM_OK) break;
-    for (int i = 0; i < np; i++)
-      if (hstatus[i]) {
-        *bad_patch = p0 + i;
-        rc = fail(err, errlen, PADIM_ERR_NOT_PD, "covariance of patch %d is not positive definite", p0 + i);
-        break;
-      }
-    if (rc != PADIM_OK) break;
-    const size_t nbytes = (size_t)np * L * sizeof(float);
-    if (!m->resident) {
-      cudaError_t e = copy_async(m->h_data + (size_t)p0 * L, outc, nbytes, cudaMemcpyDeviceToHost, st);
-      if (e == cudaSuccess) e = cudaStreamSynchronize(st);
-      if (e != cudaSuccess) {
-        rc = fail(err, errlen, cuda_code(e), "downloading the factor: %s", cudaGetErrorString(e));
-        break;
-      }
-      if (linv_out) memcpy(linv_out + (size_t)p0 * L, m->h_data + (size_t)p0 * L, nbytes);
-    } else if (linv_out) {
-      if ((rc = bb.download(linv_out + (size_t)p0 * L, dst, nbytes, st, err, errlen)) != PADIM_OK) break;
-    }
+    rc = finish_chunk(bb, st, hstatus, status, np, p0, "covariance", "factor", m, outc, dst, (size_t)L, linv_out, bad_patch, err,
+                      errlen);
   }
   cudaStreamSynchronize(st);
   cudaGetLastError();
@@ -2441,26 +2446,8 @@ int lr_run(padim_ctx *c, cudaStream_t st, Bounce &bb, int P, int D, int N, const
     float *dst = m->resident ? m->data + (size_t)p0 * per : outc;
     rc = lr_launch(c, prec, st, pl.d, np, N, D, xs, xstride, scale, eps, m->mean + (size_t)p0 * D, work, status, dst, err, errlen);
     if (rc != PADIM_OK) break;
-    if ((rc = bb.download(hstatus.data(), status, (size_t)np * sizeof(int), st, err, errlen)) != PADIM_OK) break;
-    for (int i = 0; i < np; i++)
-      if (hstatus[i]) {
-        *bad_patch = p0 + i;
-        rc = fail(err, errlen, PADIM_ERR_NOT_PD, "the low-rank Gram matrix of patch %d is not positive definite", p0 + i);
-        break;
-      }
-    if (rc != PADIM_OK) break;
-    const size_t nbytes = (size_t)np * per * sizeof(float);
-    if (!m->resident) {
-      cudaError_t e = copy_async(m->h_data + (size_t)p0 * per, outc, nbytes, cudaMemcpyDeviceToHost, st);
-      if (e == cudaSuccess) e = cudaStreamSynchronize(st);
-      if (e != cudaSuccess) {
-        rc = fail(err, errlen, cuda_code(e), "downloading the low-rank factor: %s", cudaGetErrorString(e));
-        break;
-      }
-      if (m_out) memcpy(m_out + (size_t)p0 * per, m->h_data + (size_t)p0 * per, nbytes);
-    } else if (m_out) {
-      if ((rc = bb.download(m_out + (size_t)p0 * per, dst, nbytes, st, err, errlen)) != PADIM_OK) break;
-    }
+    rc = finish_chunk(bb, st, hstatus, status, np, p0, "the low-rank Gram matrix", "low-rank factor", m, outc, dst, (size_t)per, m_out,
+                      bad_patch, err, errlen);
   }
   cudaStreamSynchronize(st);
   cudaGetLastError();
