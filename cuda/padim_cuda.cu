@@ -706,16 +706,21 @@ constexpr size_t score_smem() {
 // k_score<G>: block (patch of the block, group of G images), groups fastest. For each
 // tile of rows of L⁻¹: z = L⁻¹_rows · (x − μ) over column chunks of 32, in 4×4 register
 // tiles (4 rows × 4 adjacent images per thread); then Σ z² per image. Per 2 columns a
-// thread reads its 4 rows' 2 columns as 64-bit and each column's 4 images as 128-bit
-// shared loads: 6 loads per 32 FMA (16 with one float a load), conflict-free; the
-// images' stores into shared memory (8 a thread per chunk) are 4-way bank conflicted
-// by the padded stride, a cost paid once per chunk. Each (row, image) sums its
-// products in column order as before, so the distances keep their bits. L⁻¹ is read
-// once per block; the images once per row tile (from L2). G = 64 for batches, 16 for
-// small calls. 4 blocks a multiprocessor: 64 registers a thread (128-bit loads of L⁻¹
-// as well took 65, or spilled at 64).
+// thread reads each column's 4 images as one 128-bit and each of its 4 rows' 2 columns
+// as one 64-bit shared load (ptxas merges a row's two pairs into one 128-bit load: 8
+// LDS.128 per 64 FMA, 16 LDS.32 per 32 before), conflict-free; the images' stores into shared memory (8 a thread per chunk) are 4-way
+// bank conflicted by the padded stride, a cost paid once per chunk. Each (row, image)
+// sums its products in column order as before, so the distances keep their bits. L⁻¹
+// is read once per block; the images once per row tile (from L2). G = 64 for batches,
+// 16 for small calls. 4 blocks a multiprocessor (64 registers a thread) from sm_75 on;
+// sm_60/70 spill at 64 and get 3 (80 registers).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#define KSCORE_MIN_BLOCKS 3  // sm_60/70: at 64 registers it spills
+#else
+#define KSCORE_MIN_BLOCKS 4
+#endif
 template <int G>
-__global__ void __launch_bounds__(QTHREADS, 4)
+__global__ void __launch_bounds__(QTHREADS, KSCORE_MIN_BLOCKS)
     k_score(gptr<const float> x, long long xstride, int nb, int D, gptr<const float> mean, gptr<const float> linv,
             int P, int p0, gptr<float> dist) {
   constexpr int IL = G / 4;          // image lanes: thread tx holds images 4·tx … 4·tx+3
@@ -762,19 +767,14 @@ __global__ void __launch_bounds__(QTHREADS, 4)
       }
       __syncthreads();
       for (int k = 0; k < QJ; k += 2) {
-        float2 lv[4];
+        const float4 y0 = *reinterpret_cast<const float4 *>(sY + k * YLD + 4 * tx);
+        const float4 y1 = *reinterpret_cast<const float4 *>(sY + (k + 1) * YLD + 4 * tx);
+        const float yv0[4] = {y0.x, y0.y, y0.z, y0.w}, yv1[4] = {y1.x, y1.y, y1.z, y1.w};
 #pragma unroll
-        for (int a = 0; a < 4; a++) lv[a] = *reinterpret_cast<const float2 *>(sL + (ty + RL * a) * QLD4 + k);
+        for (int a = 0; a < 4; a++) {
+          const float2 l = *reinterpret_cast<const float2 *>(sL + (ty + RL * a) * QLD4 + k);
 #pragma unroll
-        for (int kk = 0; kk < 2; kk++) {
-          const float4 y4 = *reinterpret_cast<const float4 *>(sY + (k + kk) * YLD + 4 * tx);
-          const float yv[4] = {y4.x, y4.y, y4.z, y4.w};
-#pragma unroll
-          for (int a = 0; a < 4; a++) {
-            const float l = kk == 0 ? lv[a].x : lv[a].y;
-#pragma unroll
-            for (int b = 0; b < 4; b++) acc[a][b] = fmaf(l, yv[b], acc[a][b]);
-          }
+          for (int b = 0; b < 4; b++) acc[a][b] = fmaf(l.y, yv1[b], fmaf(l.x, yv0[b], acc[a][b]));
         }
       }
       FLOPS(2 * 16 * QJ);
