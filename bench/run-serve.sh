@@ -37,7 +37,7 @@ else
   [ -d "$data" ] || "$bin" -q synth --out "$data" --seed 1 --train 50 --test-good 20 --test-defect 30 --size 512
   [ -f "$work/r50cbam.onnx" ] || "$bin" -q backbone --arch resnet50_cbam --seed 7 --out "$work/r50cbam.onnx"
   [ -f "$work/r50.padim" ] || "$bin" -q train --backbone "$work/r50cbam.onnx" --data "$data" --out "$work/r50.padim" --dim 550 --device cpu
-  mnv2=../shared/models/mobilenet_v2_imagenet.onnx
+  mnv2=models/mobilenetv2/mobilenet_v2_imagenet.onnx   # the MobileNetV2 shipped in padim
   models=(r50)
 fi
 if [ -n "${SMALL:-}" ]; then :
@@ -60,7 +60,8 @@ if [ ! -d "$x4" ]; then
   done; done
   mv "$x4.tmp" "$x4"
 fi
-[ "$(ls "$x4" | wc -l)" = 200 ] || { echo "$x4: want 200 images" >&2; exit 1; }
+nx4=$(ls "$x4" | wc -l)
+[ "$nx4" = $((4 * $(ls "$images"/*/*.png | wc -l))) ] || { echo "$x4: want 4 copies of each of $images's images" >&2; exit 1; }
 
 # timed CMD...: runs CMD; sets wall (s) and other (cores used meanwhile by
 # processes other than CMD, from /proc/stat and CMD's own CPU time)
@@ -75,8 +76,8 @@ timed() {
   other=$(echo "scale=3; ($ticks / 100 - $own) / $wall" | bc)
 }
 
-# cli_rate MODEL: padim score's images/s on the 200 copies: 199 images over the
-# difference between scoring 200 and scoring 1 (the model load cancels out);
+# cli_rate MODEL: padim score's images/s on the nx4 copies (200; 40 with SMALL):
+# nx4 − 1 images over the difference between scoring nx4 and scoring 1 (the model load cancels out);
 # measured again (at most 5 times) when other processes used over 0.15 cores
 cli_rate() {
   local w1 o1 try
@@ -87,7 +88,7 @@ cli_rate() {
     echo "padim score disturbed (other cores $o1, $other): again in 30 s" >&2
     sleep 30
   done
-  echo "one $w1 s (other $o1 cores), 200 images $wall s (other $other cores), rate $(echo "199/($wall-$w1)" | bc -l | cut -c1-6) img/s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "one $w1 s (other $o1 cores), $nx4 images $wall s (other $other cores), rate $(echo "($nx4-1)/($wall-$w1)" | bc -l | cut -c1-6) img/s, load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 # busy: the fraction of CPU time used over 5 s (by anything: nothing of this

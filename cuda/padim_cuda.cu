@@ -708,12 +708,13 @@ constexpr size_t score_smem() {
 // tiles (4 rows × 4 adjacent images per thread); then Σ z² per image. Per 2 columns a
 // thread reads each column's 4 images as one 128-bit and each of its 4 rows' 2 columns
 // as one 64-bit shared load (ptxas merges a row's two pairs into one 128-bit load: 8
-// LDS.128 per 64 FMA, 16 LDS.32 per 32 before), conflict-free; the images' stores into shared memory (8 a thread per chunk) are 4-way
-// bank conflicted by the padded stride, a cost paid once per chunk. Each (row, image)
-// sums its products in column order as before, so the distances keep their bits. L⁻¹
-// is read once per block; the images once per row tile (from L2). G = 64 for batches,
-// 16 for small calls. 4 blocks a multiprocessor (64 registers a thread) from sm_75 on;
-// sm_60/70 spill at 64 and get 3 (80 registers).
+// LDS.128 per 64 FMA, against 16 LDS.32 per 32 before), conflict-free; the images'
+// stores into shared memory (8 a thread per chunk) are 4-way bank conflicted by the
+// padded stride, a cost paid once per chunk. Each (row, image) sums its products in
+// column order as before, so the distances keep their bits. L⁻¹ is read once per
+// block; the images once per row tile (from L2). G = 64 for batches, 16 for small
+// calls. 4 blocks a multiprocessor (64 registers a thread) from sm_75 on; sm_60/70
+// spill at 64 and get 3 (80 registers).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
 #define KSCORE_MIN_BLOCKS 3  // sm_60/70: at 64 registers it spills
 #else
