@@ -333,6 +333,16 @@ func Guard(ext detector.Extractor) detector.Extractor { return guarded{ext} }
 
 type guarded struct{ detector.Extractor }
 
+// PreferredBatch passes the backbone's own batch size through the guard
+// (detector.BatchPreferrer), so that a served model runs the backbone in the
+// batches padim score runs it in; 0 lets the pipeline choose.
+func (g guarded) PreferredBatch() int {
+	if b, ok := g.Extractor.(detector.BatchPreferrer); ok {
+		return b.PreferredBatch()
+	}
+	return 0
+}
+
 func (g guarded) Extract(batch []float32, n int) (taps []embed.Tap, err error) {
 	defer func() {
 		if p := recover(); p != nil {

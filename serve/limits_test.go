@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/padim/padim/detector"
 )
 
 // allocated is the bytes fn allocates.
@@ -193,5 +195,26 @@ func TestRequestThresholds(t *testing.T) {
 	}
 	if _, a := ts.infer("wood", []byte(`{"parameters":{"threshold":"high"},"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["AA=="]}]}`)); a.code != http.StatusBadRequest {
 		t.Errorf("a threshold string: %v", a)
+	}
+}
+
+// preferring is a backbone that asks for its own batch size.
+type preferring struct {
+	*fakeBackbone
+	n int
+}
+
+func (p preferring) PreferredBatch() int { return p.n }
+
+// The guard keeps the backbone's preferred batch (a served model runs the
+// backbone in the batches padim score does, not in --max-batch's), and a
+// backbone without one leaves the choice to the pipeline.
+func TestGuardKeepsThePreferredBatch(t *testing.T) {
+	g, ok := Guard(preferring{newFake(&fakeConfig{}, 1), 2}).(detector.BatchPreferrer)
+	if !ok || g.PreferredBatch() != 2 {
+		t.Fatalf("guarded backbone: preferred batch lost (%v)", ok)
+	}
+	if b := Guard(newFake(&fakeConfig{}, 1)).(detector.BatchPreferrer).PreferredBatch(); b != 0 {
+		t.Fatalf("a backbone without a preferred batch got %d", b)
 	}
 }

@@ -77,7 +77,7 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	srv, err := serve.New(specs, serveLoader(c, o.MaxBatch, pipeMem), o)
+	srv, err := serve.New(specs, serveLoader(c, pipeMem), o)
 	if err != nil {
 		return withHint(err)
 	}
@@ -269,7 +269,7 @@ func serveMemory(c *cli.Context, o *serve.Options, specs []serve.ModelSpec) (int
 
 // serveLoader opens a model file with its embedded backbone and the backend of
 // --device, the backbone guarded against panics.
-func serveLoader(c *cli.Context, batch int, pipeMem int64) serve.Loader {
+func serveLoader(c *cli.Context, pipeMem int64) serve.Loader {
 	return func(path string) (*serve.Loaded, error) {
 		m, err := detector.Load(path)
 		if err != nil {
@@ -285,7 +285,7 @@ func serveLoader(c *cli.Context, batch int, pipeMem int64) serve.Loader {
 		if err != nil {
 			return nil, withHint(err)
 		}
-		sc, err := m.NewScorer(serve.Guard(ext), detector.ScoreConfig{Backend: be, Pipeline: detector.PipelineOptions{Batch: batch, Memory: pipeMem},
+		sc, err := m.NewScorer(serve.Guard(ext), detector.ScoreConfig{Backend: be, Pipeline: detector.PipelineOptions{Memory: pipeMem},
 			Thresholds: thresholdFlag(c), OpenRadius: c.Int("open-radius")})
 		if err != nil {
 			ext.Close()
