@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/$(date -u +%Y-%m-%d)-serve${SMALL:+-small}
+# a second run on the same day gets its own folder (the loadtest files are appended to)
+[ -e "$out" ] && out=$out-$(date -u +%H%M%S)
 mkdir -p "$out"
 work=${1:-/tmp/padim-serve-bench}${SMALL:+-small}
 mkdir -p "$work"
